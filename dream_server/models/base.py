@@ -30,6 +30,7 @@ class FeatureModel(nn.Module):
         self.stages = nn.ModuleDict(stages)
         self._normalize = normalize
         self.min_input_size = min_input_size
+        self._channel_counts: dict[str, int] | None = None
         self.eval()
         self.requires_grad_(False)
 
@@ -45,6 +46,16 @@ class FeatureModel(nn.Module):
                 f"Its layers are: {', '.join(self.layer_names)} "
                 f"(`deepdream --list-layers {self.name}` describes them)."
             )
+
+    def channel_count(self, layer: str) -> int:
+        """How many channels a layer has (measured once with a small probe image)."""
+        if self._channel_counts is None:
+            param = next(self.parameters())
+            probe = torch.zeros(1, 3, self.min_input_size, self.min_input_size, device=param.device)
+            with torch.no_grad():
+                outputs = self(probe, self.layer_names)
+            self._channel_counts = {name: out.shape[1] for name, out in outputs.items()}
+        return self._channel_counts[layer]
 
     def forward(self, image: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         wanted = set(layers)

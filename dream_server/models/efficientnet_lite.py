@@ -95,7 +95,9 @@ class EfficientNetLite0(nn.Module):
         for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
             for i in range(repeats):
                 blocks.append(
-                    MBConvBlock(kernel, stride if i == 0 else 1, expand, c_in if i == 0 else c_out, c_out)
+                    MBConvBlock(
+                        kernel, stride if i == 0 else 1, expand, c_in if i == 0 else c_out, c_out
+                    )
                 )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(LITE0_STAGES[-1][-1], HEAD_CHANNELS, 1, bias=False)

@@ -378,7 +378,11 @@ def _load_strictly(net: nn.Module, model: str, path: Path) -> None:
     ]
     if missing or unexpected or reshaped:
         problems = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", reshaped),
+        ):
             if keys:
                 problems.append(f"{len(keys)} {label} (e.g. {keys[0]})")
         raise WeightsUnavailable(
