@@ -50,7 +50,7 @@ def _same_padding(size: int, kernel: int, stride: int) -> int:
 
 
 class MBConvBlock(nn.Module):
-    """Inverted residual: 1x1 expand, depthwise conv, 1x1 project, identity skip when shapes match."""
+    """Inverted residual: 1x1 expand, depthwise conv, 1x1 project; identity skip if shapes match."""
 
     def __init__(self, kernel: int, stride: int, expand_ratio: int, c_in: int, c_out: int):
         super().__init__()

@@ -1,0 +1,123 @@
+"""From dream parameters to a dreamed image: the entry point the CLI and the daemon share.
+
+Keeps the last few models loaded on one device, turns a preset or a `layers` text into an
+objective, and runs the dream loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .devices import select_device
+from .dream import AscentSettings, ProgressCallback, StopCheck, dream
+from .imaging import Pixels
+from .models import FeatureModel, load_model, model_spec
+from .objectives import Objective, guide, parse_objective, sum_of, weighted_layers
+from .params import CUSTOM_PRESET, DreamParams
+from .weights import DownloadProgress
+
+log = logging.getLogger(__name__)
+
+GUIDE_MAX_SIDE = 512
+"""Guide images are shrunk to this: their features are a small reference set, not a canvas."""
+
+
+class Engine:
+    """Dreams on one device, keeping up to `max_models` models loaded and warm."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        max_models: int = 2,
+        weights_files: dict[str, Path] | None = None,
+        on_download: DownloadProgress | None = None,
+    ) -> None:
+        self.device = select_device(device)
+        self.max_models = max_models
+        self.weights_files = dict(weights_files or {})
+        self.on_download = on_download
+        self._models: OrderedDict[str, FeatureModel] = OrderedDict()
+
+    @property
+    def loaded_models(self) -> list[str]:
+        return list(self._models)
+
+    def model(self, name: str) -> FeatureModel:
+        if name in self._models:
+            self._models.move_to_end(name)
+            return self._models[name]
+        model = load_model(name, self.device, self.weights_files.get(name), self.on_download)
+        self._models[name] = model
+        while len(self._models) > self.max_models:
+            evicted, _ = self._models.popitem(last=False)
+            log.info("Unloaded %s to make room", evicted)
+        return model
+
+    def objective(
+        self, params: DreamParams, model: FeatureModel, guide_image: np.ndarray | None = None
+    ) -> Objective:
+        """The preset's layers, or the custom `layers` text; with a guide, matched to it."""
+        if params.preset == CUSTOM_PRESET:
+            objective = parse_objective(params.layers, model)
+        else:
+            objective = weighted_layers(model_spec(model.name).presets[params.preset])
+        if guide_image is None:
+            return objective
+        return self._guided(objective, model, guide_image)
+
+    def _guided(self, objective: Objective, model: FeatureModel, image: np.ndarray) -> Objective:
+        rgb = Pixels.from_array(image).rgb
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(self.device)
+        shrink = GUIDE_MAX_SIDE / max(rgb.shape[:2])
+        if shrink < 1:
+            size = (max(1, round(rgb.shape[0] * shrink)), max(1, round(rgb.shape[1] * shrink)))
+            tensor = torch.nn.functional.interpolate(
+                tensor, size=size, mode="bilinear", antialias=True
+            )
+        layers = sorted(objective.layers - {"logits"})
+        with torch.no_grad():
+            features = model(tensor, layers)
+        return sum_of((guide(name, features[name][0].flatten(1)), 1.0) for name in layers)
+
+    def dream(
+        self,
+        image: np.ndarray,
+        params: DreamParams,
+        mask: np.ndarray | None = None,
+        guide_image: np.ndarray | None = None,
+        on_progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> np.ndarray:
+        model = self.model(params.model)
+        objective = self.objective(params, model, guide_image)
+        log.info("Dreaming %s on %s with %s", image.shape, params.model, objective.description)
+        return dream(
+            model,
+            image,
+            objective,
+            ascent_settings(params),
+            strength=params.strength,
+            keep_colors=params.keep_colors,
+            mask=mask,
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+
+
+def ascent_settings(params: DreamParams) -> AscentSettings:
+    return AscentSettings(
+        octaves=params.octaves,
+        octave_scale=params.octave_scale,
+        steps=params.steps,
+        step_size=params.step_size,
+        jitter=params.jitter,
+        smoothness=params.smoothness,
+        max_change=params.max_change,
+        tile_size=params.tile_size,
+        seed=params.seed,
+    )

@@ -1,0 +1,107 @@
+"""Reading and writing image files for the `deepdream` command (PNG, JPEG, WebP, TIFF)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidImage
+from .imaging import MAX_PIXELS
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+           ".tiff": "TIFF"}  # fmt: skip
+CAN_STORE_ALPHA = {"PNG", "WEBP", "TIFF"}
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, C) pixels: uint8, or uint16 for 16-bit gray, or float32 for 32-bit float gray;
+    written back with `write_image`, they keep their depth and layout."""
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened
+    except FileNotFoundError:
+        raise InvalidImage(f"{path} does not exist: check the path.") from None
+    except IsADirectoryError:
+        raise InvalidImage(f"{path} is a folder: give an image file.") from None
+    except PermissionError:
+        raise InvalidImage(f"{path} cannot be read (permission denied).") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            f"{path} is not an image Pillow can read: use PNG, JPEG, WebP or TIFF."
+        ) from None
+    except Image.DecompressionBombError:
+        raise InvalidImage(
+            f"{path} is larger than {MAX_PIXELS // 1_000_000} megapixels: scale it down first."
+        ) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InvalidImage(f"{path} is damaged or truncated ({err}): re-export it.") from None
+    if image.width == 0 or image.height == 0:
+        raise InvalidImage(f"{path} is empty ({image.width}x{image.height} pixels).")
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(image, dtype=np.uint16)[:, :, None]
+    if image.mode == "I":
+        return np.clip(np.asarray(image, dtype=np.int64), 0, 65535).astype(np.uint16)[:, :, None]
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)[:, :, None]
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+        has_alpha = image.mode in ("PA", "La") or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A gray mask file as (H, W) values; white dreams, black keeps the original."""
+    pixels = read_image(path)
+    if pixels.shape[2] >= 3:
+        pixels = np.asarray(Image.fromarray(pixels[:, :, :3]).convert("L"))[:, :, None]
+    return pixels[:, :, 0]
+
+
+def check_writable(path: Path, pixels: np.ndarray) -> str:
+    """The Pillow format that stores `pixels` at `path`; InvalidImage before any work if none."""
+    image_format = FORMATS.get(path.suffix.lower())
+    if image_format is None:
+        raise InvalidImage(
+            f"Cannot write '{path.suffix or path.name}' files: name the output .png, .jpg, "
+            ".webp or .tif."
+        )
+    if pixels.shape[2] in (2, 4) and image_format not in CAN_STORE_ALPHA:
+        raise InvalidImage(
+            f"{image_format} cannot store transparency and the input has some: write .png, "
+            ".webp or .tif to keep it."
+        )
+    if pixels.dtype == np.uint16 and image_format not in ("PNG", "TIFF"):
+        raise InvalidImage(f"{image_format} cannot store 16-bit images: write .png or .tif.")
+    if pixels.dtype == np.float32 and image_format != "TIFF":
+        raise InvalidImage("32-bit float images can only be written as TIFF: use .tif.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InvalidImage(f"The folder {folder} does not exist: create it or write elsewhere.")
+    if not os.access(folder, os.W_OK):
+        raise InvalidImage(f"Cannot write into {folder} (permission denied).")
+    return image_format
+
+
+def write_image(path: Path, pixels: np.ndarray) -> None:
+    """Write atomically: a temporary file in the same folder, renamed over the target at the end,
+    so a failure or an interruption never leaves a half-written image."""
+    image_format = check_writable(path, pixels)
+    image = Image.fromarray(pixels if pixels.shape[2] > 1 else pixels[:, :, 0])
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+            image.save(out, format=image_format, **options)
+        os.replace(temp_name, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
