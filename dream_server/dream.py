@@ -140,7 +140,10 @@ class GradientAscent:
         gradient = torch.empty_like(image)
         for top, bottom in split_evenly(height, self.settings.tile_size):
             for left, right in split_evenly(width, self.settings.tile_size):
-                tile = image[..., top:bottom, left:right].detach().requires_grad_(True)
+                tile = image[..., top:bottom, left:right].contiguous(
+                    memory_format=torch.channels_last
+                )
+                tile.requires_grad_(True)
                 share = (bottom - top) * (right - left) / (height * width)
                 with precision(self.device, self.bfloat16):
                     score = self.objective(self.model(tile, self.objective.layers)) * share

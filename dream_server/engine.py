@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .devices import select_device
+from .devices import keep_cpu_memory_mapped, select_device
 from .dream import AscentSettings, ProgressCallback, StopCheck, dream
 from .imaging import Pixels
 from .models import FeatureModel, load_model, model_spec
@@ -38,6 +38,8 @@ class Engine:
         on_download: DownloadProgress | None = None,
     ) -> None:
         self.device = select_device(device)
+        if self.device.type == "cpu":
+            keep_cpu_memory_mapped()
         self.max_models = max_models
         self.weights_files = dict(weights_files or {})
         self.on_download = on_download

@@ -37,6 +37,10 @@ class SameConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1):
+            # Odd kernels at stride 1 pad evenly: let the convolution do it, without a copy.
+            padding = (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
+            return F.conv2d(x, self.weight, self.bias, 1, padding, self.dilation, self.groups)
         height, width = x.shape[-2:]
         pad_h = _same_padding(height, self.kernel_size[0], self.stride[0])
         pad_w = _same_padding(width, self.kernel_size[1], self.stride[1])
