@@ -1,0 +1,185 @@
+"""The dream itself: what a user can rely on when they dream on a photo."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo
+
+from dream_server.dream import AscentSettings, dream, octave_sizes, split_evenly
+from dream_server.errors import DreamCancelled, InvalidImage
+from dream_server.imaging import LUMA
+from dream_server.objectives import channel, class_logit, layer
+
+FAST = AscentSettings(octaves=2, steps=4)
+
+
+def score(model, objective, pixels: np.ndarray) -> float:
+    x = torch.from_numpy(pixels[:, :, :3].astype(np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        return float(objective(model(x, objective.layers)))
+
+
+def test_defaults_raise_the_layer_objective_a_lot_on_a_real_photo(effnet, cat):
+    objective = layer("block10")
+    result = dream(effnet, cat, objective, AscentSettings())
+    assert score(effnet, objective, result) > 2.5 * score(effnet, objective, cat)
+
+
+def test_same_seed_same_dream_and_another_seed_another(effnet, small_cat):
+    first = dream(effnet, small_cat, layer("block6"), FAST)
+    again = dream(effnet, small_cat, layer("block6"), FAST)
+    other = dream(effnet, small_cat, layer("block6"), AscentSettings(octaves=2, steps=4, seed=7))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_where_the_mask_is_zero_pixels_stay_bit_identical(effnet, small_cat):
+    mask = np.zeros(small_cat.shape[:2], np.float32)
+    mask[30:90, 50:140] = 1.0
+    result = dream(effnet, small_cat, layer("block6"), FAST, mask=mask)
+    outside = mask == 0
+    assert np.array_equal(result[outside], small_cat[outside])
+    assert np.abs(result[~outside].astype(int) - small_cat[~outside]).mean() > 3
+
+
+def test_a_soft_mask_blends_in_proportion(effnet, small_cat):
+    ramp = np.tile(np.linspace(0, 1, small_cat.shape[1], dtype=np.float32), (small_cat.shape[0], 1))
+    full = dream(effnet, small_cat, layer("block6"), FAST).astype(float)
+    soft = dream(effnet, small_cat, layer("block6"), FAST, mask=ramp).astype(float)
+    expected = small_cat + (full - small_cat) * ramp[:, :, None]
+    assert np.abs(soft - expected).max() <= 1.0  # rounding to 8 bits only
+
+
+def test_strength_blends_with_the_original(effnet, small_cat):
+    full = dream(effnet, small_cat, layer("block6"), FAST).astype(float)
+    half = dream(effnet, small_cat, layer("block6"), FAST, strength=0.5).astype(float)
+    assert np.abs(half - (small_cat + full) / 2).max() <= 1.0
+    none = dream(effnet, small_cat, layer("block6"), FAST, strength=0.0)
+    assert np.array_equal(none, small_cat)
+
+
+def test_alpha_passes_through_exactly(effnet, small_cat):
+    alpha = np.random.default_rng(0).integers(0, 256, small_cat.shape[:2], dtype=np.uint8)
+    rgba = np.dstack([small_cat, alpha])
+    result = dream(effnet, rgba, layer("block6"), FAST)
+    assert result.shape == rgba.shape and result.dtype == np.uint8
+    assert np.array_equal(result[:, :, 3], alpha)
+    assert not np.array_equal(result[:, :, :3], small_cat)
+
+
+def test_gray_in_gray_out_with_its_alpha(effnet):
+    gray = photo("chelsea.png", (192, 128), "LA")
+    result = dream(effnet, gray, layer("block6"), FAST)
+    assert result.shape == gray.shape
+    assert np.array_equal(result[:, :, 1], gray[:, :, 1])
+    assert np.abs(result[:, :, 0].astype(int) - gray[:, :, 0]).mean() > 3
+
+
+def test_float_images_keep_their_precision(effnet, small_cat):
+    # 32-bit float values that no 8-bit image could hold, and 16-bit values beyond 8 bits.
+    image = small_cat.astype(np.float32) / 255 + np.float32(1e-4)
+    mask = np.zeros(image.shape[:2], np.float32)
+    mask[:, :96] = 1
+    result = dream(effnet, image, layer("block6"), FAST, mask=mask)
+    assert result.dtype == np.float32
+    assert np.array_equal(result[:, 96:], image[:, 96:])
+    changed = result[:, :96].ravel()
+    assert len(np.unique(np.round(changed * 255) - changed * 255)) > 1000  # not quantised
+
+    deep = (small_cat.astype(np.uint16) * 257 + 100).astype(np.uint16)
+    result16 = dream(effnet, deep, layer("block6"), FAST, mask=mask)
+    assert result16.dtype == np.uint16 and np.array_equal(result16[:, 96:], deep[:, 96:])
+    assert np.any(result16[:, :96] % 257 != 100)
+
+
+def test_keep_colors_changes_brightness_only(effnet, small_cat):
+    result = dream(effnet, small_cat, layer("block6"), FAST, keep_colors=True).astype(np.float32)
+    original = small_cat.astype(np.float32)
+    chroma = lambda rgb: rgb - (rgb @ LUMA)[:, :, None]  # noqa: E731
+    inside = np.all((result > 2) & (result < 253), axis=2)  # where no channel was clipped
+    assert np.abs(chroma(result) - chroma(original))[inside].max() <= 1.5
+    assert np.abs((result @ LUMA) - (original @ LUMA)).mean() > 3
+
+
+def test_max_change_stops_once_the_image_moved_that_far(effnet, small_cat):
+    steps = []
+    settings = AscentSettings(octaves=2, steps=20, max_change=0.03)
+    result = dream(effnet, small_cat, layer("block6"), settings,
+                   on_progress=lambda *args: steps.append(args))  # fmt: skip
+    assert len(steps) < 40
+    rms = np.sqrt(np.mean((result.astype(float) - small_cat) ** 2)) / 255
+    assert 0.02 < rms < 0.06
+
+
+def test_negative_weight_undreams(effnet, small_cat):
+    objective = layer("block8")
+    undreamt = dream(effnet, small_cat, -objective, FAST)
+    assert score(effnet, objective, undreamt) < 0.7 * score(effnet, objective, small_cat)
+
+
+def test_channel_and_class_objectives_raise_their_target(effnet, small_cat):
+    fox = class_logit("red fox")
+    assert score(effnet, fox, dream(effnet, small_cat, fox, FAST)) > score(effnet, fox, small_cat) + 5
+    seven = channel("block7", 7)
+    assert score(effnet, seven, dream(effnet, small_cat, seven, FAST)) > 2 * abs(
+        score(effnet, seven, small_cat)
+    )
+
+
+def test_objectives_compose_with_weights(effnet, small_cat):
+    composed = layer("block4") + 0.5 * layer("block8") - channel("block6", 3)
+    assert composed.layers == {"block4", "block8", "block6"}
+    x = torch.rand(1, 3, 96, 96)
+    acts = effnet(x, composed.layers)
+    expected = layer("block4")(acts) + 0.5 * layer("block8")(acts) - channel("block6", 3)(acts)
+    assert torch.allclose(composed(acts), expected)
+
+
+def test_progress_reports_each_step_and_ends_at_one(effnet, small_cat):
+    reports = []
+    dream(effnet, small_cat, layer("block4"), FAST, on_progress=lambda *a: reports.append(a))
+    assert [(o, s) for o, s, _ in reports] == [(o, s) for o in range(2) for s in range(4)]
+    fractions = [f for *_, f in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+
+def test_cancel_stops_between_steps(effnet, cat):
+    calls = []
+
+    def stop_after_three() -> bool:
+        calls.append(time.perf_counter())
+        return len(calls) > 3
+
+    with pytest.raises(DreamCancelled):
+        dream(effnet, cat, layer("block10"), AscentSettings(), should_stop=stop_after_three)
+    assert len(calls) == 4
+
+
+def test_images_smaller_than_the_network_still_dream(effnet):
+    tiny = photo("chelsea.png", (24, 16))
+    result = dream(effnet, tiny, layer("block4"), FAST)
+    assert result.shape == tiny.shape and not np.array_equal(result, tiny)
+
+
+def test_octaves_too_small_for_the_network_are_skipped():
+    assert octave_sizes(100, 150, 4, 1.4, 64) == [(71, 107), (100, 150)]
+    assert octave_sizes(40, 40, 3, 1.4, 64) == [(40, 40)]
+
+
+def test_tiles_cover_every_pixel_once():
+    for length, tile in [(100, 512), (512, 512), (513, 512), (1100, 256), (6000, 512)]:
+        spans = split_evenly(length, tile)
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert max(b - a for a, b in spans) <= tile
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 10, 3), np.uint8), np.zeros((5, 5, 7), np.uint8),
+                                 np.zeros((5, 5, 3), np.int32), np.full((8, 8, 3), np.nan, np.float32)])  # fmt: skip
+def test_bad_arrays_are_refused_with_a_reason(effnet, bad):
+    with pytest.raises(InvalidImage):
+        dream(effnet, bad, layer("block4"), FAST)

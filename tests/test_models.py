@@ -1,0 +1,134 @@
+"""The model zoo: real weights, strict loading, a catalogue that matches the networks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import photo
+
+from dream_server.errors import UnknownLayer, UnknownModel, WeightsUnavailable
+from dream_server.models import MODELS, PRESETS, imagenet_classes, load_model, model_spec
+from dream_server.models.base import FeatureModel, fold_batchnorm
+from dream_server.models.efficientnet_lite import EfficientNetLite0, normalize_lite
+from dream_server.models.zoo import _effnet_weights_path
+
+
+def top5(model: FeatureModel, name: str) -> list[str]:
+    pixels = photo(name, (224, 224))
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        logits = model(x.contiguous(memory_format=torch.channels_last), ["logits"])["logits"]
+    return [imagenet_classes()[i] for i in logits[0].topk(5).indices]
+
+
+@pytest.mark.parametrize(
+    ("name", "acceptable"),
+    [
+        ("chelsea.png", {"tabby", "tiger cat", "Egyptian cat"}),
+        ("coffee.png", {"espresso", "cup", "coffee mug"}),
+        ("rocket.jpg", {"missile", "projectile", "space shuttle"}),
+    ],
+)
+def test_embedded_weights_are_real_imagenet_weights(effnet, name, acceptable):
+    classes = top5(effnet, name)
+    assert acceptable & set(classes), f"{name}: top-5 was {classes}"
+
+
+def test_embedded_model_puts_the_right_class_first_on_the_cat_and_the_coffee(effnet):
+    assert top5(effnet, "chelsea.png")[0] in {"tabby", "tiger cat", "Egyptian cat"}
+    assert top5(effnet, "coffee.png")[0] == "espresso"
+
+
+def test_folding_batch_norm_keeps_the_outputs():
+    net = EfficientNetLite0()
+    net.load_state_dict(torch.load(_effnet_weights_path(), weights_only=True))
+    plain = FeatureModel("plain", net.named_stages(), normalize_lite, 64)
+    folded_net = copy.deepcopy(net)
+    assert fold_batchnorm(folded_net) == 49  # stem, head, and every conv of the 16 blocks
+    folded = FeatureModel("folded", folded_net.named_stages(), normalize_lite, 64)
+    x = torch.rand(2, 3, 160, 200)
+    with torch.no_grad():
+        a, b = plain(x, ["block9", "logits"]), folded(x, ["block9", "logits"])
+    for layer in a:
+        assert torch.allclose(a[layer], b[layer], rtol=1e-4, atol=1e-4)
+
+
+def test_forward_stops_at_the_deepest_requested_layer(effnet):
+    ran = []
+    hooks = [
+        stage.register_forward_hook(lambda *_, name=name: ran.append(name))
+        for name, stage in effnet.stages.items()
+    ]
+    try:
+        effnet(torch.rand(1, 3, 96, 96), ["block2", "block5"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert ran == ["stem", "block0", "block1", "block2", "block3", "block4", "block5"]
+
+
+def test_models_are_frozen_and_stay_in_eval_mode(effnet):
+    assert not any(p.requires_grad for p in effnet.parameters())
+    effnet.train()
+    assert not effnet.training
+    assert not any(m.training for m in effnet.modules())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_catalogue_lists_exactly_the_layers_each_network_has(name):
+    spec = model_spec(name)
+    net = spec.build()
+    model = FeatureModel(name, spec.stages(net), spec.normalize, spec.min_input_size)
+    assert model.layer_names == spec.layer_names
+    assert all(layer.description for layer in spec.layers)
+    outputs = model(torch.rand(1, 3, 224, 224), spec.layer_names)
+    assert outputs["logits"].shape[-1] == (1000 if spec.imagenet_classes else 1008)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_has_every_preset_on_its_own_layers(name):
+    spec = model_spec(name)
+    assert set(spec.presets) == set(PRESETS)
+    for weights in spec.presets.values():
+        assert weights and set(weights) <= set(spec.layer_names)
+
+
+def test_presets_go_from_shallow_to_deep():
+    for spec in MODELS.values():
+        depth = {layer: i for i, layer in enumerate(spec.layer_names)}
+        deepest = [max(depth[layer] for layer in spec.presets[p]) for p in PRESETS]
+        assert deepest == sorted(deepest), spec.name
+
+
+def test_unknown_model_and_layer_say_what_exists(effnet):
+    with pytest.raises(UnknownModel, match="effnet-lite0.*googlenet"):
+        model_spec("alexnet")
+    with pytest.raises(UnknownLayer, match="block10") as info:
+        effnet(torch.rand(1, 3, 64, 64), ["mixed4c"])
+    assert "--list-layers effnet-lite0" in str(info.value)
+
+
+def test_a_local_weights_file_loads_strictly(tmp_path):
+    path = tmp_path / "lucent-inception.pth"
+    reference = MODELS["inception-v1"].build()
+    torch.save(reference.state_dict(), path)
+    model = load_model("inception-v1", weights_path=path)
+    assert model.layer_names[-1] == "logits"
+    bad = reference.state_dict()
+    bad.pop("mixed4c_1x1_pre_relu_conv.bias")
+    bad["mixed5b_5x5_pre_relu_conv.weight"] = torch.zeros(1, 1, 5, 5)
+    torch.save(bad, path)
+    with pytest.raises(WeightsUnavailable, match="1 missing .*1 wrong shape") as info:
+        load_model("inception-v1", weights_path=path)
+    assert "inception-v1" in str(info.value)
+
+
+def test_a_file_that_is_not_weights_is_refused_with_a_clear_message(tmp_path):
+    junk = tmp_path / "weights.pth"
+    junk.write_bytes(b"definitely not a pickle")
+    with pytest.raises(WeightsUnavailable, match="not a PyTorch weights file"):
+        load_model("googlenet", weights_path=junk)
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        load_model("googlenet", weights_path=tmp_path / "missing.pth")
