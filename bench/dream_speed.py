@@ -135,15 +135,19 @@ def main() -> None:
 
     classic_s, engine_s = statistics.median(classic_times), statistics.median(engine_times)
     network_s = statistics.median(network_times)
-    print(f"photo {args.photo.name} at 1024x768, {LAYER}, 4 octaves x 1.4, 10 steps, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"photo {args.photo.name} at 1024x768, {LAYER}, 4 octaves x 1.4, 10 steps, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     print(f"{'':22}{'seconds':>10}{'gain':>10}")
     classic_gain, engine_gain = statistics.median(classic_gains), statistics.median(engine_gains)
     print(f"{'classic port (fp32)':22}{classic_s:10.2f}{classic_gain:10.2f}")
     print(f"{'engine':22}{engine_s:10.2f}{engine_gain:10.2f}")
     print(f"speed-up: {classic_s / engine_s:.2f}x")
-    print(f"engine time in the network's forward+backward: {network_s:.2f} s; everything else "
-          f"{engine_s - network_s:.2f} s = {100 * (engine_s - network_s) / network_s:.0f}% on top")
+    print(
+        f"engine time in the network's forward+backward: {network_s:.2f} s; everything else "
+        f"{engine_s - network_s:.2f} s = {100 * (engine_s - network_s) / network_s:.0f}% on top"
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
+
 def select_device(requested: str = "auto") -> torch.device:
     """The device to use: `auto` takes the fastest one present; a named one must exist."""
     if requested == "auto":

@@ -123,7 +123,9 @@ def test_negative_weight_undreams(effnet, small_cat):
 
 def test_channel_and_class_objectives_raise_their_target(effnet, small_cat):
     fox = class_logit("red fox")
-    assert score(effnet, fox, dream(effnet, small_cat, fox, FAST)) > score(effnet, fox, small_cat) + 5
+    assert (
+        score(effnet, fox, dream(effnet, small_cat, fox, FAST)) > score(effnet, fox, small_cat) + 5
+    )
     seven = channel("block7", 7)
     assert score(effnet, seven, dream(effnet, small_cat, seven, FAST)) > 2 * abs(
         score(effnet, seven, small_cat)
