@@ -12,7 +12,10 @@ Run: .venv/bin/python bench/dream_speed.py [--repeats 3] [--photo FILE]
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Set up DeepDream for GIMP on this machine, or run its test suite.
+
+    python3 install.py            create the environment, install everything, dream a sample
+    python3 install.py --test     the same set-up with test tools, then the whole test suite
+    python3 install.py --check    say what is installed and what is missing
+    python3 install.py --uninstall
+
+Standard library only: it runs with any Python 3.11+ before anything else is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_VENV = ROOT / ".venv"
+SAMPLE = ROOT / "dream_server" / "samples" / "coffee.png"
+SAMPLE_OUTPUT = ROOT / "out" / "coffee-dream.png"
+STAMP = "deepdream-installed"
+PYTEST_NO_TESTS = 5
+
+
+def say(message: str) -> None:
+    print(f"[install] {message}", flush=True)
+
+
+def venv_python(venv_dir: Path) -> Path:
+    return venv_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def run(*command: str | Path, **kwargs) -> None:  # noqa: ANN003
+    subprocess.run([str(part) for part in command], check=True, **kwargs)
+
+
+def ensure_environment(venv_dir: Path, with_tests: bool) -> Path:
+    """The daemon's virtual environment with the package installed; skipped when up to date."""
+    python = venv_python(venv_dir)
+    if not python.exists():
+        say(f"creating the environment in {venv_dir}")
+        venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
+    extras = "[test]" if with_tests else ""
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    stamp = venv_dir / STAMP
+    have = stamp.read_text().split() if stamp.exists() else []
+    if wanted not in have:
+        say("installing torch, torchvision and the package (the first time takes a few minutes)")
+        run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+        run(python, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}{extras}")
+        stamp.write_text("\n".join([*have, wanted]) + "\n")
+    else:
+        say(f"environment {venv_dir} is up to date")
+    return python
+
+
+def check_embedded_model(python: Path) -> None:
+    run(python, "-c", "from dream_server.models import load_model; load_model('effnet-lite0')")
+    say("the built-in model (effnet-lite0) loads")
+
+
+def dream_sample(venv_dir: Path) -> None:
+    SAMPLE_OUTPUT.parent.mkdir(exist_ok=True)
+    deepdream = venv_dir / ("Scripts/deepdream.exe" if os.name == "nt" else "bin/deepdream")
+    say(f"dreaming {SAMPLE.relative_to(ROOT)} (about 10 seconds on two CPU cores)")
+    run(deepdream, SAMPLE, "-o", SAMPLE_OUTPUT, "--preset", "animals")
+    say(f"done: the sample dream is {SAMPLE_OUTPUT}")
+
+
+def run_tests(python: Path, pytest_args: list[str]) -> int:
+    say("running the test suite")
+    code = subprocess.run([str(python), "-m", "pytest", *pytest_args], cwd=ROOT).returncode
+    if code == PYTEST_NO_TESTS:
+        print("[install] pytest collected no tests: that is a failure", file=sys.stderr)
+        return 1
+    return code
+
+
+def check(venv_dir: Path) -> int:
+    python = venv_python(venv_dir)
+    if not python.exists():
+        say(f"daemon environment: missing ({venv_dir}); run: python3 install.py")
+        return 1
+    say(f"daemon environment: {venv_dir}")
+    probe = (
+        "import torch, dream_server; from dream_server.devices import select_device;"
+        "from dream_server.weights import cache_dir; from dream_server.models import MODELS;"
+        "print('package', dream_server.__version__, 'torch', torch.__version__);"
+        "print('device', select_device('auto'));"
+        "cached=[n for n,s in MODELS.items() if s.weights is None or (cache_dir()/s.weights.filename).exists()];"
+        "print('models ready', ', '.join(cached))"
+    )
+    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    for line in (result.stdout + result.stderr).strip().splitlines():
+        say(line)
+    return result.returncode
+
+
+def uninstall(venv_dir: Path) -> int:
+    if venv_dir.exists():
+        shutil.rmtree(venv_dir)
+        say(f"removed {venv_dir}")
+    else:
+        say("nothing to remove")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--test", action="store_true", help="set up, then run the whole test suite")
+    action.add_argument("--check", action="store_true", help="diagnose the installation")
+    action.add_argument("--uninstall", action="store_true", help="remove what install.py added")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="environment folder")
+    parser.add_argument("--no-sample", action="store_true", help="skip the sample dream")
+    parser.add_argument("pytest_args", nargs="*", help="with --test: arguments for pytest")
+    args = parser.parse_args()
+    if sys.version_info < (3, 11):
+        sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
+    if args.check:
+        return check(args.venv)
+    if args.uninstall:
+        return uninstall(args.venv)
+    try:
+        python = ensure_environment(args.venv, with_tests=args.test)
+        check_embedded_model(python)
+        if args.test:
+            return run_tests(python, args.pytest_args)
+        if not args.no_sample:
+            dream_sample(args.venv)
+    except subprocess.CalledProcessError as err:
+        print(f"[install] failed: {' '.join(map(str, err.cmd))} exited with {err.returncode}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
