@@ -93,8 +93,9 @@ def check(venv_dir: Path) -> int:
         "from dream_server.weights import cache_dir; from dream_server.models import MODELS;"
         "print('package', dream_server.__version__, 'torch', torch.__version__);"
         "print('device', select_device('auto'));"
-        "cached=[n for n,s in MODELS.items() if s.weights is None or (cache_dir()/s.weights.filename).exists()];"
-        "print('models ready', ', '.join(cached))"
+        "ready=[n for n, s in MODELS.items()"
+        " if s.weights is None or (cache_dir() / s.weights.filename).exists()];"
+        "print('models ready', ', '.join(ready))"
     )
     result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
     for line in (result.stdout + result.stderr).strip().splitlines():
@@ -119,9 +120,10 @@ def main() -> int:
     action.add_argument("--uninstall", action="store_true", help="remove what install.py added")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="environment folder")
     parser.add_argument("--no-sample", action="store_true", help="skip the sample dream")
-    parser.add_argument("pytest_args", nargs="*", help="with --test: arguments for pytest")
-    args = parser.parse_args()
-    if sys.version_info < (3, 11):
+    args, pytest_args = parser.parse_known_args()  # with --test, the rest goes to pytest
+    if pytest_args and not args.test:
+        parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before anything checks
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
     if args.check:
         return check(args.venv)
@@ -131,7 +133,7 @@ def main() -> int:
         python = ensure_environment(args.venv, with_tests=args.test)
         check_embedded_model(python)
         if args.test:
-            return run_tests(python, args.pytest_args)
+            return run_tests(python, pytest_args)
         if not args.no_sample:
             dream_sample(args.venv)
     except subprocess.CalledProcessError as err:

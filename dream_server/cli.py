@@ -189,7 +189,9 @@ class _Progress:
                 desc="dreaming",
                 bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
             )
-        self._dream_bar.set_description(f"dreaming (octave {octave + 1})")
+        description = f"dreaming (octave {octave + 1})"
+        if self._dream_bar.desc != description:
+            self._dream_bar.set_description(description, refresh=False)
         self._dream_bar.update(round(fraction * 100, 2) - self._dream_bar.n)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from .devices import keep_cpu_memory_mapped, select_device
 from .dream import AscentSettings, ProgressCallback, StopCheck, dream
+from .errors import InvalidParameter
 from .imaging import Pixels
 from .models import FeatureModel, load_model, model_spec
 from .objectives import Objective, guide, parse_objective, sum_of, weighted_layers
@@ -82,6 +83,11 @@ class Engine:
                 tensor, size=size, mode="bilinear", antialias=True
             )
         layers = sorted(objective.layers - {"logits"})
+        if not layers:
+            raise InvalidParameter(
+                "A guide image steers layers, not classes: choose a preset or name a layer "
+                "(e.g. --layers block10), or leave out the guide."
+            )
         with torch.no_grad():
             features = model(tensor, layers)
         return sum_of((guide(name, features[name][0].flatten(1)), 1.0) for name in layers)

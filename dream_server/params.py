@@ -65,7 +65,8 @@ class Param:
         if (self.minimum is not None and value < self.minimum) or (
             self.maximum is not None and value > self.maximum
         ):
-            raise self._error(value, self._range_text())
+            noun = "a whole number" if self.kind == "int" else "a number"
+            raise self._error(value, f"{noun} {self._range_text()}")
         return value
 
     def _range_text(self) -> str:

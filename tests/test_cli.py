@@ -125,25 +125,53 @@ def write_zero_width_png(path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
 
 
-BAD_INPUTS = {
-    "missing input": (lambda d, cat: [d / "nope.png", "-o", d / "out.png"], "does not exist"),
-    "not an image": (lambda d, cat: [d / "notes.png", "-o", d / "out.png"], "not an image"),
-    "truncated image": (lambda d, cat: [d / "truncated.png", "-o", d / "out.png"], "damaged"),
-    "zero-size image": (lambda d, cat: [d / "empty.png", "-o", d / "out.png"], "nope|damaged|empty"),
-    "absurd steps": (lambda d, cat: [cat, "-o", d / "out.png", "--steps", "100000"], "from 1 to 500"),
-    "absurd octave scale": (lambda d, cat: [cat, "-o", d / "out.png", "--octave-scale", "0"], "from 1.05 to 3"),
-    "not a number": (lambda d, cat: [cat, "-o", d / "out.png", "--strength", "lots"], "expected a number"),
-    "unknown model": (lambda d, cat: [cat, "-o", d / "out.png", "--model", "alexnet"], "invalid choice: 'alexnet'"),
-    "unknown layer": (lambda d, cat: [cat, "-o", d / "out.png", "--layers", "mixed4c"], "has no layer 'mixed4c'"),
-    "channel out of range": (lambda d, cat: [cat, "-o", d / "out.png", "--layers", "block10/5000"], "channels 0 to 111"),
-    "unknown class": (lambda d, cat: [cat, "-o", d / "out.png", "--layers", "class/unicorn"], "not an ImageNet class"),
-    "preset and layers": (lambda d, cat: [cat, "-o", d / "out.png", "--preset", "parts", "--layers", "block3"], "not allowed with"),
-    "alpha into JPEG": (lambda d, cat: [d / "alpha.png", "-o", d / "out.jpg"], "cannot store transparency"),
+def out(folder: Path) -> Path:
+    return folder / "out.png"
+
+
+BAD_INPUTS = {  # case: (arguments, given the folder and the cat photo; what the message says)
+    "missing input": (lambda d, cat: [d / "nope.png", "-o", out(d)], "does not exist"),
+    "not an image": (lambda d, cat: [d / "notes.png", "-o", out(d)], "not an image"),
+    "truncated image": (lambda d, cat: [d / "truncated.png", "-o", out(d)], "damaged"),
+    "zero-size image": (lambda d, cat: [d / "empty.png", "-o", out(d)], "damaged|empty"),
+    "absurd steps": (lambda d, cat: [cat, "-o", out(d), "--steps", "100000"], "from 1 to 500"),
+    "absurd octave scale": (
+        lambda d, cat: [cat, "-o", out(d), "--octave-scale", "0"],
+        "from 1.05 to 3",
+    ),
+    "not a number": (lambda d, cat: [cat, "-o", out(d), "--strength", "lots"], "expected a number"),
+    "unknown model": (
+        lambda d, cat: [cat, "-o", out(d), "--model", "alexnet"],
+        "invalid choice: 'alexnet'",
+    ),
+    "unknown layer": (
+        lambda d, cat: [cat, "-o", out(d), "--layers", "mixed4c"],
+        "has no layer 'mixed4c'",
+    ),
+    "channel out of range": (
+        lambda d, cat: [cat, "-o", out(d), "--layers", "block10/5000"],
+        "channels 0 to 111",
+    ),
+    "unknown class": (
+        lambda d, cat: [cat, "-o", out(d), "--layers", "class/unicorn"],
+        "not an ImageNet class",
+    ),
+    "preset and layers": (
+        lambda d, cat: [cat, "-o", out(d), "--preset", "parts", "--layers", "block3"],
+        "not allowed with",
+    ),
+    "alpha into JPEG": (
+        lambda d, cat: [d / "alpha.png", "-o", d / "out.jpg"],
+        "cannot store transparency",
+    ),
     "unknown format": (lambda d, cat: [cat, "-o", d / "out.bmp"], "name the output .png"),
     "missing folder": (lambda d, cat: [cat, "-o", d / "no" / "out.png"], "does not exist"),
-    "mask of another size": (lambda d, cat: [cat, "-o", d / "out.png", "--mask", d / "alpha.png"], "mask is 10x10"),
+    "mask of another size": (
+        lambda d, cat: [cat, "-o", out(d), "--mask", d / "alpha.png"],
+        "mask is 10x10",
+    ),
     "no output": (lambda d, cat: [cat], "-o OUTPUT"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

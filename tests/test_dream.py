@@ -180,8 +180,37 @@ def test_tiles_cover_every_pixel_once():
         assert max(b - a for a, b in spans) <= tile
 
 
-@pytest.mark.parametrize("bad", [np.zeros((0, 10, 3), np.uint8), np.zeros((5, 5, 7), np.uint8),
-                                 np.zeros((5, 5, 3), np.int32), np.full((8, 8, 3), np.nan, np.float32)])  # fmt: skip
+BAD_ARRAYS = [
+    np.zeros((0, 10, 3), np.uint8),  # empty
+    np.zeros((5, 5, 7), np.uint8),  # seven channels
+    np.zeros((5, 5, 3), np.int32),  # an unsupported type
+    np.full((8, 8, 3), np.nan, np.float32),  # not numbers
+]
+
+
+@pytest.mark.parametrize("bad", BAD_ARRAYS)
 def test_bad_arrays_are_refused_with_a_reason(effnet, bad):
     with pytest.raises(InvalidImage):
         dream(effnet, bad, layer("block4"), FAST)
+
+
+def test_a_guide_image_pulls_the_dream_towards_its_features(effnet, small_cat):
+    from dream_server.engine import Engine
+    from dream_server.params import DreamParams
+
+    engine = Engine("cpu")
+    guide_image = photo("coffee.png", (150, 100))
+    params = DreamParams.from_mapping({"layers": "block8", "octaves": 2, "steps": 6})
+    guided = engine.dream(small_cat, params, guide_image=guide_image)
+    plain = engine.dream(small_cat, params)
+
+    def similarity_to_guide(pixels: np.ndarray) -> float:
+        def features(image: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
+            with torch.no_grad():
+                return effnet(x, ["block8"])["block8"].mean(dim=(2, 3))[0]
+
+        return float(torch.cosine_similarity(features(pixels), features(guide_image), dim=0))
+
+    assert similarity_to_guide(guided) > similarity_to_guide(plain)
+    assert similarity_to_guide(guided) > similarity_to_guide(small_cat)

@@ -1,0 +1,61 @@
+"""One definition of the dream parameters serves the command line, the protocol and the dialog."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dream_server.cli import build_parser
+from dream_server.errors import InvalidParameter
+from dream_server.params import DREAM_PARAMETERS, DreamParams, parameter_schema
+
+
+def test_every_parameter_is_a_flag_of_the_same_name_with_its_help():
+    help_text = build_parser().format_help()
+    for param in DREAM_PARAMETERS:
+        assert f"--{param.name}" in help_text
+        first_words = " ".join(param.help.split()[:3])
+        assert first_words in " ".join(help_text.split()), param.name
+
+
+def test_defaults_come_from_the_definition():
+    defaults = DreamParams()
+    for param in DREAM_PARAMETERS:
+        assert getattr(defaults, param.attr) == param.default
+        assert param.validate(param.default) == param.default
+
+
+def test_the_schema_is_json_and_leaves_out_machine_settings():
+    schema = json.loads(json.dumps(parameter_schema()))
+    names = [entry["name"] for entry in schema]
+    assert "octave-scale" in names and "keep-colors" in names and "device" not in names
+    steps = next(entry for entry in schema if entry["name"] == "steps")
+    assert steps == {"name": "steps", "kind": "int", "default": 10, "label": "Steps",
+                     "help": steps["help"], "minimum": 1, "maximum": 500}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"steps": 0}, "'steps' must be a whole number from 1 to 500"),
+        ({"steps": 2.5}, "whole number"),
+        ({"steps": True}, "whole number"),
+        ({"strength": float("nan")}, "'strength' must be a number from 0 to 1"),
+        ({"strength": "1"}, "must be a number"),
+        ({"keep-colors": 1}, "true or false"),
+        ({"preset": "dogs"}, "one of strokes, textures"),
+        ({"model": 3}, "must be text"),
+        ({"octave_scale": 1.4}, "Unknown parameter 'octave_scale'"),
+        ({"preset": "custom"}, "needs layers"),
+    ],
+)
+def test_bad_values_are_refused_with_what_is_allowed(values, message):
+    with pytest.raises(InvalidParameter, match=message.replace("(", r"\(")):
+        DreamParams.from_mapping(values)
+
+
+def test_giving_layers_implies_the_custom_preset():
+    params = DreamParams.from_mapping({"layers": "block3:1", "octave-scale": 2})
+    assert params.preset == "custom" and params.octave_scale == 2.0
+    assert DreamParams.from_mapping(params.to_mapping()) == params
