@@ -95,8 +95,8 @@ class GradientAscent:
         detail = torch.zeros_like(base[..., : sizes[0][0], : sizes[0][1]])
         for octave, size in enumerate(sizes):
             octave_base = _resize(base, size)
-            detail = _resize(detail, size)
-            image = (octave_base + detail).clamp_(0, 1)
+            image = _resize(detail, size).add_(octave_base).clamp_(0, 1)
+            del detail
             for step in range(s.steps):
                 if self.should_stop and self.should_stop():
                     raise DreamCancelled()
@@ -111,14 +111,16 @@ class GradientAscent:
         return image
 
     def step(self, image: torch.Tensor) -> torch.Tensor:
+        """One ascent step; updates `image` in place (big images have no room for copies)."""
         s = self.settings
         height, width = image.shape[-2:]
         shift_y, shift_x = self._random_shift(height), self._random_shift(width)
-        rolled = torch.roll(image, (shift_y, shift_x), (2, 3))
-        gradient = torch.roll(self.gradient(rolled), (-shift_y, -shift_x), (2, 3))
+        rolled_gradient = self.gradient(torch.roll(image, (shift_y, shift_x), (2, 3)))
+        gradient = torch.roll(rolled_gradient, (-shift_y, -shift_x), (2, 3))
+        del rolled_gradient  # full-size buffers: a 6000x4000 image has 288 MB in each
         gradient = normalize_scales(gradient, s.smoothness)
-        scale = (s.step_size / 255.0) / (gradient.abs().mean() + 1e-8)
-        return (image + gradient * scale).clamp_(0, 1)
+        gradient.mul_((s.step_size / 255.0) / (gradient.abs().mean() + 1e-8))
+        return image.add_(gradient).clamp_(0, 1)
 
     def _random_shift(self, length: int) -> int:
         # Within a tile's span as well as the jitter, so that tile borders land somewhere new
