@@ -95,8 +95,8 @@ class GradientAscent:
         detail = torch.zeros_like(base[..., : sizes[0][0], : sizes[0][1]])
         for octave, size in enumerate(sizes):
             octave_base = _resize(base, size)
+            # Re-inject the detail dreamed so far, enlarged to this octave.
             image = _resize(detail, size).add_(octave_base).clamp_(0, 1)
-            del detail
             for step in range(s.steps):
                 if self.should_stop and self.should_stop():
                     raise DreamCancelled()
@@ -107,8 +107,8 @@ class GradientAscent:
                 if s.max_change and _rms(image - octave_base) >= s.max_change:
                     log.info("Stopped at octave %d step %d: max-change reached", octave, step)
                     return (base + _resize(image - octave_base, (height, width))).clamp_(0, 1)
-            detail = image - octave_base
-        return image
+            detail = image.sub_(octave_base)  # the image itself is not needed any more
+        return detail.add_(octave_base)
 
     def step(self, image: torch.Tensor) -> torch.Tensor:
         """One ascent step; updates `image` in place (big images have no room for copies)."""
