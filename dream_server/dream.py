@@ -142,6 +142,8 @@ class GradientAscent:
         gradient = torch.empty_like(image)
         for top, bottom in split_evenly(height, self.settings.tile_size):
             for left, right in split_evenly(width, self.settings.tile_size):
+                if self.should_stop and self.should_stop():  # a big image's step takes a while
+                    raise DreamCancelled()
                 tile = image[..., top:bottom, left:right].contiguous(
                     memory_format=torch.channels_last
                 )
@@ -187,6 +189,13 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     )
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    # The CPU allocator reports exhaustion as a plain RuntimeError.
+    return isinstance(err, torch.OutOfMemoryError | MemoryError) or (
+        "can't allocate memory" in str(err) or "out of memory" in str(err).lower()
+    )
+
+
 def _rms(values: torch.Tensor) -> float:
     return float(values.square().mean().sqrt())
 
@@ -223,7 +232,9 @@ def dream(
     ascent = GradientAscent(model, objective, settings, on_progress, should_stop)
     try:
         dreamed = ascent.run(base)
-    except torch.OutOfMemoryError as err:
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
         raise OutOfMemory(
             f"The {device.type.upper()} ran out of memory dreaming {width}x{height} pixels with "
             f"tiles of {settings.tile_size}: use a smaller tile size or a smaller image or "

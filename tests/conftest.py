@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +50,53 @@ def cat() -> np.ndarray:
 @pytest.fixture(scope="session")
 def small_cat() -> np.ndarray:
     return photo("chelsea.png", (192, 128))
+
+
+class RunningServer:
+    """A real `dream-server` process with its own state folder."""
+
+    def __init__(self, home: Path, process: subprocess.Popen, endpoint_record: dict) -> None:
+        self.home = home
+        self.process = process
+        self.record = endpoint_record
+
+    @property
+    def connection(self):  # noqa: ANN201
+        from gimp_plugin.dream_client import Connection
+
+        return Connection(self.record["endpoint"], self.record["token"], self.record.get("server_key"))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(home: Path, *args: str, timeout: float = 60) -> RunningServer:
+    home.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "DEEPDREAM_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dream_server.daemon", *args],
+        env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    endpoint_file = home / "endpoint.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dream-server exited: {process.stdout.read().decode()}")
+        if endpoint_file.exists():
+            return RunningServer(home, process, json.loads(endpoint_file.read_text()))
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("dream-server did not write its endpoint file")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    running = start_server(tmp_path_factory.mktemp("dream-home"))
+    yield running
+    running.stop()

@@ -1,0 +1,163 @@
+"""The wire protocol's checks: every message is validated here before any work is done.
+
+A message is `[JSON header, raw frames...]` (docs/PROTOCOL.md). Nothing is unpickled: headers
+are JSON, pixels are raw bytes whose length must match the header. Every check failure is a
+`BadMessage` that says what was wrong, so the daemon can answer it and carry on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gimp_plugin.dream_client import ITEM_SIZES, PROTOCOL_VERSION
+
+from .errors import DreamError
+from .params import DreamParams
+
+HEADER_LIMIT = 64 * 1024
+JOB_ID_LIMIT = 64
+REQUEST_TYPES = {"hello", "submit", "cancel", "ping", "status"}
+DTYPES = {"u8": np.uint8, "f32": np.float32}
+assert set(DTYPES) == set(ITEM_SIZES)
+
+
+class BadMessage(Exception):
+    def __init__(self, code: str, message: str, job: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.job = job
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: str
+    params: DreamParams
+    image: np.ndarray
+    mask: np.ndarray | None
+    guide: np.ndarray | None
+
+
+def decode_header(frame: bytes, token: str) -> dict[str, Any]:
+    """The header as a dict, with version, type and token checked."""
+    if len(frame) > HEADER_LIMIT:
+        raise BadMessage(
+            "bad_header", f"The header is {len(frame)} bytes; the limit is {HEADER_LIMIT}."
+        )
+    try:
+        header = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        raise BadMessage("bad_header", "The header is not JSON.") from None
+    if not isinstance(header, dict):
+        raise BadMessage("bad_header", "The header must be a JSON object.")
+    job = header.get("job")
+    job = job if isinstance(job, str) and 0 < len(job) <= JOB_ID_LIMIT else None
+    presented = header.get("token")
+    if not isinstance(presented, str) or not hmac.compare_digest(
+        presented.encode(), token.encode()
+    ):
+        raise BadMessage(
+            "bad_token", "Missing or wrong token: read it from the endpoint file.", job
+        )
+    if header.get("v") != PROTOCOL_VERSION:
+        raise BadMessage(
+            "bad_version", f"Protocol version {header.get('v')!r} is not {PROTOCOL_VERSION}.", job
+        )
+    if header.get("type") not in REQUEST_TYPES:
+        raise BadMessage(
+            "bad_type",
+            f"Unknown message type {str(header.get('type'))[:40]!r}; "
+            f"known: {', '.join(sorted(REQUEST_TYPES))}.",
+            job,
+        )
+    if header["type"] in ("submit", "cancel") and job is None:
+        raise BadMessage(
+            "bad_job", f"'job' must be a non-empty string of at most {JOB_ID_LIMIT} characters."
+        )
+    return header
+
+
+def parse_submit(header: dict[str, Any], frames: list, max_pixels: int) -> Submission:
+    """Check a submit message completely and turn its frames into arrays (without copying)."""
+    job = header["job"]
+    params = header.get("params", {})
+    if not isinstance(params, dict):
+        raise BadMessage("bad_parameter", "'params' must be a JSON object.", job)
+    try:
+        dream_params = DreamParams.from_mapping(params)
+    except DreamError as err:
+        raise BadMessage("bad_parameter", str(err), job) from None
+    parts = [part for part in ("image", "mask", "guide") if part == "image" or part in header]
+    if len(frames) != len(parts):
+        raise BadMessage(
+            "bad_frames",
+            f"Expected {len(parts)} pixel frame(s) ({', '.join(parts)}); got {len(frames)}.",
+            job,
+        )
+    arrays = {
+        part: pixel_array(header.get(part), frame, part, max_pixels, job)
+        for part, frame in zip(parts, frames, strict=True)
+    }
+    image = arrays["image"]
+    mask = arrays.get("mask")
+    if mask is not None:
+        if mask.shape[:2] != image.shape[:2] or mask.shape[2] != 1:
+            raise BadMessage(
+                "bad_frames",
+                f"The mask must be one channel of {image.shape[1]}x{image.shape[0]}; got "
+                f"{mask.shape[2]} channel(s) of {mask.shape[1]}x{mask.shape[0]}.",
+                job,
+            )
+        mask = mask[:, :, 0]
+    return Submission(job, dream_params, image, mask, arrays.get("guide"))
+
+
+def pixel_array(meta: Any, frame, what: str, max_pixels: int, job: str) -> np.ndarray:  # noqa: ANN001
+    if not isinstance(meta, dict):
+        raise BadMessage(
+            "bad_frames", f"'{what}' must describe the frame: width, height, channels, dtype.", job
+        )
+    width, height, channels, dtype = (meta.get(k) for k in ("width", "height", "channels", "dtype"))
+    for name, value in (("width", width), ("height", height), ("channels", channels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadMessage("bad_frames", f"The {what}'s {name} must be a positive integer.", job)
+    if channels > 4:
+        raise BadMessage("bad_frames", f"The {what} has {channels} channels; at most 4.", job)
+    if dtype not in DTYPES:
+        raise BadMessage(
+            "bad_frames", f"The {what}'s dtype must be u8 or f32; got {str(dtype)[:20]!r}.", job
+        )
+    if width * height > max_pixels:
+        raise BadMessage(
+            "too_large",
+            f"The {what} is {width}x{height}, over this server's limit of {max_pixels} pixels: "
+            "dream on a smaller selection or scale the image down.",
+            job,
+        )
+    expected = width * height * channels * ITEM_SIZES[dtype]
+    buffer = memoryview(frame.buffer if hasattr(frame, "buffer") else frame)
+    if buffer.nbytes != expected:
+        raise BadMessage(
+            "bad_frames",
+            f"The {what} frame has {buffer.nbytes} bytes; {width}x{height}x{channels} {dtype} "
+            f"needs {expected}.",
+            job,
+        )
+    array = np.frombuffer(buffer, dtype=DTYPES[dtype]).reshape(height, width, channels)
+    if dtype == "f32" and not np.isfinite(array).all():
+        raise BadMessage("bad_frames", f"The {what} holds NaN or infinite values.", job)
+    return array
+
+
+def encode(message_type: str, **fields: Any) -> bytes:
+    return json.dumps({"v": PROTOCOL_VERSION, "type": message_type, **fields}).encode()
+
+
+def frame_meta(array: np.ndarray) -> dict[str, Any]:
+    height, width, channels = array.shape
+    dtype = next(name for name, kind in DTYPES.items() if array.dtype == kind)
+    return {"width": width, "height": height, "channels": channels, "dtype": dtype}

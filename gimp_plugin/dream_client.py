@@ -1,0 +1,342 @@
+"""Client for the DeepDream dream server (docs/PROTOCOL.md).
+
+Standard library and pyzmq only: it runs inside GIMP's own Python, next to the plug-in, and
+under plain pytest. It finds the server through `DEEPDREAM_ENDPOINT` (+ `DEEPDREAM_TOKEN`, and
+`DEEPDREAM_SERVER_KEY` for an encrypted remote server) or through the endpoint file the server
+writes, and starts a server from the environment `install.py` recorded when none answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+PROTOCOL_VERSION = 1
+ENDPOINT_FILE = "endpoint.json"
+INSTALL_RECORD = "daemon.json"
+LOG_FILE = "dream-server.log"
+ITEM_SIZES = {"u8": 1, "f32": 4}
+
+HELLO_TIMEOUT_S = 2.0
+PING_INTERVAL_S = 0.5
+SERVER_SILENCE_S = 3.0
+"""No reply at all (not even to pings) for this long: the server has gone."""
+START_TIMEOUT_S = 90.0
+
+ProgressCallback = Callable[[float, int, int, float | None], None]
+"""Called with (fraction done, octave, step, seconds left or None)."""
+
+
+class DreamServerError(Exception):
+    """Something went wrong with the dream server; the message says what to do."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DreamCancelledError(DreamServerError):
+    def __init__(self) -> None:
+        super().__init__("The dream was cancelled.", "cancelled")
+
+
+def state_dir() -> Path:
+    """Where the server writes its endpoint file and log, and install.py its record."""
+    override = os.environ.get("DEEPDREAM_HOME")
+    if override:
+        return Path(override)
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA", Path.home())) / "deepdream"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "deepdream"
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "deepdream"
+
+
+def log_path() -> Path:
+    return state_dir() / LOG_FILE
+
+
+class Connection:
+    """Where the server is: an endpoint, its token, and for remote servers its CURVE key."""
+
+    def __init__(self, endpoint: str, token: str, server_key: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.token = token
+        self.server_key = server_key
+
+    @classmethod
+    def from_environment(cls) -> Connection | None:
+        endpoint = os.environ.get("DEEPDREAM_ENDPOINT")
+        if not endpoint:
+            return None
+        return cls(
+            endpoint, os.environ.get("DEEPDREAM_TOKEN", ""), os.environ.get("DEEPDREAM_SERVER_KEY")
+        )
+
+    @classmethod
+    def from_endpoint_file(cls) -> Connection | None:
+        try:
+            record = json.loads((state_dir() / ENDPOINT_FILE).read_text())
+            return cls(record["endpoint"], record["token"], record.get("server_key"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+class DreamClient:
+    """One connection to a dream server; `dream` sends a job and waits for its result."""
+
+    def __init__(
+        self,
+        connection: Connection | None = None,
+        start_server: bool = True,
+        inactivity_timeout_s: float = 600.0,
+    ) -> None:
+        self.inactivity_timeout_s = inactivity_timeout_s
+        self._context = zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self.server_info: dict = {}
+        explicit = connection or Connection.from_environment()
+        if explicit is not None:
+            self._connect_and_greet(explicit)
+            return
+        found = Connection.from_endpoint_file()
+        if found is not None and self._try_greet(found):
+            return
+        if not start_server:
+            raise DreamServerError(
+                "The dream server is not running. Start it with `dream-server` in a terminal."
+            )
+        self._connect_and_greet(start_local_server())
+
+    # -- connecting -------------------------------------------------------------------------
+
+    def _try_greet(self, connection: Connection) -> bool:
+        try:
+            self._connect_and_greet(connection)
+            return True
+        except DreamServerError:
+            self.close()
+            return False
+
+    def _connect_and_greet(self, connection: Connection) -> None:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        if connection.server_key:
+            public, secret = zmq.curve_keypair()
+            socket.curve_publickey, socket.curve_secretkey = public, secret
+            socket.curve_serverkey = connection.server_key.encode()
+        socket.connect(connection.endpoint)
+        self._socket, self.connection = socket, connection
+        self._send({"type": "hello"})
+        reply = self._receive(HELLO_TIMEOUT_S)
+        if reply is None:
+            self.close()
+            raise DreamServerError(
+                f"No dream server answered at {connection.endpoint} within {HELLO_TIMEOUT_S:g} s. "
+                f"Start one with `dream-server` (its log: {log_path()})."
+            )
+        header, _ = reply
+        if header.get("type") == "error":
+            self.close()
+            raise _server_error(header)
+        if header.get("type") != "hello_ok" or header.get("v") != PROTOCOL_VERSION:
+            self.close()
+            raise DreamServerError(
+                f"The dream server at {connection.endpoint} speaks another protocol version "
+                f"({header.get('v')}, this plug-in speaks {PROTOCOL_VERSION}): run install.py "
+                "again so that both are the same release."
+            )
+        self.server_info = header
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def __enter__(self) -> DreamClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _send(self, header: dict, frames: list = ()) -> None:
+        message = {"v": PROTOCOL_VERSION, "token": self.connection.token, **header}
+        self._socket.send_multipart([json.dumps(message).encode(), *frames], copy=False)
+
+    def _receive(self, timeout_s: float) -> tuple[dict, list[zmq.Frame]] | None:
+        if not self._socket.poll(int(timeout_s * 1000)):
+            return None
+        frames = self._socket.recv_multipart(copy=False)
+        try:
+            header = json.loads(frames[0].bytes)
+        except ValueError:
+            raise DreamServerError("The dream server sent a message that is not JSON.") from None
+        return header, frames[1:]
+
+    def ping(self) -> bool:
+        self._send({"type": "ping"})
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        while time.monotonic() < deadline:
+            reply = self._receive(deadline - time.monotonic())
+            if reply and reply[0].get("type") == "pong":
+                return True
+        return False
+
+    def status(self) -> dict:
+        self._send({"type": "status"})
+        reply = self._receive(HELLO_TIMEOUT_S)
+        if reply is None:
+            raise DreamServerError("The dream server did not answer a status request.")
+        return reply[0]
+
+    # -- dreaming -----------------------------------------------------------------------------
+
+    def dream(
+        self,
+        pixels: bytes | memoryview,
+        width: int,
+        height: int,
+        channels: int,
+        params: dict,
+        mask: bytes | memoryview | None = None,
+        guide: tuple[bytes | memoryview, int, int, int] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> bytes:
+        """Dream on tightly packed pixels (8-bit, or 32-bit float in 0..1) and return the result
+        in the same layout. `mask` is one channel of the same size; `guide` is
+        (pixels, width, height, channels)."""
+        header: dict = {
+            "type": "submit",
+            "job": uuid.uuid4().hex,
+            "params": params,
+            "image": _frame_meta(pixels, width, height, channels, "image"),
+        }
+        frames = [pixels]
+        if mask is not None:
+            header["mask"] = _frame_meta(mask, width, height, 1, "mask")
+            frames.append(mask)
+        if guide is not None:
+            guide_pixels, guide_width, guide_height, guide_channels = guide
+            header["guide"] = _frame_meta(
+                guide_pixels, guide_width, guide_height, guide_channels, "guide"
+            )
+            frames.append(guide_pixels)
+        self._send(header, frames)
+        return self._await_result(header["job"], on_progress)
+
+    def _await_result(self, job: str, on_progress: ProgressCallback | None) -> bytes:
+        last_heard = last_progress = last_ping = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - last_ping >= PING_INTERVAL_S:  # tells the server this client still waits
+                self._send({"type": "ping", "job": job})
+                last_ping = now
+            reply = self._receive(PING_INTERVAL_S)
+            now = time.monotonic()
+            if reply is None:
+                if now - last_heard > SERVER_SILENCE_S:
+                    raise DreamServerError(
+                        f"The dream server stopped answering in the middle of the dream: it may "
+                        f"have crashed or been stopped. See {log_path()}, then try again."
+                    )
+                if now - last_progress > self.inactivity_timeout_s:
+                    self.cancel(job)
+                    raise DreamServerError(
+                        f"The dream made no progress for {self.inactivity_timeout_s:g} s and was "
+                        f"cancelled. See {log_path()}."
+                    )
+                continue
+            last_heard = now
+            header, frames = reply
+            if header.get("job") not in (job, None):
+                continue  # a late reply for an earlier job: not ours to act on
+            kind = header.get("type")
+            if kind == "progress":
+                last_progress = now
+                if on_progress:
+                    on_progress(
+                        header["fraction"], header["octave"], header["step"],
+                        header.get("seconds_left"),
+                    )  # fmt: skip
+            elif kind == "accepted":
+                last_progress = now
+            elif kind == "result" and frames:
+                return frames[0].bytes
+            elif kind == "cancelled":
+                raise DreamCancelledError()
+            elif kind == "error":
+                raise _server_error(header)
+
+    def cancel(self, job: str) -> None:
+        self._send({"type": "cancel", "job": job})
+
+
+def _frame_meta(pixels: bytes | memoryview, width: int, height: int, channels: int, what: str):
+    size = memoryview(pixels).nbytes
+    count = width * height * channels
+    for dtype, item_size in ITEM_SIZES.items():
+        if count and size == count * item_size:
+            return {"width": width, "height": height, "channels": channels, "dtype": dtype}
+    raise DreamServerError(
+        f"The {what} has {size} bytes, which is neither 8-bit nor 32-bit float pixels for "
+        f"{width}x{height}x{channels}."
+    )
+
+
+def _server_error(header: dict) -> DreamServerError:
+    message = header.get("message", "The dream server reported an error.")
+    hint = header.get("hint")
+    return DreamServerError(f"{message} {hint}" if hint else message, header.get("code", "error"))
+
+
+def start_local_server() -> Connection:
+    """Start a dream server from the environment install.py recorded, and wait until it answers."""
+    record_path = state_dir() / INSTALL_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        python = record["python"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DreamServerError(
+            "The dream server is not running and this computer has no DeepDream environment "
+            f"to start it from ({record_path} is missing). Run `python3 install.py` from the "
+            "DeepDream folder."
+        ) from None
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    previous = state_dir() / ENDPOINT_FILE
+    started_after = previous.stat().st_mtime if previous.exists() else 0.0
+    try:
+        process = subprocess.Popen(
+            [python, "-m", "dream_server.daemon"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=environment, start_new_session=True, close_fds=True,
+        )  # fmt: skip
+    except OSError as err:
+        raise DreamServerError(
+            f"Could not start the dream server with {python} ({err}). Run `python3 install.py` "
+            "again."
+        ) from None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DreamServerError(
+                f"The dream server could not start (exit code {process.returncode}): see "
+                f"{log_path()} for why, or run `dream-server` in a terminal."
+            )
+        connection = Connection.from_endpoint_file()
+        if connection and previous.exists() and previous.stat().st_mtime > started_after:
+            return connection
+        time.sleep(0.1)
+    raise DreamServerError(
+        f"The dream server did not come up within {START_TIMEOUT_S:g} s: see {log_path()}, or "
+        "run `dream-server` in a terminal."
+    )

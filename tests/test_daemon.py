@@ -1,0 +1,407 @@
+"""The dream server: real processes, real sockets; nothing a client sends can crash it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+from conftest import ROOT, photo, start_server
+
+from dream_server.engine import Engine
+from dream_server.params import DreamParams
+from gimp_plugin.dream_client import DreamClient, DreamServerError
+
+QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
+LONG = {"octaves": 4, "steps": 200}
+
+
+@pytest.fixture(scope="module")
+def local_engine() -> Engine:
+    return Engine("cpu")
+
+
+def cat_pixels(channels: int, dtype: str, size=(96, 64)) -> np.ndarray:
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    pixels = photo("chelsea.png", size, mode)
+    if channels in (2, 4):
+        pixels[:, :, -1] = np.arange(pixels.shape[1], dtype=np.uint8)[None, :] * 2
+    return pixels.astype(np.float32) / 255 if dtype == "f32" else pixels
+
+
+class Raw:
+    """A bare DEALER socket speaking the protocol by hand, for what DreamClient never sends."""
+
+    def __init__(self, server, token: str | None = None) -> None:
+        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(server.record["endpoint"])
+        self.token = server.record["token"] if token is None else token
+
+    def send(self, header: dict, *frames: bytes) -> None:
+        self.socket.send_multipart([json.dumps({"v": 1, "token": self.token, **header}).encode(), *frames])
+
+    def receive(self, timeout_s: float = 5.0) -> dict | None:
+        if not self.socket.poll(int(timeout_s * 1000)):
+            return None
+        return json.loads(self.socket.recv_multipart()[0])
+
+    def wait_for(self, kind: str, timeout_s: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = self.receive(deadline - time.monotonic())
+            if message and message["type"] == kind:
+                return message
+        raise AssertionError(f"no {kind} within {timeout_s} s")
+
+    def submit(self, job: str, pixels: np.ndarray, params: dict) -> None:
+        height, width, channels = pixels.shape
+        meta = {"width": width, "height": height, "channels": channels, "dtype": "u8"}
+        self.send({"type": "submit", "job": job, "params": params, "image": meta}, pixels.tobytes())
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+def queue_of(server) -> list:
+    with DreamClient(server.connection) as client:
+        return client.status()["queue"]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", ["u8", "f32"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_round_trip_gives_what_the_engine_gives(server, local_engine, channels, dtype, masked):
+    pixels = cat_pixels(channels, dtype)
+    height, width, _ = pixels.shape
+    mask = None
+    if masked:
+        mask = np.zeros((height, width), np.uint8 if dtype == "u8" else np.float32)
+        mask[10:50, 20:80] = 255 if dtype == "u8" else 1.0
+    with DreamClient(server.connection) as client:
+        result = client.dream(pixels.tobytes(), width, height, channels, QUICK,
+                              mask=None if mask is None else mask.tobytes())  # fmt: skip
+    expected = local_engine.dream(pixels, DreamParams.from_mapping(QUICK), mask=mask)
+    got = np.frombuffer(result, pixels.dtype).reshape(pixels.shape)
+    assert np.array_equal(got, expected)
+    assert not np.array_equal(got, pixels)
+
+
+def test_hello_describes_models_presets_and_the_parameters(server):
+    with DreamClient(server.connection) as client:
+        info = client.server_info
+    assert info["device"] == "cpu" and info["v"] == 1
+    assert "effnet-lite0" in [model["name"] for model in info["models"]]
+    assert info["presets"] == ["strokes", "textures", "patterns", "parts", "animals", "objects"]
+    assert "octave-scale" in [param["name"] for param in info["params"]]
+
+
+def test_progress_arrives_with_time_left(server):
+    reports = []
+    pixels = cat_pixels(3, "u8", (192, 128))
+    with DreamClient(server.connection) as client:
+        client.dream(pixels.tobytes(), 192, 128, 3, {"octaves": 2, "steps": 5},
+                     on_progress=lambda *report: reports.append(report))  # fmt: skip
+    fractions = [fraction for fraction, *_ in reports]
+    assert fractions[0] == 0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert any(left is not None and left >= 0 for *_, left in reports)
+
+
+def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[bytes]:
+    """One malformed message of one of many kinds."""
+    good_meta = {"width": 8, "height": 8, "channels": 3, "dtype": "u8"}
+    header = {"v": 1, "token": token, "type": "submit", "job": f"fuzz-{index}", "image": good_meta}
+    pixels = bytes(8 * 8 * 3)
+    kind = index % 20
+    if kind == 0:
+        return [rng.bytes(int(rng.integers(1, 300)))]
+    if kind == 1:
+        return [json.dumps(rng.choice(["[1, 2]", "3", "null", '"text"'])).encode()]
+    if kind == 2:
+        return [b'{"v": 1, "token": "' + b"x" * 70_000 + b'"}']
+    if kind == 3:
+        return [json.dumps({**header, "token": "wrong"}).encode(), pixels]
+    if kind == 4:
+        return [json.dumps({k: v for k, v in header.items() if k != "token"}).encode(), pixels]
+    if kind == 5:
+        return [json.dumps({**header, "v": int(rng.integers(2, 99))}).encode(), pixels]
+    if kind == 6:
+        return [json.dumps({**header, "type": rng.bytes(8).hex()}).encode(), pixels]
+    if kind == 7:
+        return [json.dumps(header).encode()]  # no pixel frame
+    if kind == 8:
+        return [json.dumps(header).encode(), pixels, pixels, pixels]  # too many frames
+    if kind == 9:
+        side = int(rng.choice([-5, 0, 10**9, 2**40]))
+        return [json.dumps({**header, "image": {**good_meta, "width": side}}).encode(), pixels]
+    if kind == 10:
+        return [json.dumps(header).encode(), pixels[: int(rng.integers(0, len(pixels)))]]
+    if kind == 11:
+        bad = rng.choice(['"ten"', "-1", "1e9", "null", "[3]", "true"])
+        return [json.dumps({**header, "params": {"steps": json.loads(bad)}}).encode(), pixels]
+    if kind == 12:
+        return [json.dumps({**header, "params": {"no-such-parameter": 1}}).encode(), pixels]
+    if kind == 13:
+        return [json.dumps({**header, "params": [1, 2]}).encode(), pixels]
+    if kind == 14:
+        return [json.dumps({**header, "image": {**good_meta, "dtype": "f64"}}).encode(), pixels]
+    if kind == 15:
+        return [json.dumps({**header, "image": {**good_meta, "channels": 9}}).encode(), pixels]
+    if kind == 16:
+        return [json.dumps({**header, "job": "j" * 500}).encode(), pixels]
+    if kind == 17:
+        return [json.dumps({"v": 1, "token": token, "type": "cancel", "job": "never-submitted"}).encode()]
+    if kind == 18:
+        mask_meta = {"width": 4, "height": 4, "channels": 1, "dtype": "u8"}
+        return [json.dumps({**header, "mask": mask_meta}).encode(), pixels, bytes(16)]
+    nan = np.full((8, 8, 3), np.nan, np.float32).tobytes()
+    return [json.dumps({**header, "image": {**good_meta, "dtype": "f32"}}).encode(), nan]
+
+
+def test_ten_thousand_malformed_messages_leave_the_server_serving(server, local_engine):
+    rng = np.random.default_rng(1234)
+    fuzzer = Raw(server)
+    sent = replies = 0
+    kinds_answered = set()
+    for index in range(10_000):
+        fuzzer.socket.send_multipart(make_malformed(rng, server.record["token"], index))
+        sent += 1
+        while fuzzer.socket.poll(0):
+            reply = json.loads(fuzzer.socket.recv_multipart()[0])
+            assert reply["type"] == "error", reply
+            replies += 1
+    while (reply := fuzzer.receive(3.0)) is not None:
+        assert reply["type"] == "error", reply
+        kinds_answered.add(reply["code"])
+        replies += 1
+    fuzzer.close()
+    print(f"fuzz: {sent} malformed messages sent, {replies} answered with an error, "
+          f"{sent - replies} dropped")  # fmt: skip
+    assert replies == sent  # each of these can be answered, so each must be
+    assert {"bad_header", "bad_token", "bad_version", "bad_type", "bad_frames", "bad_parameter",
+            "bad_job", "too_large", "unknown_job"} <= kinds_answered  # fmt: skip
+    assert server.process.poll() is None
+    assert queue_of(server) == []
+    pixels = cat_pixels(3, "u8")
+    with DreamClient(server.connection) as client:
+        result = client.dream(pixels.tobytes(), 96, 64, 3, QUICK)
+    expected = local_engine.dream(pixels, DreamParams.from_mapping(QUICK))
+    assert np.array_equal(np.frombuffer(result, np.uint8).reshape(pixels.shape), expected)
+
+
+def test_oversized_frames_are_dropped_and_the_server_carries_on(tmp_path):
+    small = start_server(tmp_path / "home", "--max-pixels", "10000")
+    try:
+        raw = Raw(small)
+        raw.send({"type": "ping"}, bytes(2_000_000))  # over the transport limit: connection cut
+        time.sleep(0.5)
+        raw.close()
+        with DreamClient(small.connection) as client:
+            assert client.ping()
+            big = bytes(200 * 200 * 3)
+            with pytest.raises(DreamServerError, match="limit of 10000 pixels"):
+                client.dream(big, 200, 200, 3, QUICK)
+        assert small.process.poll() is None
+    finally:
+        small.stop()
+
+
+def test_cancel_lands_within_a_second(server):
+    raw = Raw(server)
+    raw.submit("long-one", cat_pixels(3, "u8", (640, 480)), LONG)
+    raw.wait_for("accepted")
+    raw.wait_for("progress")
+    started = time.monotonic()
+    raw.send({"type": "cancel", "job": "long-one"})
+    while True:
+        raw.send({"type": "ping", "job": "long-one"})
+        message = raw.receive(0.2)
+        if message and message["type"] == "cancelled":
+            break
+        assert time.monotonic() - started < 1.0
+    raw.close()
+    assert queue_of(server) == []
+
+
+def test_a_queued_job_is_removed_by_cancel(server):
+    raw = Raw(server)
+    raw.submit("first", cat_pixels(3, "u8", (640, 480)), LONG)
+    raw.submit("second", cat_pixels(3, "u8"), QUICK)
+    positions = [raw.wait_for("accepted")["position"] for _ in range(2)]
+    assert positions == [1, 2]
+    raw.send({"type": "cancel", "job": "second"})
+    assert raw.wait_for("cancelled")["job"] == "second"
+    raw.send({"type": "cancel", "job": "first"})
+    assert raw.wait_for("cancelled")["job"] == "first"
+    raw.close()
+
+
+CLIENT_THAT_WILL_BE_KILLED = """
+import sys, numpy as np
+from gimp_plugin.dream_client import DreamClient, Connection
+connection = Connection(sys.argv[1], sys.argv[2])
+pixels = np.zeros((480, 640, 3), np.uint8)
+with DreamClient(connection) as client:
+    client.dream(pixels.tobytes(), 640, 480, 3, {"octaves": 4, "steps": 200},
+                 on_progress=lambda *a: print("running", flush=True))
+"""
+
+
+def test_a_killed_client_frees_the_worker_within_two_seconds(server):
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_THAT_WILL_BE_KILLED, server.record["endpoint"],
+         server.record["token"]], cwd=ROOT, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert client.stdout.readline().strip() == b"running"
+    assert any(job["running"] for job in queue_of(server))
+    client.kill()  # what GIMP's Cancel button does to a plug-in
+    killed = time.monotonic()
+    client.wait()
+    while queue_of(server):
+        assert time.monotonic() - killed < 2.0
+        time.sleep(0.05)
+
+
+def test_four_clients_with_three_jobs_each_get_their_own_results(server, local_engine):
+    images = {(c, j): cat_pixels(3, "u8", (64 + 8 * c, 48 + 4 * j)) for c in range(4) for j in range(3)}
+    results, errors = {}, []
+
+    def client_thread(c: int) -> None:
+        try:
+            with DreamClient(server.connection) as client:
+                for j in range(3):
+                    pixels = images[c, j]
+                    height, width, _ = pixels.shape
+                    params = {**QUICK, "seed": 10 * c + j}
+                    results[c, j] = np.frombuffer(
+                        client.dream(pixels.tobytes(), width, height, 3, params), np.uint8
+                    ).reshape(pixels.shape)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=client_thread, args=(c,)) for c in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    for (c, j), pixels in images.items():
+        params = DreamParams.from_mapping({**QUICK, "seed": 10 * c + j})
+        assert np.array_equal(results[c, j], local_engine.dream(pixels, params))
+
+
+def test_a_killed_server_makes_the_client_fail_promptly_and_clearly(tmp_path):
+    doomed = start_server(tmp_path / "home")
+    pixels = cat_pixels(3, "u8", (640, 480))
+    killed_at = []
+
+    def kill_on_first_progress(*_: object) -> None:
+        if not killed_at:
+            os.kill(doomed.process.pid, signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+    with DreamClient(doomed.connection) as client:
+        with pytest.raises(DreamServerError, match="stopped answering") as info:
+            client.dream(pixels.tobytes(), 640, 480, 3, LONG, on_progress=kill_on_first_progress)
+    assert time.monotonic() - killed_at[0] < 5.0
+    assert "dream-server.log" in str(info.value)
+
+
+def test_a_wrong_or_missing_token_is_refused(server):
+    for token in ("not-the-token", ""):
+        raw = Raw(server, token=token)
+        raw.submit("sneaky", cat_pixels(3, "u8"), QUICK)
+        reply = raw.wait_for("error")
+        assert reply["code"] == "bad_token"
+        raw.close()
+    assert queue_of(server) == []
+
+
+def test_the_default_bind_is_loopback_and_the_endpoint_file_is_private(server):
+    assert server.record["endpoint"].startswith("tcp://127.0.0.1:")
+    mode = stat.S_IMODE((server.home / "endpoint.json").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_a_second_server_says_where_the_first_one_is(server):
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_server.daemon"], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "DEEPDREAM_HOME": str(server.home)}, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert f"already running at {server.record['endpoint']}" in run.stderr
+
+
+def test_status_prints_endpoint_device_models_and_queue(server):
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_server.daemon", "--status"], cwd=ROOT, capture_output=True,
+        text=True, env={**os.environ, "DEEPDREAM_HOME": str(server.home)}, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0
+    for expected in (server.record["endpoint"], "cpu", "effnet-lite0", "queue", "dream-server.log"):
+        assert expected in run.stdout
+
+
+def test_a_public_bind_without_keys_refuses_to_start(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_server.daemon", "--bind", "tcp://0.0.0.0:0"], cwd=ROOT,
+        capture_output=True, text=True, env={**os.environ, "DEEPDREAM_HOME": str(tmp_path)},
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "refusing to listen on tcp://0.0.0.0:0 without encryption" in run.stderr
+    assert not (tmp_path / "endpoint.json").exists()
+
+
+def test_a_public_bind_with_curve_keys_serves_clients_that_know_the_server_key(tmp_path):
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "dream_server.daemon", "--gen-keys", keys],
+                   cwd=ROOT, check=True, capture_output=True, timeout=60)  # fmt: skip
+    remote = start_server(tmp_path / "home", "--bind", "tcp://0.0.0.0:0", "--curve-dir", str(keys))
+    try:
+        port = remote.record["endpoint"].rsplit(":", 1)[1]
+        connection = remote.connection
+        connection.endpoint = f"tcp://127.0.0.1:{port}"
+        assert connection.server_key
+        with DreamClient(connection) as client:
+            pixels = cat_pixels(3, "u8")
+            assert len(client.dream(pixels.tobytes(), 96, 64, 3, QUICK)) == pixels.size
+        connection.server_key = None  # plain text against an encrypted server: no answer
+        with pytest.raises(DreamServerError, match="No dream server answered"):
+            DreamClient(connection)
+    finally:
+        remote.stop()
+
+
+def test_idle_exit_stops_the_server_and_removes_its_endpoint_file(tmp_path):
+    idle = start_server(tmp_path / "home", "--idle-exit", "0.02")
+    assert idle.process.wait(timeout=30) == 0
+    assert not (tmp_path / "home" / "endpoint.json").exists()
+
+
+def test_out_of_memory_is_reported_with_advice_and_the_server_stays_healthy(tmp_path):
+    starved = start_server(tmp_path / "home")
+    try:
+        with open(f"/proc/{starved.process.pid}/status") as status:
+            vm = next(int(line.split()[1]) for line in status if line.startswith("VmSize"))
+        limit = (vm + 1_500_000) * 1024  # 1.5 GB more address space than it has now
+        import resource
+
+        resource.prlimit(starved.process.pid, resource.RLIMIT_AS, (limit, limit))
+        big = np.zeros((3000, 4000, 3), np.uint8)
+        with DreamClient(starved.connection) as client:
+            with pytest.raises(DreamServerError, match="out of memory.*tile") as info:
+                client.dream(big.tobytes(), 4000, 3000, 3, {"octaves": 1, "steps": 1, "tile-size": 4096})
+            assert info.value.code == "out_of_memory"
+            pixels = cat_pixels(3, "u8")
+            assert len(client.dream(pixels.tobytes(), 96, 64, 3, QUICK)) == pixels.size
+    finally:
+        starved.stop()
