@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import venv
 from pathlib import Path
+
+from gimp_plugin.locations import INSTALL_RECORD, state_dir
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VENV = ROOT / ".venv"
@@ -58,6 +61,15 @@ def ensure_environment(venv_dir: Path, with_tests: bool) -> Path:
     else:
         say(f"environment {venv_dir} is up to date")
     return python
+
+
+def record_environment(python: Path) -> None:
+    """Tell the plug-in's client which Python to start the dream server with."""
+    folder = state_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"python": str(python), "project": str(ROOT)}
+    (folder / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    say(f"recorded the environment in {folder / INSTALL_RECORD}")
 
 
 def check_embedded_model(python: Path) -> None:
@@ -132,13 +144,16 @@ def main() -> int:
     try:
         python = ensure_environment(args.venv, with_tests=args.test)
         check_embedded_model(python)
+        record_environment(python)
         if args.test:
             return run_tests(python, pytest_args)
         if not args.no_sample:
             dream_sample(args.venv)
     except subprocess.CalledProcessError as err:
-        print(f"[install] failed: {' '.join(map(str, err.cmd))} exited with {err.returncode}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"[install] failed: {' '.join(map(str, err.cmd))} exited with {err.returncode}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

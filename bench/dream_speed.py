@@ -152,10 +152,18 @@ def main() -> None:
         f"{engine_s - network_s:.2f} s = {100 * (engine_s - network_s) / network_s:.0f}% on top"
     )
     big = subprocess.run(  # a fresh process, so that its peak memory is the big dream's own
-        [sys.executable, str(Path(__file__).with_name("big_dream.py")), "--octaves", "1",
-         "--steps", "2"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(Path(__file__).with_name("big_dream.py")),
+            "--octaves",
+            "1",
+            "--steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     report = json.loads(big.stdout.strip().splitlines()[-1])
     print(
         f"6000x4000, 1 octave x 2 steps, tiles of 512: {report['seconds']:.1f} s, "

@@ -33,15 +33,8 @@ import torch
 import zmq
 import zmq.auth
 
-from gimp_plugin.dream_client import (
-    ENDPOINT_FILE,
-    PROTOCOL_VERSION,
-    Connection,
-    DreamClient,
-    DreamServerError,
-    log_path,
-    state_dir,
-)
+from gimp_plugin.dream_client import PROTOCOL_VERSION, Connection, DreamClient, DreamServerError
+from gimp_plugin.locations import ENDPOINT_FILE, log_path, state_dir
 
 from . import __version__
 from .engine import Engine
@@ -142,16 +135,27 @@ class Worker(threading.Thread):
             last_sent = now
             elapsed = now - started
             left = elapsed * (1 - fraction) / fraction if fraction > 0 else None
-            reply(encode("progress", job=job.id, fraction=round(fraction, 4), octave=octave,
-                         step=step, seconds_left=None if left is None else round(left, 1)))  # fmt: skip
+            reply(
+                encode(
+                    "progress",
+                    job=job.id,
+                    fraction=round(fraction, 4),
+                    octave=octave,
+                    step=step,
+                    seconds_left=None if left is None else round(left, 1),
+                )
+            )
 
         submission = job.submission
         try:
             result = self.engine.dream(
-                submission.image, submission.params, mask=submission.mask,
-                guide_image=submission.guide, on_progress=progress,
+                submission.image,
+                submission.params,
+                mask=submission.mask,
+                guide_image=submission.guide,
+                on_progress=progress,
                 should_stop=job.cancel.is_set,
-            )  # fmt: skip
+            )
         except DreamCancelled:
             log.info("job %s cancelled after %.1f s", job.id, time.monotonic() - started)
             reply(encode("cancelled", job=job.id))
@@ -159,17 +163,30 @@ class Worker(threading.Thread):
         except (OutOfMemory, MemoryError) as err:
             _free_device_memory()
             message = str(err) if isinstance(err, OutOfMemory) else "Out of memory."
-            reply(encode("error", job=job.id, code="out_of_memory", message=message,
-                         hint="Dream on a smaller selection, or lower tile-size."))  # fmt: skip
+            reply(
+                encode(
+                    "error",
+                    job=job.id,
+                    code="out_of_memory",
+                    message=message,
+                    hint="Dream on a smaller selection, or lower tile-size.",
+                )
+            )
             return
         except DreamError as err:
             reply(encode("error", job=job.id, code=err.code, message=str(err)))
             return
         except Exception:
             log.exception("job %s failed", job.id)
-            reply(encode("error", job=job.id, code="internal",
-                         message="The dream server failed on this job.",
-                         hint=f"See {log_path()} for details."))  # fmt: skip
+            reply(
+                encode(
+                    "error",
+                    job=job.id,
+                    code="internal",
+                    message="The dream server failed on this job.",
+                    hint=f"See {log_path()} for details.",
+                )
+            )
             return
         result = np.ascontiguousarray(result)
         log.info("job %s done in %.1f s", job.id, time.monotonic() - started)
@@ -428,9 +445,13 @@ def print_status() -> int:
     print(f"device        {status['device']}")
     print(f"models loaded {', '.join(status['loaded_models']) or 'none yet'}")
     queue = status["queue"]
-    print(f"queue         {len(queue)} job(s)" + "".join(
-        f"\n              {job['job']} {'running' if job['running'] else 'queued'}" for job in queue
-    ))  # fmt: skip
+    print(
+        f"queue         {len(queue)} job(s)"
+        + "".join(
+            f"\n              {job['job']} {'running' if job['running'] else 'queued'}"
+            for job in queue
+        )
+    )
     print(f"log           {status['log']}")
     return 0
 
@@ -442,7 +463,8 @@ def generate_keys(folder: Path) -> int:
     public, _ = zmq.auth.load_certificate(public_file)
     print(f"Wrote {public_file} and {secret_file}.")
     print(
-        f"Start the server with --curve-dir {folder}; clients set DEEPDREAM_SERVER_KEY={public.decode()}"
+        f"Start the server with --curve-dir {folder}; "
+        f"clients set DEEPDREAM_SERVER_KEY={public.decode()}"
     )
     return 0
 
@@ -477,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         "--status", action="store_true", help="describe the running server and exit"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     if args.status:
         return print_status()
     if args.gen_keys:
@@ -489,40 +511,56 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         running = Connection.from_endpoint_file()
         where = running.endpoint if running else "an unknown endpoint"
-        print(f"dream-server is already running at {where} (see `dream-server --status`).",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"dream-server is already running at {where} (see `dream-server --status`).",
+            file=sys.stderr,
+        )
         return 1
     curve = None
     if args.curve_dir:
         try:
             curve = zmq.auth.load_certificate(args.curve_dir / "server.key_secret")
         except (OSError, ValueError) as err:
-            print(f"dream-server: cannot read CURVE keys in {args.curve_dir} ({err}); create them "
-                  "with --gen-keys DIR.", file=sys.stderr)  # fmt: skip
+            print(
+                f"dream-server: cannot read CURVE keys in {args.curve_dir} ({err}); create them "
+                "with --gen-keys DIR.",
+                file=sys.stderr,
+            )
             return 2
     if not is_loopback(args.bind) and curve is None:
-        print(f"dream-server: refusing to listen on {args.bind} without encryption: create keys "
-              "with `dream-server --gen-keys DIR` and pass --curve-dir DIR.", file=sys.stderr)  # fmt: skip
+        print(
+            f"dream-server: refusing to listen on {args.bind} without encryption: create keys "
+            "with `dream-server --gen-keys DIR` and pass --curve-dir DIR.",
+            file=sys.stderr,
+        )
         return 2
     setup_logging(log_path(), args.verbose)
     try:
         engine = Engine(args.device, max_models=args.max_models)
-        server = DreamServer(engine, args.bind, secrets.token_hex(16), args.max_pixels, curve,
-                             args.idle_exit * 60)  # fmt: skip
+        server = DreamServer(
+            engine, args.bind, secrets.token_hex(16), args.max_pixels, curve, args.idle_exit * 60
+        )
     except (DreamError, zmq.ZMQError) as err:
         log.error("could not start: %s", err)
         print(f"dream-server: {err}", file=sys.stderr)
         return 2
     endpoint_file = folder / ENDPOINT_FILE
-    record = {"endpoint": server.endpoint, "token": server.token, "pid": os.getpid(),
-              "log": str(log_path()), "protocol": PROTOCOL_VERSION}  # fmt: skip
+    record = {
+        "endpoint": server.endpoint,
+        "token": server.token,
+        "pid": os.getpid(),
+        "log": str(log_path()),
+        "protocol": PROTOCOL_VERSION,
+    }
     if curve is not None:
         record["server_key"] = curve[0].decode()
     write_endpoint_file(endpoint_file, record)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stopping.set())
-    print(f"dream-server listening on {server.endpoint} ({engine.device}); log: {log_path()}",
-          flush=True)  # fmt: skip
+    print(
+        f"dream-server listening on {server.endpoint} ({engine.device}); log: {log_path()}",
+        flush=True,
+    )
     try:
         server.serve()
     finally:

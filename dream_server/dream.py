@@ -214,12 +214,15 @@ def dream(
     """Dream on an (H, W, C) array and return one of the same shape and type.
 
     Gray and RGB, with or without alpha, 8/16-bit or float. Alpha comes back bit for bit, and
-    where `mask` (H, W, 0..1) is 0 the pixels come back exactly as they were.
+    where `mask` (H, W, 0..1) is 0 the pixels come back exactly as they were. With strength 0
+    the input itself comes back.
     """
+    if strength == 0:  # nothing changes: no float conversion, no copy of a big image
+        return Pixels.check_array(image)
     pixels = Pixels.from_array(image)
     height, width = pixels.rgb.shape[:2]
     weights = check_mask(mask, (height, width)) if mask is not None else None
-    if strength == 0 or (weights is not None and not weights.any()):
+    if weights is not None and not weights.any():
         return pixels.original.copy()
     device = next(model.parameters()).device
     base = torch.from_numpy(pixels.rgb).permute(2, 0, 1)[None].to(device)

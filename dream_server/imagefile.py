@@ -15,8 +15,14 @@ from .imaging import MAX_PIXELS
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
-FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
-           ".tiff": "TIFF"}  # fmt: skip
+FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 CAN_STORE_ALPHA = {"PNG", "WEBP", "TIFF"}
 
 

@@ -31,6 +31,19 @@ class Pixels:
 
     @classmethod
     def from_array(cls, array: np.ndarray) -> Pixels:
+        image = cls.check_array(array)
+        colour = to_unit_float(image[:, :, :3] if image.shape[2] >= 3 else image[:, :, :1])
+        if not np.isfinite(colour).all():
+            raise InvalidImage("The image holds NaN or infinite values: fix them first.")
+        if colour.shape[2] == 1:
+            rgb = np.repeat(colour, 3, axis=2)
+        else:  # never clip the caller's own float array
+            rgb = colour.copy() if np.shares_memory(colour, image) else colour
+        return cls(image, np.clip(rgb, 0.0, 1.0, out=rgb))
+
+    @staticmethod
+    def check_array(array: np.ndarray) -> np.ndarray:
+        """The array as (H, W, C), or InvalidImage saying what is wrong with its shape or type."""
         image = np.asarray(array)
         if image.ndim == 2:
             image = image[:, :, None]
@@ -51,14 +64,7 @@ class Pixels:
                 f"Pixels of type {image.dtype} are not supported: use 8 or 16-bit integers "
                 "or floats in 0..1."
             )
-        colour = to_unit_float(image[:, :, :3] if image.shape[2] >= 3 else image[:, :, :1])
-        if not np.isfinite(colour).all():
-            raise InvalidImage("The image holds NaN or infinite values: fix them first.")
-        if colour.shape[2] == 1:
-            rgb = np.repeat(colour, 3, axis=2)
-        else:  # never clip the caller's own float array
-            rgb = colour.copy() if np.shares_memory(colour, image) else colour
-        return cls(image, np.clip(rgb, 0.0, 1.0, out=rgb))
+        return image
 
     @property
     def is_gray(self) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -19,10 +18,12 @@ from pathlib import Path
 
 import zmq
 
+try:
+    from .locations import ENDPOINT_FILE, INSTALL_RECORD, log_path, state_dir
+except ImportError:  # installed into GIMP's plug-in folder, next to locations.py
+    from locations import ENDPOINT_FILE, INSTALL_RECORD, log_path, state_dir
+
 PROTOCOL_VERSION = 1
-ENDPOINT_FILE = "endpoint.json"
-INSTALL_RECORD = "daemon.json"
-LOG_FILE = "dream-server.log"
 ITEM_SIZES = {"u8": 1, "f32": 4}
 
 HELLO_TIMEOUT_S = 2.0
@@ -48,22 +49,6 @@ class DreamCancelledError(DreamServerError):
         super().__init__("The dream was cancelled.", "cancelled")
 
 
-def state_dir() -> Path:
-    """Where the server writes its endpoint file and log, and install.py its record."""
-    override = os.environ.get("DEEPDREAM_HOME")
-    if override:
-        return Path(override)
-    if sys.platform == "win32":
-        return Path(os.environ.get("APPDATA", Path.home())) / "deepdream"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "deepdream"
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "deepdream"
-
-
-def log_path() -> Path:
-    return state_dir() / LOG_FILE
-
-
 class Connection:
     """Where the server is: an endpoint, its token, and for remote servers its CURVE key."""
 
@@ -83,8 +68,12 @@ class Connection:
 
     @classmethod
     def from_endpoint_file(cls) -> Connection | None:
+        return cls.from_endpoint_file_in(state_dir())
+
+    @classmethod
+    def from_endpoint_file_in(cls, folder: Path) -> Connection | None:
         try:
-            record = json.loads((state_dir() / ENDPOINT_FILE).read_text())
+            record = json.loads((folder / ENDPOINT_FILE).read_text())
             return cls(record["endpoint"], record["token"], record.get("server_key"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -211,9 +200,9 @@ class DreamClient:
         mask: bytes | memoryview | None = None,
         guide: tuple[bytes | memoryview, int, int, int] | None = None,
         on_progress: ProgressCallback | None = None,
-    ) -> bytes:
+    ) -> memoryview:
         """Dream on tightly packed pixels (8-bit, or 32-bit float in 0..1) and return the result
-        in the same layout. `mask` is one channel of the same size; `guide` is
+        in the same layout (a read-only buffer). `mask` is one channel of the same size; `guide` is
         (pixels, width, height, channels)."""
         header: dict = {
             "type": "submit",
@@ -234,7 +223,7 @@ class DreamClient:
         self._send(header, frames)
         return self._await_result(header["job"], on_progress)
 
-    def _await_result(self, job: str, on_progress: ProgressCallback | None) -> bytes:
+    def _await_result(self, job: str, on_progress: ProgressCallback | None) -> memoryview:
         last_heard = last_progress = last_ping = time.monotonic()
         while True:
             now = time.monotonic()
@@ -265,13 +254,15 @@ class DreamClient:
                 last_progress = now
                 if on_progress:
                     on_progress(
-                        header["fraction"], header["octave"], header["step"],
+                        header["fraction"],
+                        header["octave"],
+                        header["step"],
                         header.get("seconds_left"),
-                    )  # fmt: skip
+                    )
             elif kind == "accepted":
                 last_progress = now
             elif kind == "result" and frames:
-                return frames[0].bytes
+                return frames[0].buffer  # the received bytes themselves, not a copy
             elif kind == "cancelled":
                 raise DreamCancelledError()
             elif kind == "error":
@@ -317,9 +308,13 @@ def start_local_server() -> Connection:
     try:
         process = subprocess.Popen(
             [python, "-m", "dream_server.daemon"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=environment, start_new_session=True, close_fds=True,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=environment,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError as err:
         raise DreamServerError(
             f"Could not start the dream server with {python} ({err}). Run `python3 install.py` "

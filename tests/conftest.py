@@ -64,7 +64,9 @@ class RunningServer:
     def connection(self):  # noqa: ANN201
         from gimp_plugin.dream_client import Connection
 
-        return Connection(self.record["endpoint"], self.record["token"], self.record.get("server_key"))
+        return Connection(
+            self.record["endpoint"], self.record["token"], self.record.get("server_key")
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -81,8 +83,11 @@ def start_server(home: Path, *args: str, timeout: float = 60) -> RunningServer:
     environment = {**os.environ, "DEEPDREAM_HOME": str(home)}
     process = subprocess.Popen(
         [sys.executable, "-m", "dream_server.daemon", *args],
-        env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=environment,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     endpoint_file = home / "endpoint.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

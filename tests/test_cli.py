@@ -22,8 +22,11 @@ QUICK = ["--octaves", "2", "--steps", "3", "--preset", "textures"]
 def deepdream(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dream_server.cli", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture()
@@ -197,8 +200,10 @@ def test_an_interrupted_run_leaves_no_file(tmp_path):
     Image.fromarray(photo("coffee.png")).save(source)
     process = subprocess.Popen(
         [sys.executable, "-m", "dream_server.cli", str(source), "-o", str(out), "--steps", "50"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
     os.set_blocking(process.stderr.fileno(), False)
     seen, deadline = b"", time.monotonic() + 120
     while b"dreaming" not in seen and time.monotonic() < deadline:

@@ -47,7 +47,9 @@ class Raw:
         self.token = server.record["token"] if token is None else token
 
     def send(self, header: dict, *frames: bytes) -> None:
-        self.socket.send_multipart([json.dumps({"v": 1, "token": self.token, **header}).encode(), *frames])
+        self.socket.send_multipart(
+            [json.dumps({"v": 1, "token": self.token, **header}).encode(), *frames]
+        )
 
     def receive(self, timeout_s: float = 5.0) -> dict | None:
         if not self.socket.poll(int(timeout_s * 1000)):
@@ -87,8 +89,14 @@ def test_a_round_trip_gives_what_the_engine_gives(server, local_engine, channels
         mask = np.zeros((height, width), np.uint8 if dtype == "u8" else np.float32)
         mask[10:50, 20:80] = 255 if dtype == "u8" else 1.0
     with DreamClient(server.connection) as client:
-        result = client.dream(pixels.tobytes(), width, height, channels, QUICK,
-                              mask=None if mask is None else mask.tobytes())  # fmt: skip
+        result = client.dream(
+            pixels.tobytes(),
+            width,
+            height,
+            channels,
+            QUICK,
+            mask=None if mask is None else mask.tobytes(),
+        )
     expected = local_engine.dream(pixels, DreamParams.from_mapping(QUICK), mask=mask)
     got = np.frombuffer(result, pixels.dtype).reshape(pixels.shape)
     assert np.array_equal(got, expected)
@@ -108,8 +116,14 @@ def test_progress_arrives_with_time_left(server):
     reports = []
     pixels = cat_pixels(3, "u8", (192, 128))
     with DreamClient(server.connection) as client:
-        client.dream(pixels.tobytes(), 192, 128, 3, {"octaves": 2, "steps": 5},
-                     on_progress=lambda *report: reports.append(report))  # fmt: skip
+        client.dream(
+            pixels.tobytes(),
+            192,
+            128,
+            3,
+            {"octaves": 2, "steps": 5},
+            on_progress=lambda *report: reports.append(report),
+        )
     fractions = [fraction for fraction, *_ in reports]
     assert fractions[0] == 0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert any(left is not None and left >= 0 for *_, left in reports)
@@ -158,7 +172,11 @@ def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[byt
     if kind == 16:
         return [json.dumps({**header, "job": "j" * 500}).encode(), pixels]
     if kind == 17:
-        return [json.dumps({"v": 1, "token": token, "type": "cancel", "job": "never-submitted"}).encode()]
+        return [
+            json.dumps(
+                {"v": 1, "token": token, "type": "cancel", "job": "never-submitted"}
+            ).encode()
+        ]
     if kind == 18:
         mask_meta = {"width": 4, "height": 4, "channels": 1, "dtype": "u8"}
         return [json.dumps({**header, "mask": mask_meta}).encode(), pixels, bytes(16)]
@@ -183,11 +201,22 @@ def test_ten_thousand_malformed_messages_leave_the_server_serving(server, local_
         kinds_answered.add(reply["code"])
         replies += 1
     fuzzer.close()
-    print(f"fuzz: {sent} malformed messages sent, {replies} answered with an error, "
-          f"{sent - replies} dropped")  # fmt: skip
+    print(
+        f"fuzz: {sent} malformed messages sent, {replies} answered with an error, "
+        f"{sent - replies} dropped"
+    )
     assert replies == sent  # each of these can be answered, so each must be
-    assert {"bad_header", "bad_token", "bad_version", "bad_type", "bad_frames", "bad_parameter",
-            "bad_job", "too_large", "unknown_job"} <= kinds_answered  # fmt: skip
+    assert {
+        "bad_header",
+        "bad_token",
+        "bad_version",
+        "bad_type",
+        "bad_frames",
+        "bad_parameter",
+        "bad_job",
+        "too_large",
+        "unknown_job",
+    } <= kinds_answered
     assert server.process.poll() is None
     assert queue_of(server) == []
     pixels = cat_pixels(3, "u8")
@@ -257,9 +286,16 @@ with DreamClient(connection) as client:
 
 def test_a_killed_client_frees_the_worker_within_two_seconds(server):
     client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT_THAT_WILL_BE_KILLED, server.record["endpoint"],
-         server.record["token"]], cwd=ROOT, stdout=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            CLIENT_THAT_WILL_BE_KILLED,
+            server.record["endpoint"],
+            server.record["token"],
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
     assert client.stdout.readline().strip() == b"running"
     assert any(job["running"] for job in queue_of(server))
     client.kill()  # what GIMP's Cancel button does to a plug-in
@@ -271,7 +307,9 @@ def test_a_killed_client_frees_the_worker_within_two_seconds(server):
 
 
 def test_four_clients_with_three_jobs_each_get_their_own_results(server, local_engine):
-    images = {(c, j): cat_pixels(3, "u8", (64 + 8 * c, 48 + 4 * j)) for c in range(4) for j in range(3)}
+    images = {
+        (c, j): cat_pixels(3, "u8", (64 + 8 * c, 48 + 4 * j)) for c in range(4) for j in range(3)
+    }
     results, errors = {}, []
 
     def client_thread(c: int) -> None:
@@ -308,9 +346,11 @@ def test_a_killed_server_makes_the_client_fail_promptly_and_clearly(tmp_path):
             os.kill(doomed.process.pid, signal.SIGKILL)
             killed_at.append(time.monotonic())
 
-    with DreamClient(doomed.connection) as client:
-        with pytest.raises(DreamServerError, match="stopped answering") as info:
-            client.dream(pixels.tobytes(), 640, 480, 3, LONG, on_progress=kill_on_first_progress)
+    with (
+        DreamClient(doomed.connection) as client,
+        pytest.raises(DreamServerError, match="stopped answering") as info,
+    ):
+        client.dream(pixels.tobytes(), 640, 480, 3, LONG, on_progress=kill_on_first_progress)
     assert time.monotonic() - killed_at[0] < 5.0
     assert "dream-server.log" in str(info.value)
 
@@ -333,18 +373,26 @@ def test_the_default_bind_is_loopback_and_the_endpoint_file_is_private(server):
 
 def test_a_second_server_says_where_the_first_one_is(server):
     run = subprocess.run(
-        [sys.executable, "-m", "dream_server.daemon"], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "DEEPDREAM_HOME": str(server.home)}, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "dream_server.daemon"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DEEPDREAM_HOME": str(server.home)},
+        timeout=60,
+    )
     assert run.returncode == 1
     assert f"already running at {server.record['endpoint']}" in run.stderr
 
 
 def test_status_prints_endpoint_device_models_and_queue(server):
     run = subprocess.run(
-        [sys.executable, "-m", "dream_server.daemon", "--status"], cwd=ROOT, capture_output=True,
-        text=True, env={**os.environ, "DEEPDREAM_HOME": str(server.home)}, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "dream_server.daemon", "--status"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DEEPDREAM_HOME": str(server.home)},
+        timeout=60,
+    )
     assert run.returncode == 0
     for expected in (server.record["endpoint"], "cpu", "effnet-lite0", "queue", "dream-server.log"):
         assert expected in run.stdout
@@ -352,10 +400,13 @@ def test_status_prints_endpoint_device_models_and_queue(server):
 
 def test_a_public_bind_without_keys_refuses_to_start(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "dream_server.daemon", "--bind", "tcp://0.0.0.0:0"], cwd=ROOT,
-        capture_output=True, text=True, env={**os.environ, "DEEPDREAM_HOME": str(tmp_path)},
+        [sys.executable, "-m", "dream_server.daemon", "--bind", "tcp://0.0.0.0:0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DEEPDREAM_HOME": str(tmp_path)},
         timeout=60,
-    )  # fmt: skip
+    )
     assert run.returncode == 2
     assert "refusing to listen on tcp://0.0.0.0:0 without encryption" in run.stderr
     assert not (tmp_path / "endpoint.json").exists()
@@ -363,8 +414,13 @@ def test_a_public_bind_without_keys_refuses_to_start(tmp_path):
 
 def test_a_public_bind_with_curve_keys_serves_clients_that_know_the_server_key(tmp_path):
     keys = tmp_path / "keys"
-    subprocess.run([sys.executable, "-m", "dream_server.daemon", "--gen-keys", keys],
-                   cwd=ROOT, check=True, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "dream_server.daemon", "--gen-keys", keys],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     remote = start_server(tmp_path / "home", "--bind", "tcp://0.0.0.0:0", "--curve-dir", str(keys))
     try:
         port = remote.record["endpoint"].rsplit(":", 1)[1]
@@ -399,7 +455,9 @@ def test_out_of_memory_is_reported_with_advice_and_the_server_stays_healthy(tmp_
         big = np.zeros((3000, 4000, 3), np.uint8)
         with DreamClient(starved.connection) as client:
             with pytest.raises(DreamServerError, match="out of memory.*tile") as info:
-                client.dream(big.tobytes(), 4000, 3000, 3, {"octaves": 1, "steps": 1, "tile-size": 4096})
+                client.dream(
+                    big.tobytes(), 4000, 3000, 3, {"octaves": 1, "steps": 1, "tile-size": 4096}
+                )
             assert info.value.code == "out_of_memory"
             pixels = cat_pixels(3, "u8")
             assert len(client.dream(pixels.tobytes(), 96, 64, 3, QUICK)) == pixels.size

@@ -108,8 +108,9 @@ def test_keep_colors_changes_brightness_only(effnet, small_cat):
 def test_max_change_stops_once_the_image_moved_that_far(effnet, small_cat):
     steps = []
     settings = AscentSettings(octaves=2, steps=20, max_change=0.03)
-    result = dream(effnet, small_cat, layer("block6"), settings,
-                   on_progress=lambda *args: steps.append(args))  # fmt: skip
+    result = dream(
+        effnet, small_cat, layer("block6"), settings, on_progress=lambda *args: steps.append(args)
+    )
     assert len(steps) < 40
     rms = np.sqrt(np.mean((result.astype(float) - small_cat) ** 2)) / 255
     assert 0.02 < rms < 0.06

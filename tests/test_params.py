@@ -31,8 +31,15 @@ def test_the_schema_is_json_and_leaves_out_machine_settings():
     names = [entry["name"] for entry in schema]
     assert "octave-scale" in names and "keep-colors" in names and "device" not in names
     steps = next(entry for entry in schema if entry["name"] == "steps")
-    assert steps == {"name": "steps", "kind": "int", "default": 10, "label": "Steps",
-                     "help": steps["help"], "minimum": 1, "maximum": 500}  # fmt: skip
+    assert steps == {
+        "name": "steps",
+        "kind": "int",
+        "default": 10,
+        "label": "Steps",
+        "help": steps["help"],
+        "minimum": 1,
+        "maximum": 500,
+    }
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ def tiled_and_whole(effnet, coffee_big):
     whole = dream(
         effnet, coffee_big, layer("block7"), AscentSettings(octaves=1, steps=8, tile_size=1024)
     )
-    return tiled, whole  # fmt: skip
+    return tiled, whole
 
 
 def test_the_seam_detector_finds_the_seams_of_tiles_that_never_move(
@@ -96,8 +96,12 @@ def test_tiled_and_whole_image_dreams_agree_in_character(effnet, coffee_big, til
 def test_a_6000x4000_photo_dreams_in_bounded_memory():
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "big_dream.py"), "--octaves", "2", "--steps", "1"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=True,
+    )
     report = json.loads(run.stdout.strip().splitlines()[-1])
     print(f"6000x4000: {report['seconds']:.1f} s, peak {report['peak_mb']:.0f} MB")
     assert report["shape"] == [4000, 6000, 3]

@@ -97,9 +97,18 @@ def _googlenet_stages(net: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 VGG16_RELUS = {  # index of each ReLU in torchvision's vgg16().features
-    "relu1_2": 3, "relu2_2": 8, "relu3_1": 11, "relu3_2": 13, "relu3_3": 15, "relu4_1": 18,
-    "relu4_2": 20, "relu4_3": 22, "relu5_1": 25, "relu5_2": 27, "relu5_3": 29,
-}  # fmt: skip
+    "relu1_2": 3,
+    "relu2_2": 8,
+    "relu3_1": 11,
+    "relu3_2": 13,
+    "relu3_3": 15,
+    "relu4_1": 18,
+    "relu4_2": 20,
+    "relu4_3": 22,
+    "relu5_1": 25,
+    "relu5_2": 27,
+    "relu5_3": 29,
+}
 
 
 def _vgg16_stages(net: nn.Module) -> list[tuple[str, nn.Module]]:

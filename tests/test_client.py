@@ -1,0 +1,87 @@
+"""The plug-in's client: finds a server, starts one when none answers, and explains failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from gimp_plugin.dream_client import DreamClient, DreamServerError
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPDREAM_HOME", str(tmp_path))
+    for variable in ("DEEPDREAM_ENDPOINT", "DEEPDREAM_TOKEN", "DEEPDREAM_SERVER_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    yield tmp_path
+    endpoint = tmp_path / "endpoint.json"
+    if endpoint.exists():  # a server the test started: stop it
+        pid = json.loads(endpoint.read_text())["pid"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while endpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def test_the_client_needs_only_the_standard_library_and_pyzmq():
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, *args):\n"
+        "        if name.split('.')[0] in ('numpy', 'torch', 'gi', 'PIL', 'dream_server'):\n"
+        "            raise ImportError(f'{name} is not allowed in the client')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.path.insert(0, 'gimp_plugin')\n"
+        "import dream_client\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, capture_output=True, text=True)
+    assert run.stdout.strip() == "ok", run.stderr
+
+
+def test_with_no_server_running_it_starts_one_from_the_recorded_environment(home):
+    (home / "daemon.json").write_text(json.dumps({"python": sys.executable}))
+    started = time.monotonic()
+    with DreamClient() as client:
+        assert client.server_info["device"] == "cpu"
+        pixels = np.full((64, 64, 3), 128, np.uint8)
+        result = client.dream(pixels.tobytes(), 64, 64, 3, {"octaves": 1, "steps": 1})
+        assert len(result) == pixels.size
+    print(f"cold start to a finished first dream: {time.monotonic() - started:.1f} s")
+    with DreamClient() as again:  # and the next client finds that one
+        assert (
+            again.connection.endpoint
+            == json.loads((home / "endpoint.json").read_text())["endpoint"]
+        )
+
+
+def test_without_an_installed_environment_it_says_to_run_install(home):
+    with pytest.raises(DreamServerError, match=r"Run `python3 install.py`"):
+        DreamClient()
+
+
+def test_a_server_that_cannot_start_points_at_its_log(home):
+    (home / "daemon.json").write_text(json.dumps({"python": "/bin/false"}))
+    with pytest.raises(DreamServerError, match="could not start.*dream-server.log"):
+        DreamClient()
+
+
+def test_an_explicit_endpoint_that_does_not_answer_is_not_replaced(home, monkeypatch):
+    monkeypatch.setenv("DEEPDREAM_ENDPOINT", "tcp://127.0.0.1:9")
+    monkeypatch.setenv("DEEPDREAM_TOKEN", "x")
+    with pytest.raises(DreamServerError, match="No dream server answered at tcp://127.0.0.1:9"):
+        DreamClient()
+    assert not (home / "endpoint.json").exists()
+
+
+def test_pixels_that_do_not_match_their_size_are_refused_before_sending(server):
+    with DreamClient(server.connection) as client, pytest.raises(DreamServerError, match="neither"):
+        client.dream(b"12345", 2, 2, 3, {})
