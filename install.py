@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Set up DeepDream for GIMP on this machine, or run its test suite.
 
-    python3 install.py            create the environment, install everything, dream a sample
-    python3 install.py --test     the same set-up with test tools, then the whole test suite
+    python3 install.py            create the environment, install the GIMP plug-in, dream a sample
+    python3 install.py --test     the same set-up with test tools and a GIMP 3 for the tests,
+                                  then the whole test suite
     python3 install.py --check    say what is installed and what is missing
     python3 install.py --uninstall
 
@@ -21,7 +22,7 @@ import sys
 import venv
 from pathlib import Path
 
-from gimp_plugin.locations import INSTALL_RECORD, state_dir
+from gimp_plugin.locations import ENDPOINT_FILE, INSTALL_RECORD, state_dir
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VENV = ROOT / ".venv"
@@ -29,6 +30,62 @@ SAMPLE = ROOT / "dream_server" / "samples" / "coffee.png"
 SAMPLE_OUTPUT = ROOT / "out" / "coffee-dream.png"
 STAMP = "deepdream-installed"
 PYTEST_NO_TESTS = 5
+PLUGIN_NAME = "deepdream"
+PLUGIN_FILES = ("deepdream.py", "dream_client.py", "locations.py")
+
+
+def gimp_profiles() -> list[Path]:
+    """GIMP 3 profile folders of this user, for each way GIMP is installed."""
+    home = Path.home()
+    if sys.platform == "win32":
+        return [Path(os.environ.get("APPDATA", home)) / "GIMP" / "3.0"]
+    if sys.platform == "darwin":
+        return [home / "Library" / "Application Support" / "GIMP" / "3.0"]
+    config = Path(os.environ.get("XDG_CONFIG_HOME", home / ".config"))
+    return [config / "GIMP" / "3.0", home / ".var/app/org.gimp.GIMP/config/GIMP/3.0"]
+
+
+def gimp_installed() -> bool:
+    return any(shutil.which(name) for name in ("gimp-3.0", "gimp-console-3.0", "gimp"))
+
+
+def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
+    """Copy the plug-in into each profile's plug-ins folder (folder name = file name)."""
+    schema = subprocess.run(
+        [str(python), "-m", "dream_server.params"], check=True, capture_output=True, text=True
+    ).stdout
+    installed = []
+    for profile in profiles:
+        target = profile / "plug-ins" / PLUGIN_NAME
+        target.mkdir(parents=True, exist_ok=True)
+        for name in PLUGIN_FILES:
+            shutil.copy2(ROOT / "gimp_plugin" / name, target / name)
+        (target / "parameters.json").write_text(schema)
+        (target / "deepdream.py").chmod(0o755)
+        installed.append(target)
+        say(f"installed the GIMP plug-in in {target}")
+    return installed
+
+
+def check_gimp_python() -> bool:
+    """GIMP runs Python plug-ins with the system's python3: it needs gi and pyzmq."""
+    probe = (
+        "import gi; gi.require_version('Gimp', '3.0'); from gi.repository import Gimp; import zmq"
+    )
+    system_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else None
+    if system_python is None:
+        return True
+    result = subprocess.run([system_python, "-c", probe], capture_output=True, text=True)
+    if result.returncode == 0:
+        say("GIMP's Python has gi and pyzmq")
+        return True
+    missing = "pyzmq" if "zmq" in result.stderr else "GIMP's Python bindings (gi, Gimp 3.0)"
+    package = "python3-zmq" if missing == "pyzmq" else "gir1.2-gimp-3.0 python3-gi"
+    say(
+        f"GIMP's Python lacks {missing}: install it with `sudo apt install {package}` "
+        "(Flatpak and macOS/Windows GIMPs bundle their own Python; see README)."
+    )
+    return False
 
 
 def say(message: str) -> None:
@@ -94,7 +151,16 @@ def run_tests(python: Path, pytest_args: list[str]) -> int:
     return code
 
 
-def check(venv_dir: Path) -> int:
+def check(venv_dir: Path, profiles: list[Path]) -> int:
+    say(f"GIMP 3: {'found' if gimp_installed() else 'not found on PATH'}")
+    for profile in profiles:
+        plugin = profile / "plug-ins" / PLUGIN_NAME / "deepdream.py"
+        if profile.exists():
+            say(f"plug-in in {profile}: {'installed' if plugin.exists() else 'missing'}")
+    endpoint = state_dir() / ENDPOINT_FILE
+    say(
+        f"dream server: {'running (' + str(endpoint) + ')' if endpoint.exists() else 'not running'}"
+    )
     python = venv_python(venv_dir)
     if not python.exists():
         say(f"daemon environment: missing ({venv_dir}); run: python3 install.py")
@@ -115,11 +181,14 @@ def check(venv_dir: Path) -> int:
     return result.returncode
 
 
-def uninstall(venv_dir: Path) -> int:
-    if venv_dir.exists():
-        shutil.rmtree(venv_dir)
-        say(f"removed {venv_dir}")
-    else:
+def uninstall(venv_dir: Path, profiles: list[Path]) -> int:
+    targets = [p / "plug-ins" / PLUGIN_NAME for p in profiles] + [venv_dir]
+    targets.append(state_dir() / INSTALL_RECORD)
+    removed = [t for t in targets if t.exists()]
+    for target in removed:
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        say(f"removed {target}")
+    if not removed:
         say("nothing to remove")
     return 0
 
@@ -132,21 +201,37 @@ def main() -> int:
     action.add_argument("--uninstall", action="store_true", help="remove what install.py added")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="environment folder")
     parser.add_argument("--no-sample", action="store_true", help="skip the sample dream")
+    parser.add_argument(
+        "--gimp-dir",
+        type=Path,
+        action="append",
+        help="GIMP 3 profile folder to install into (default: those found)",
+    )
     args, pytest_args = parser.parse_known_args()  # with --test, the rest goes to pytest
     if pytest_args and not args.test:
         parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
     if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before anything checks
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
+    profiles = args.gimp_dir or gimp_profiles()
     if args.check:
-        return check(args.venv)
+        return check(args.venv, profiles)
     if args.uninstall:
-        return uninstall(args.venv)
+        return uninstall(args.venv, profiles)
     try:
         python = ensure_environment(args.venv, with_tests=args.test)
         check_embedded_model(python)
         record_environment(python)
         if args.test:
+            run([python, ROOT / "tests" / "gimp" / "sandbox.py"])
             return run_tests(python, pytest_args)
+        found = args.gimp_dir or [p for p in profiles if p.exists()]
+        if not found and gimp_installed():
+            found = profiles[:1]
+        if found:
+            install_plugin(python, found)
+            check_gimp_python()
+        else:
+            say("no GIMP 3 found: skipped the plug-in (install GIMP 3, then run this again)")
         if not args.no_sample:
             dream_sample(args.venv)
     except subprocess.CalledProcessError as err:

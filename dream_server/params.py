@@ -272,3 +272,10 @@ DreamParams.__doc__ = """Validated dream settings, one attribute per parameter (
 
 def parameter_schema(include_cli_only: bool = False) -> list[dict[str, Any]]:
     return [p.schema() for p in DREAM_PARAMETERS if include_cli_only or not p.cli_only]
+
+
+if __name__ == "__main__":  # install.py writes this next to the GIMP plug-in
+    import json
+    import sys
+
+    json.dump(parameter_schema(), sys.stdout, indent=1)

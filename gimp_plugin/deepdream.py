@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""DeepDream for GIMP 3: Filters > Artistic > DeepDream...
+
+Reads the selected part of the active layer (plus some context around it), has the dream server
+dream on it, and adds the result as a new layer above the source, with the selection as its layer
+mask (or baked into alpha). Nothing in the image changes until the dream is back; then one undo
+group adds the layer, so one Undo removes it.
+"""
+
+import json
+import os
+import sys
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("GimpUi", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dream_client import DreamClient, DreamServerError  # noqa: E402
+from locations import log_path  # noqa: E402
+
+PROCEDURE = "plug-in-deepdream"
+PARAMETERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parameters.json")
+CONTEXT_MARGIN = 64
+"""Pixels of the layer around the selection that the network sees, so the edge has context."""
+SELECTION_MODES = (
+    ("mask", "Layer mask", "The selection becomes the new layer's mask (editable later)"),
+    ("alpha", "Alpha", "The selection is baked into the new layer's transparency"),
+)
+FLAGS = GObject.ParamFlags.READWRITE
+
+
+def load_parameters():
+    """The dream parameters, as the engine defines them (install.py writes this file)."""
+    with open(PARAMETERS_FILE) as schema:
+        return json.load(schema)
+
+
+def add_arguments(procedure, parameters):
+    for param in parameters:
+        name, label, help_text = param["name"], param["label"], param["help"]
+        kind, default = param["kind"], param["default"]
+        if kind == "int":
+            procedure.add_int_argument(
+                name, label, help_text, int(param["minimum"]), int(param["maximum"]), default, FLAGS
+            )
+        elif kind == "float":
+            procedure.add_double_argument(
+                name,
+                label,
+                help_text,
+                float(param["minimum"]),
+                float(param["maximum"]),
+                float(default),
+                FLAGS,
+            )
+        elif kind == "bool":
+            procedure.add_boolean_argument(name, label, help_text, default, FLAGS)
+        elif kind == "choice":
+            procedure.add_choice_argument(
+                name, label, help_text, choice_of(param["choices"]), default, FLAGS
+            )
+        else:
+            procedure.add_string_argument(name, label, help_text, default, FLAGS)
+    modes = Gimp.Choice.new()
+    for index, (nick, label, help_text) in enumerate(SELECTION_MODES):
+        modes.add(nick, index, label, help_text)
+    procedure.add_choice_argument(
+        "selection-mode",
+        "Selection as",
+        "How the selection shapes the new layer",
+        modes,
+        "mask",
+        FLAGS,
+    )
+
+
+def choice_of(nicks):
+    choice = Gimp.Choice.new()
+    for index, nick in enumerate(nicks):
+        choice.add(nick, index, nick, "")
+    return choice
+
+
+class Region:
+    """The part of the layer to dream on: the selection's bounds plus context, in layer pixels."""
+
+    def __init__(self, drawable, x, y, width, height):
+        self.selection = (x, y, width, height)
+        left, top = max(0, x - CONTEXT_MARGIN), max(0, y - CONTEXT_MARGIN)
+        right = min(drawable.get_width(), x + width + CONTEXT_MARGIN)
+        bottom = min(drawable.get_height(), y + height + CONTEXT_MARGIN)
+        self.context = (left, top, right - left, bottom - top)
+
+    def crop(self, pixels, channels, item_size):
+        """The selection's bounds out of pixels read for the context rectangle."""
+        if self.context == self.selection:
+            return pixels
+        x, y, width, height = self.selection
+        left, top, context_width, _ = self.context
+        row = context_width * channels * item_size
+        start = (x - left) * channels * item_size
+        view = memoryview(pixels)
+        return b"".join(
+            view[
+                (y - top + r) * row + start : (y - top + r) * row
+                + start
+                + width * channels * item_size
+            ]
+            for r in range(height)
+        )
+
+
+def pixel_format(image, drawable):
+    """The babl format to read and write, its channel count and bytes per channel."""
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    high_depth = image.get_precision() not in (
+        Gimp.Precision.U8_NON_LINEAR,
+        Gimp.Precision.U8_LINEAR,
+        Gimp.Precision.U8_PERCEPTUAL,
+    )
+    name = ("Y'A" if gray else "R'G'B'A") + (" float" if high_depth else " u8")
+    return name, 2 if gray else 4, 4 if high_depth else 1
+
+
+def read(drawable, rectangle, babl_format):
+    x, y, width, height = rectangle
+    buffer = drawable.get_buffer()
+    return buffer.get(
+        Gegl.Rectangle.new(x, y, width, height), 1.0, babl_format, Gegl.AbyssPolicy.CLAMP
+    )
+
+
+def dream_params(config, parameters):
+    return {param["name"]: config.get_property(param["name"]) for param in parameters}
+
+
+def layer_name(params):
+    subject = params["layers"] if params["preset"] == "custom" else params["preset"]
+    return "DeepDream: {} ({})".format(subject, params["model"])
+
+
+def run(procedure, run_mode, image, drawables, config, data):
+    try:
+        return dream_on(procedure, run_mode, image, drawables, config)
+    except DreamServerError as err:
+        return failure(procedure, str(err))
+    except Exception as err:  # nothing may reach GIMP uncaught: it would show the user nothing
+        return failure(
+            procedure,
+            "DeepDream failed unexpectedly ({}: {}). The image was not "
+            "changed. See {} and report it.".format(type(err).__name__, err, log_path()),
+        )
+
+
+def failure(procedure, message):
+    return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
+
+
+def dream_on(procedure, run_mode, image, drawables, config):
+    if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
+        return failure(procedure, "Select exactly one layer to dream on.")
+    source = drawables[0]
+    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
+        return failure(
+            procedure,
+            "DeepDream needs an RGB or grayscale image: convert it with Image > Mode > RGB first.",
+        )
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(PROCEDURE)
+        dialog = GimpUi.ProcedureDialog.new(procedure, config, "DeepDream")
+        dialog.fill(None)
+        confirmed = dialog.run()
+        dialog.destroy()
+        if not confirmed:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+
+    parameters = load_parameters()
+    params = dream_params(config, parameters)
+    selection_mode = config.get_property("selection-mode")
+    has_selection = not Gimp.Selection.is_empty(image)
+    inside, x, y, width, height = source.mask_intersect()
+    if not inside:
+        return failure(
+            procedure,
+            "The selection does not touch this layer: select part of it, "
+            "or Select > None to dream on all of it.",
+        )
+    region = Region(source, x, y, width, height)
+    babl_format, channels, item_size = pixel_format(image, source)
+
+    # All slow work happens before the image is touched: a cancel (GIMP kills this process)
+    # or a failure leaves the image exactly as it was.
+    Gimp.progress_init("DeepDream: waiting for the dream server")
+    context_pixels = read(source, region.context, babl_format)
+    with DreamClient() as client:
+
+        def show(fraction, octave, step, seconds_left):
+            Gimp.progress_update(fraction)
+            left = "" if seconds_left is None else ", {:.0f} s left".format(seconds_left)
+            Gimp.progress_set_text("DeepDream: octave {}{}".format(octave + 1, left))
+
+        dreamed = client.dream(
+            context_pixels, region.context[2], region.context[3], channels, params, on_progress=show
+        )
+    pixels = region.crop(dreamed, channels, item_size)
+    Gimp.progress_set_text("DeepDream: adding the layer")
+    image.undo_group_start()
+    try:
+        layer = add_layer(image, source, region, pixels, babl_format, layer_name(params))
+        if has_selection:
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            if selection_mode == "alpha":
+                layer.remove_mask(Gimp.MaskApplyMode.APPLY)
+    finally:
+        image.undo_group_end()
+    Gimp.progress_end()
+    Gimp.displays_flush()
+    result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    result.remove(1)
+    result.insert(1, GObject.Value(Gimp.Layer, layer))
+    return result
+
+
+def add_layer(image, source, region, pixels, babl_format, name):
+    """The new layer directly above the source, covering the selection's bounds."""
+    x, y, width, height = region.selection
+    offset_x, offset_y = source.get_offsets()[1:]
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+    layer = Gimp.Layer.new(image, name, width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
+    if not image.insert_layer(layer, source.get_parent(), image.get_item_position(source)):
+        raise RuntimeError("GIMP refused to insert the new layer")
+    layer.set_offsets(offset_x + x, offset_y + y)
+    buffer = layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, width, height), babl_format, pixels)
+    buffer.flush()
+    layer.update(0, 0, width, height)
+    return layer
+
+
+class DeepDream(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [PROCEDURE]
+
+    def do_set_i18n(self, name):
+        return False
+
+    def do_create_procedure(self, name):
+        Gegl.init(None)
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label("_DeepDream...")
+        procedure.add_menu_path("<Image>/Filters/Artistic")
+        procedure.set_documentation(
+            "Dream on the selection with a neural network (DeepDream)",
+            "Re-draws the selected part of the layer with what a layer of a pretrained network "
+            "looks for, and adds it as a new layer above. Needs the DeepDream dream server "
+            "(started automatically once install.py has set it up).",
+            name,
+        )
+        procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
+        add_arguments(procedure, load_parameters())
+        procedure.add_layer_return_value("layer", "Layer", "The new dreamed layer", False, FLAGS)
+        return procedure
+
+
+Gimp.main(DeepDream.__gtype__, sys.argv)

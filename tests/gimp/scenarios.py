@@ -1,0 +1,127 @@
+"""Runs inside GIMP 3 (python-fu-eval): sets up images, calls plug-in-deepdream, dumps results.
+
+Reads the scenario list from the JSON file named by DEEPDREAM_SCENARIOS and writes, per
+scenario, a report and raw pixel dumps into its folder for the pytest side to check.
+"""
+
+import json
+import os
+import traceback
+
+from gi.repository import Gegl, Gimp, Gio
+
+Gegl.init(None)
+NONINTERACTIVE = Gimp.RunMode.NONINTERACTIVE
+
+
+def dump(drawable, x, y, width, height, babl_format, path):
+    data = drawable.get_buffer().get(
+        Gegl.Rectangle.new(x, y, width, height), 1.0, babl_format, Gegl.AbyssPolicy.NONE
+    )
+    with open(path, "wb") as out:
+        out.write(data)
+
+
+def describe(layer):
+    return {
+        "name": layer.get_name(),
+        "offsets": list(layer.get_offsets()[1:]),
+        "size": [layer.get_width(), layer.get_height()],
+        "has_mask": layer.get_mask() is not None,
+        "has_alpha": layer.has_alpha(),
+        "gray": layer.is_gray(),
+    }
+
+
+def prepare(scenario):
+    image = Gimp.file_load(NONINTERACTIVE, Gio.File.new_for_path(scenario["file"]))
+    layer = image.get_layers()[0]
+    if scenario.get("gray"):
+        image.convert_grayscale()
+    if scenario.get("indexed"):
+        image.convert_indexed(
+            Gimp.ConvertDitherType.NONE, Gimp.ConvertPaletteType.GENERATE, 16, False, False, ""
+        )
+    if scenario.get("precision") == "u16":
+        image.convert_precision(Gimp.Precision.U16_NON_LINEAR)
+    if scenario.get("alpha"):
+        layer.add_alpha()
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 0, 120, 80)
+        layer.edit_clear()
+        Gimp.Selection.none(image)
+    if scenario.get("offsets"):
+        dx, dy = scenario["offsets"]
+        image.resize(image.get_width() + dx, image.get_height() + dy, 0, 0)
+        layer.set_offsets(dx, dy)
+    ellipse = scenario.get("ellipse")
+    if ellipse:
+        image.select_ellipse(Gimp.ChannelOps.REPLACE, *ellipse)
+        if scenario.get("feather"):
+            Gimp.Selection.feather(image, scenario["feather"])
+    return image, layer
+
+
+def run(scenario):
+    folder = scenario["folder"]
+    image, layer = prepare(scenario)
+    babl = scenario.get("format", "R'G'B'A u8")
+    width, height = layer.get_width(), layer.get_height()
+    dump(layer, 0, 0, width, height, babl, os.path.join(folder, "source-before.raw"))
+    layers_before = [describe(item) for item in image.get_layers()]
+    procedure = Gimp.get_pdb().lookup_procedure("plug-in-deepdream")
+    config = procedure.create_config()
+    config.set_property("run-mode", NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [layer])
+    for name, value in scenario.get("params", {}).items():
+        config.set_property(name, value)
+    result = procedure.run(config)
+    status = result.index(0)
+    report = {
+        "status": status.value_nick,
+        "layers_before": layers_before,
+        "layers_after": [describe(item) for item in image.get_layers()],
+        "source": describe(layer),
+        "source_position": image.get_item_position(layer),
+    }
+    dump(layer, 0, 0, width, height, babl, os.path.join(folder, "source-after.raw"))
+    if status == Gimp.PDBStatusType.SUCCESS:
+        new = result.index(1)
+        report["returned"] = describe(new)
+        report["returned_position"] = image.get_item_position(new)
+        new_width, new_height = new.get_width(), new.get_height()
+        dump(new, 0, 0, new_width, new_height, babl, os.path.join(folder, "layer.raw"))
+        if new.get_mask() is not None:
+            dump(
+                new.get_mask(),
+                0,
+                0,
+                new_width,
+                new_height,
+                "Y u8",
+                os.path.join(folder, "mask.raw"),
+            )
+        if not Gimp.Selection.is_empty(image):
+            offset_x, offset_y = new.get_offsets()[1:]
+            dump(
+                image.get_selection(),
+                offset_x,
+                offset_y,
+                new_width,
+                new_height,
+                "Y u8",
+                os.path.join(folder, "selection.raw"),
+            )
+    else:
+        report["message"] = str(result.index(1))
+    image.delete()
+    return report
+
+
+for scenario in json.load(open(os.environ["DEEPDREAM_SCENARIOS"])):
+    try:
+        outcome = run(scenario)
+    except Exception:
+        outcome = {"status": "script-error", "traceback": traceback.format_exc()}
+    with open(os.path.join(scenario["folder"], "report.json"), "w") as out:
+        json.dump(outcome, out, indent=1)

@@ -1,0 +1,243 @@
+"""The plug-in in a real GIMP 3, run headless in batch mode, against a real dream server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, SAMPLES, start_server
+
+sys.path.insert(0, str(Path(__file__).parent / "gimp"))
+from sandbox import Gimp, find_gimp  # noqa: E402
+
+pytestmark = pytest.mark.gimp
+
+QUICK = {"octaves": 2, "steps": 3, "preset": "textures"}
+ELLIPSE = [100, 60, 220, 160]  # x, y, width, height on the 451x300 cat
+FEATHER = 30.0
+
+
+@pytest.fixture(scope="session")
+def gimp() -> Gimp:
+    found = find_gimp(build=False)
+    if found is None:
+        reason = (
+            "NO GIMP 3 HERE: the GIMP tests did not run. Install Debian 13's gimp, or build "
+            "the Debian 13 root with `python3 tests/gimp/sandbox.py` (as root)."
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture(scope="session")
+def workspace(gimp):
+    """A scratch folder GIMP can see, a GIMP profile with the plug-in installed by install.py,
+    and a dream server on this machine."""
+    scratch = gimp.scratch_dir()
+    home, profile = scratch / "home", scratch / "profile"
+    install = subprocess.run(
+        [
+            sys.executable,
+            ROOT / "install.py",
+            "--venv",
+            sys.prefix,
+            "--gimp-dir",
+            profile,
+            "--no-sample",
+        ],
+        env={**os.environ, "DEEPDREAM_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert (profile / "plug-ins" / "deepdream" / "deepdream.py").stat().st_mode & 0o111
+    for name in ("chelsea.png", "coffee.png"):
+        shutil.copy(SAMPLES / name, scratch / name)
+    server = start_server(home)
+    yield scratch, profile, server
+    server.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | None = None) -> dict:
+    scratch, profile, server = workspace
+    for scenario in scenarios:
+        folder = scratch / scenario["name"]
+        folder.mkdir()
+        folder.chmod(0o777)
+        scenario["folder"] = gimp.inside(folder)
+        scenario["file"] = gimp.inside(scratch / scenario.get("photo", "chelsea.png"))
+    (scratch / "scenarios.json").write_text(json.dumps(scenarios))
+    environment = {
+        "HOME": gimp.inside(scratch / "home"),
+        "GIMP3_DIRECTORY": gimp.inside(profile),
+        "DEEPDREAM_SCENARIOS": gimp.inside(scratch / "scenarios.json"),
+        "DEEPDREAM_ENDPOINT": endpoint or server.record["endpoint"],
+        "DEEPDREAM_TOKEN": server.record["token"],
+        "DEEPDREAM_HOME": gimp.inside(scratch / "home"),
+    }
+    script = gimp.inside(ROOT / "tests" / "gimp" / "scenarios.py") if gimp.root is None else None
+    if script is None:  # the root cannot see the project: copy the script in
+        shutil.copy(ROOT / "tests" / "gimp" / "scenarios.py", scratch / "scenarios.py")
+        script = gimp.inside(scratch / "scenarios.py")
+    command = gimp.command(
+        "gimp-console-3.0",
+        [
+            "-i",
+            "--quit",
+            "--batch-interpreter",
+            "python-fu-eval",
+            "-b",
+            f"exec(open({script!r}).read())",
+        ],
+        environment,
+    )
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    reports = {}
+    for scenario in scenarios:
+        report_file = scratch / scenario["name"] / "report.json"
+        assert report_file.exists(), (
+            f"GIMP wrote no report for {scenario['name']}:\n{run.stderr[-3000:]}"
+        )
+        reports[scenario["name"]] = json.loads(report_file.read_text())
+        assert reports[scenario["name"]]["status"] != "script-error", reports[scenario["name"]]
+    return reports
+
+
+def raw(workspace, name: str, file: str, shape: tuple, dtype=np.uint8) -> np.ndarray:
+    return np.fromfile(workspace[0] / name / file, dtype).reshape(shape)
+
+
+SCENARIOS = [
+    {"name": "feathered", "ellipse": ELLIPSE, "feather": FEATHER, "params": QUICK},
+    {
+        "name": "alpha-mode",
+        "ellipse": ELLIPSE,
+        "feather": FEATHER,
+        "params": {**QUICK, "selection-mode": "alpha"},
+    },
+    {"name": "whole-layer", "params": QUICK},
+    {"name": "offset-layer", "offsets": [37, 23], "ellipse": [0, 0, 200, 150], "params": QUICK},
+    {"name": "gray", "gray": True, "ellipse": ELLIPSE, "format": "Y'A u8", "params": QUICK},
+    {"name": "with-alpha", "alpha": True, "params": QUICK},
+    {
+        "name": "16-bit",
+        "precision": "u16",
+        "ellipse": ELLIPSE,
+        "format": "R'G'B'A u16",
+        "params": QUICK,
+    },
+    {"name": "indexed", "indexed": True, "params": QUICK},
+]
+
+
+@pytest.fixture(scope="session")
+def reports(gimp, workspace) -> dict:
+    return run_gimp(gimp, workspace, [dict(s) for s in SCENARIOS])
+
+
+def new_layer_checks(report: dict) -> dict:
+    """Status, the returned layer directly above the source, named after the dream."""
+    assert report["status"] == "success", report
+    assert len(report["layers_after"]) == len(report["layers_before"]) + 1
+    new = report["returned"]
+    assert report["source_position"] == report["returned_position"] + 1  # directly above
+    assert report["layers_after"][report["returned_position"]] == new
+    assert new["name"] == "DeepDream: textures (effnet-lite0)"
+    return new
+
+
+def test_a_feathered_selection_becomes_a_new_layer_with_that_mask(workspace, reports):
+    report = reports["feathered"]
+    new = new_layer_checks(report)
+    assert new["has_mask"]
+    x, y, width, height = ELLIPSE
+    # The layer covers the selection's bounds; feathering widens them a little.
+    assert abs(new["offsets"][0] - x) <= FEATHER and abs(new["offsets"][1] - y) <= FEATHER
+    assert width <= new["size"][0] <= width + 2 * FEATHER
+    w, h = new["size"]
+    mask = raw(workspace, "feathered", "mask.raw", (h, w))
+    selection = raw(workspace, "feathered", "selection.raw", (h, w))
+    assert np.array_equal(mask, selection)
+    assert len(np.unique(mask)) > 100  # the feather's soft edge survived
+    layer = raw(workspace, "feathered", "layer.raw", (h, w, 4)).astype(int)
+    source = raw(workspace, "feathered", "source-before.raw", (300, 451, 4)).astype(int)
+    ox, oy = new["offsets"]
+    under = source[oy : oy + h, ox : ox + w]
+    inside = mask == 255
+    assert np.abs(layer[inside][:, :3] - under[inside][:, :3]).mean() > 3
+
+
+def test_the_source_layer_is_never_modified(workspace, reports):
+    for name, report in reports.items():
+        before = (workspace[0] / name / "source-before.raw").read_bytes()
+        after = (workspace[0] / name / "source-after.raw").read_bytes()
+        assert before == after, name
+
+
+def test_alpha_mode_bakes_the_selection_into_transparency(workspace, reports):
+    report = reports["alpha-mode"]
+    new = new_layer_checks(report)
+    assert not new["has_mask"] and new["has_alpha"]
+    w, h = new["size"]
+    alpha = raw(workspace, "alpha-mode", "layer.raw", (h, w, 4))[:, :, 3].astype(int)
+    selection = raw(workspace, "alpha-mode", "selection.raw", (h, w)).astype(int)
+    assert np.abs(alpha - selection).max() <= 1
+
+
+def test_without_a_selection_the_whole_layer_is_dreamed(workspace, reports):
+    new = new_layer_checks(reports["whole-layer"])
+    assert new["offsets"] == [0, 0] and new["size"] == [451, 300] and not new["has_mask"]
+
+
+def test_a_layer_with_offsets_gets_a_layer_at_the_right_place(workspace, reports):
+    report = reports["offset-layer"]
+    new = new_layer_checks(report)
+    assert report["source"]["offsets"] == [37, 23]
+    # The ellipse (0,0)-(200,150) in image coordinates meets the layer from (37,23) on.
+    assert new["offsets"][0] >= 37 and new["offsets"][1] >= 23
+    assert new["offsets"][0] + new["size"][0] <= 200 and new["offsets"][1] + new["size"][1] <= 150
+
+
+def test_a_gray_image_gets_a_gray_layer(workspace, reports):
+    new = new_layer_checks(reports["gray"])
+    assert new["gray"] and new["has_mask"]
+
+
+def test_transparency_in_the_source_carries_into_the_dream(workspace, reports):
+    new = new_layer_checks(reports["with-alpha"])
+    layer = raw(workspace, "with-alpha", "layer.raw", (300, 451, 4))
+    source = raw(workspace, "with-alpha", "source-before.raw", (300, 451, 4))
+    assert new["size"] == [451, 300]
+    assert np.array_equal(layer[:, :, 3], source[:, :, 3])
+    assert (source[:80, :120, 3] == 0).all()
+
+
+def test_a_16_bit_image_dreams_at_16_bits(workspace, reports):
+    new = new_layer_checks(reports["16-bit"])
+    w, h = new["size"]
+    layer = raw(workspace, "16-bit", "layer.raw", (h, w, 4), np.uint16)
+    assert np.mean(layer[:, :, :3] % 257 != 0) > 0.5  # values between the 8-bit levels
+
+
+def test_an_indexed_image_is_refused_and_left_alone(reports):
+    report = reports["indexed"]
+    assert report["status"] == "execution-error"
+    assert "Image > Mode > RGB" in report["message"]
+    assert report["layers_after"] == report["layers_before"]
+
+
+def test_an_unreachable_server_gives_a_clear_error_and_changes_nothing(gimp, workspace):
+    scenario = {"name": "unreachable", "ellipse": ELLIPSE, "params": QUICK}
+    report = run_gimp(gimp, workspace, [scenario], endpoint="tcp://127.0.0.1:9")["unreachable"]
+    assert report["status"] == "execution-error"
+    assert "No dream server answered at tcp://127.0.0.1:9" in report["message"]
+    assert report["layers_after"] == report["layers_before"]
