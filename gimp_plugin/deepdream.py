@@ -151,8 +151,8 @@ def run(procedure, run_mode, image, drawables, config, data):
     except Exception as err:  # nothing may reach GIMP uncaught: it would show the user nothing
         return failure(
             procedure,
-            "DeepDream failed unexpectedly ({}: {}). The image was not "
-            "changed. See {} and report it.".format(type(err).__name__, err, log_path()),
+            f"DeepDream failed unexpectedly ({type(err).__name__}: {err}). The image was not "
+            f"changed. See {log_path()} and report it.",
         )
 
 
@@ -200,8 +200,8 @@ def dream_on(procedure, run_mode, image, drawables, config):
 
         def show(fraction, octave, step, seconds_left):
             Gimp.progress_update(fraction)
-            left = "" if seconds_left is None else ", {:.0f} s left".format(seconds_left)
-            Gimp.progress_set_text("DeepDream: octave {}{}".format(octave + 1, left))
+            left = "" if seconds_left is None else f", {seconds_left:.0f} s left"
+            Gimp.progress_set_text(f"DeepDream: octave {octave + 1}{left}")
 
         dreamed = client.dream(
             context_pixels, region.context[2], region.context[3], channels, params, on_progress=show

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +178,7 @@ def test_a_feathered_selection_becomes_a_new_layer_with_that_mask(workspace, rep
 
 
 def test_the_source_layer_is_never_modified(workspace, reports):
-    for name, report in reports.items():
+    for name in reports:
         before = (workspace[0] / name / "source-before.raw").read_bytes()
         after = (workspace[0] / name / "source-after.raw").read_bytes()
         assert before == after, name
@@ -241,3 +242,98 @@ def test_an_unreachable_server_gives_a_clear_error_and_changes_nothing(gimp, wor
     assert report["status"] == "execution-error"
     assert "No dream server answered at tcp://127.0.0.1:9" in report["message"]
     assert report["layers_after"] == report["layers_before"]
+
+
+ARTIFACTS = ROOT / "test-artifacts" / "gimp-gui"
+NO_STARTUP_DIALOGS = "(color-profile-policy keep)\n(show-welcome-dialog no)\n(show-tips no)\n"
+
+
+class Screen:
+    """GIMP's GUI on a virtual X screen, driven with xdotool like a person at the keyboard."""
+
+    def __init__(self, gimp: Gimp, display: str) -> None:
+        self.gimp = gimp
+        self.display = display
+
+    def tool(self, program: str, *args: str, check: bool = True) -> str:
+        command = self.gimp.command(program, list(args), {"DISPLAY": self.display})
+        run = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if check and run.returncode != 0:
+            raise AssertionError(f"{program} {args}: {run.stderr}")
+        return run.stdout
+
+    def window_titles(self) -> dict[str, str]:
+        ids = self.tool("xdotool", "search", "--onlyvisible", "--name", ".", check=False).split()
+        return {i: self.tool("xdotool", "getwindowname", i, check=False).strip() for i in ids}
+
+    def wait_for_window(self, pattern: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for window, title in self.window_titles().items():
+                if pattern in title:
+                    return window
+            time.sleep(0.5)
+        raise AssertionError(f"no window titled '{pattern}' in {timeout} s: {self.window_titles()}")
+
+    def keys(self, window: str, *keys: str) -> None:
+        self.tool("xdotool", "windowfocus", window)
+        for key in keys:
+            self.tool("xdotool", "key", "--window", window, key)
+            time.sleep(0.6)
+
+    def screenshot(self, name: str, scratch: Path) -> None:
+        self.tool("import", "-window", "root", self.gimp.inside(scratch / name))
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(scratch / name, ARTIFACTS / name)
+
+
+def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp, workspace):
+    scratch, profile, server = workspace
+    (profile / "gimprc").write_text(NO_STARTUP_DIALOGS)
+    display = ":97"
+    environment = {
+        "HOME": gimp.inside(scratch / "home"),
+        "DISPLAY": display,
+        "GIMP3_DIRECTORY": gimp.inside(profile),
+        "DEEPDREAM_ENDPOINT": server.record["endpoint"],
+        "DEEPDREAM_TOKEN": server.record["token"],
+    }
+    xvfb = subprocess.Popen(
+        gimp.command("Xvfb", [display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"], {})
+    )
+    time.sleep(1)
+    app = subprocess.Popen(
+        gimp.command(
+            "gimp-3.0", ["--no-splash", gimp.inside(scratch / "chelsea.png")], environment
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    screen = Screen(gimp, display)
+    try:
+        main = screen.wait_for_window("1 layer)")
+        screen.tool("xdotool", "mousemove", "1590", "990")  # no tooltips over the menus
+        screen.screenshot("1-opened.png", scratch)
+        screen.keys(main, "alt+r", "a")  # Filters > Artistic, by their mnemonics
+        screen.screenshot("2-filters-artistic.png", scratch)
+        screen.keys(main, "d")  # DeepDream...
+        dialog = screen.wait_for_window("DeepDream", timeout=30)
+        assert screen.window_titles()[dialog] == "DeepDream"
+        screen.screenshot("3-dialog.png", scratch)
+        screen.keys(dialog, "Return")
+        screen.wait_for_window("2 layers)")
+        screen.screenshot("4-dreamed.png", scratch)
+        screen.keys(main, "ctrl+z")
+        screen.wait_for_window("1 layer)", timeout=20)
+        screen.screenshot("5-undone.png", scratch)
+        screen.keys(main, "ctrl+f")  # Repeat Last, with the values just used
+        screen.wait_for_window("2 layers)")
+        screen.screenshot("6-repeated.png", scratch)
+    finally:
+        app.kill()
+        xvfb.kill()
+        app.wait()
+        xvfb.wait()
+        if gimp.root is not None:  # the processes inside the root outlive chroot's own
+            subprocess.run(["pkill", "-f", "gimp-3.0 --no-splash"], check=False)
+            subprocess.run(["pkill", "-f", f"Xvfb {display}"], check=False)

@@ -118,7 +118,9 @@ def run(scenario):
     return report
 
 
-for scenario in json.load(open(os.environ["DEEPDREAM_SCENARIOS"])):
+with open(os.environ["DEEPDREAM_SCENARIOS"]) as listing:
+    scenarios = json.load(listing)
+for scenario in scenarios:
     try:
         outcome = run(scenario)
     except Exception:
