@@ -236,7 +236,9 @@ def add_layer(image, source, region, pixels, babl_format, name):
         raise RuntimeError("GIMP refused to insert the new layer")
     layer.set_offsets(offset_x + x, offset_y + y)
     buffer = layer.get_buffer()
-    buffer.set(Gegl.Rectangle.new(0, 0, width, height), babl_format, pixels)
+    # bytes, not the client's memoryview: PyGObject walks a memoryview element by element
+    # (1.4 s for 4000x3000 RGBA, against 0.03 s for this copy).
+    buffer.set(Gegl.Rectangle.new(0, 0, width, height), babl_format, bytes(pixels))
     buffer.flush()
     layer.update(0, 0, width, height)
     return layer
