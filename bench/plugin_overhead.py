@@ -65,18 +65,44 @@ def main(repeats: int = 5) -> None:
     scratch = gimp.scratch_dir()
     home = Path(tempfile.mkdtemp(prefix="dream-bench-"))
     profile = scratch / "profile"
-    subprocess.run([sys.executable, ROOT / "install.py", "--venv", sys.prefix, "--gimp-dir",
-                    profile, "--no-sample"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            ROOT / "install.py",
+            "--venv",
+            sys.prefix,
+            "--gimp-dir",
+            profile,
+            "--no-sample",
+        ],
+        check=True,
+        capture_output=True,
+    )
     report = scratch / "report.json"
     script = scratch / "overhead.py"
-    script.write_text(IN_GIMP.replace("REPEATS", str(repeats)).replace("OUT", repr(gimp.inside(report))))
+    script.write_text(
+        IN_GIMP.replace("REPEATS", str(repeats)).replace("OUT", repr(gimp.inside(report)))
+    )
     server, cold_start, connection = start_server(home)
     try:
-        environment = {"HOME": gimp.inside(scratch), "GIMP3_DIRECTORY": gimp.inside(profile),
-                       "DEEPDREAM_ENDPOINT": connection.endpoint, "DEEPDREAM_TOKEN": connection.token}
-        command = gimp.command("gimp-console-3.0", ["-i", "--quit", "--batch-interpreter",
-                               "python-fu-eval", "-b", f"exec(open({gimp.inside(script)!r}).read())"],
-                               environment)
+        environment = {
+            "HOME": gimp.inside(scratch),
+            "GIMP3_DIRECTORY": gimp.inside(profile),
+            "DEEPDREAM_ENDPOINT": connection.endpoint,
+            "DEEPDREAM_TOKEN": connection.token,
+        }
+        command = gimp.command(
+            "gimp-console-3.0",
+            [
+                "-i",
+                "--quit",
+                "--batch-interpreter",
+                "python-fu-eval",
+                "-b",
+                f"exec(open({gimp.inside(script)!r}).read())",
+            ],
+            environment,
+        )
         subprocess.run(command, check=True, capture_output=True, timeout=600)
         figures = json.loads(report.read_text())
     finally:
@@ -85,8 +111,10 @@ def main(repeats: int = 5) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"4000x3000 RGBA u8 layer, feathered selection, strength 0, median of {repeats}:")
     print(f"  plug-in call, everything but the dream: {figures['call']:.2f} s (target under 1.5 s)")
-    print(f"  plain copy of the 48 MB buffer:         {figures['copy']:.3f} s "
-          f"({figures['call'] / figures['copy']:.0f}x)")
+    print(
+        f"  plain copy of the 48 MB buffer:         {figures['copy']:.3f} s "
+        f"({figures['call'] / figures['copy']:.0f}x)"
+    )
     print(f"  reading the layer once:                 {figures['read']:.3f} s")
 
 

@@ -135,7 +135,11 @@ def read(drawable, rectangle, babl_format):
 
 
 def dream_params(config, parameters):
-    return {param["name"]: config.get_property(param["name"]) for param in parameters}
+    values = {param["name"]: config.get_property(param["name"]) for param in parameters}
+    for param in parameters:  # GIMP hands back an empty text argument as None
+        if param["kind"] == "string" and values[param["name"]] is None:
+            values[param["name"]] = ""
+    return values
 
 
 def layer_name(params):

@@ -17,6 +17,8 @@ from conftest import ROOT, SAMPLES, start_server
 sys.path.insert(0, str(Path(__file__).parent / "gimp"))
 from sandbox import Gimp, find_gimp  # noqa: E402
 
+from gimp_plugin.dream_client import DreamClient  # noqa: E402
+
 pytestmark = pytest.mark.gimp
 
 QUICK = {"octaves": 2, "steps": 3, "preset": "textures"}
@@ -69,6 +71,13 @@ def workspace(gimp):
 
 
 def run_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | None = None) -> dict:
+    process = start_gimp(gimp, workspace, scenarios, endpoint)
+    process.wait(timeout=300)
+    return read_reports(workspace, scenarios)
+
+
+def start_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | None = None):
+    """gimp-console running tests/gimp/scenarios.py on the scenarios, in the background."""
     scratch, profile, server = workspace
     for scenario in scenarios:
         folder = scratch / scenario["name"]
@@ -101,13 +110,16 @@ def run_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | None 
         ],
         environment,
     )
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    with open(scratch / f"gimp-{scenarios[0]['name']}.log", "w") as log:  # not a pipe: GIMP
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # would block on it
+
+
+def read_reports(workspace, scenarios: list[dict]) -> dict:
     reports = {}
+    log = (workspace[0] / f"gimp-{scenarios[0]['name']}.log").read_text()
     for scenario in scenarios:
-        report_file = scratch / scenario["name"] / "report.json"
-        assert report_file.exists(), (
-            f"GIMP wrote no report for {scenario['name']}:\n{run.stderr[-3000:]}"
-        )
+        report_file = workspace[0] / scenario["name"] / "report.json"
+        assert report_file.exists(), f"no report for {scenario['name']}; GIMP said:\n{log[-3000:]}"
         reports[scenario["name"]] = json.loads(report_file.read_text())
         assert reports[scenario["name"]]["status"] != "script-error", reports[scenario["name"]]
     return reports
@@ -137,6 +149,17 @@ SCENARIOS = [
         "params": QUICK,
     },
     {"name": "indexed", "indexed": True, "params": QUICK},
+    {
+        "name": "custom-layers",
+        "ellipse": ELLIPSE,
+        "params": {**QUICK, "preset": "custom", "layers": "block3:1,block7/5:0.5"},
+    },
+    {
+        "name": "selection-misses-layer",
+        "offsets": [200, 150],
+        "ellipse": [0, 0, 100, 80],
+        "params": QUICK,
+    },
 ]
 
 
@@ -234,6 +257,49 @@ def test_an_indexed_image_is_refused_and_left_alone(reports):
     assert report["status"] == "execution-error"
     assert "Image > Mode > RGB" in report["message"]
     assert report["layers_after"] == report["layers_before"]
+
+
+def test_custom_layers_from_a_script_name_the_new_layer(reports):
+    report = reports["custom-layers"]
+    assert report["status"] == "success", report
+    assert report["returned"]["name"] == "DeepDream: block3:1,block7/5:0.5 (effnet-lite0)"
+
+
+def test_a_selection_that_misses_the_layer_says_so(reports):
+    report = reports["selection-misses-layer"]
+    assert report["status"] == "execution-error"
+    assert "does not touch this layer" in report["message"]
+    assert report["layers_after"] == report["layers_before"]
+
+
+def test_cancelling_kills_the_plug_in_and_leaves_the_image_as_it_was(gimp, workspace):
+    scratch, _, server = workspace
+    scenario = {
+        "name": "cancelled",
+        "photo": "coffee.png",
+        "ellipse": [50, 50, 500, 300],
+        "params": {"octaves": 4, "steps": 200},
+    }
+    process = start_gimp(gimp, workspace, [scenario])
+    with DreamClient(server.connection) as client:
+        deadline = time.monotonic() + 60
+        while not any(job["running"] for job in client.status()["queue"]):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = (scratch / "gimp-cancelled.log").read_text()
+                raise AssertionError(f"the dream never started; GIMP said:\n{log}")
+            time.sleep(0.1)
+        # What GIMP's Cancel button does: the plug-in process is killed outright.
+        subprocess.run(["pkill", "-KILL", "-f", "plug-ins/deepdream/deepdream.py"], check=True)
+        killed = time.monotonic()
+        while client.status()["queue"]:
+            assert time.monotonic() - killed < 2.0, "the server kept dreaming for nobody"
+            time.sleep(0.05)
+    process.wait(timeout=120)
+    report = read_reports(workspace, [scenario])["cancelled"]
+    assert report["status"] != "success"
+    assert report["layers_after"] == report["layers_before"]
+    before = (scratch / "cancelled" / "source-before.raw").read_bytes()
+    assert (scratch / "cancelled" / "source-after.raw").read_bytes() == before
 
 
 def test_an_unreachable_server_gives_a_clear_error_and_changes_nothing(gimp, workspace):
