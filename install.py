@@ -222,7 +222,7 @@ def main() -> int:
         check_embedded_model(python)
         record_environment(python)
         if args.test:
-            run([python, ROOT / "tests" / "gimp" / "sandbox.py"])
+            run(python, ROOT / "tests" / "gimp" / "sandbox.py")
             return run_tests(python, pytest_args)
         found = args.gimp_dir or [p for p in profiles if p.exists()]
         if not found and gimp_installed():
