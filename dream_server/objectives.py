@@ -15,6 +15,7 @@ import torch
 
 from .errors import InvalidParameter, UnknownLayer
 from .models import FeatureModel, imagenet_classes, model_spec
+from .models.base import INPUT
 
 Activations = Mapping[str, torch.Tensor]
 
@@ -107,6 +108,51 @@ def guide(name: str, guide_features: torch.Tensor) -> Objective:
         return (features.transpose(1, 2) * matched).sum(-1).mean(-1).sum()
 
     return Objective(score, frozenset({name}), f"guide@{name}")
+
+
+def diversity(name: str) -> Objective:
+    """Reward a batch whose images differ in style at a layer (Lucid's `diversity`).
+
+    The negative mean cosine similarity between the Gram matrices of the batch's images: higher
+    when each image shows the objective in its own way.
+    """
+
+    def score(acts: Activations) -> torch.Tensor:
+        features = acts[name].float().flatten(2)
+        grams = torch.nn.functional.normalize(
+            (features @ features.transpose(1, 2)).flatten(1), dim=1
+        )
+        batch = len(grams)
+        if batch < 2:
+            return grams.new_zeros(())
+        similarity = grams @ grams.t()
+        return -(similarity.sum() - similarity.diagonal().sum()) / batch
+
+    return Objective(score, frozenset({name}), f"diversity@{name}")
+
+
+def total_variation() -> Objective:
+    """Penalise differences between neighbouring pixels (to be subtracted, with a weight)."""
+
+    def score(acts: Activations) -> torch.Tensor:
+        image = acts[INPUT]
+        dy = (image[..., 1:, :] - image[..., :-1, :]).abs().flatten(1).mean(1)
+        dx = (image[..., :, 1:] - image[..., :, :-1]).abs().flatten(1).mean(1)
+        return (dx + dy).sum()
+
+    return Objective(score, frozenset({INPUT}), "total variation")
+
+
+def high_frequency() -> Objective:
+    """The energy the image has above a 3x3 blur (to be subtracted, with a weight)."""
+
+    def score(acts: Activations) -> torch.Tensor:
+        image = acts[INPUT]
+        blurred = torch.nn.functional.avg_pool2d(image, 3, stride=1, padding=1,
+                                                 count_include_pad=False)  # fmt: skip
+        return (image - blurred).square().flatten(1).mean(1).sum()
+
+    return Objective(score, frozenset({INPUT}), "high frequencies")
 
 
 def _per_image_mean(values: torch.Tensor) -> torch.Tensor:

@@ -31,10 +31,14 @@ class Param:
     choices: tuple[str, ...] = ()
     cli_only: bool = False
     """A setting of the machine the engine runs on, not of the dream (e.g. the device)."""
+    python_name: str = ""
+    """The attribute name where the name is no Python identifier (`class` is `class_name`)."""
+    aliases: tuple[str, ...] = ()
+    """Extra command-line flags (`-n` for `--samples`)."""
 
     @property
     def attr(self) -> str:
-        return self.name.replace("-", "_")
+        return self.python_name or self.name.replace("-", "_")
 
     def validate(self, value: Any) -> Any:
         """The value in its canonical type, or InvalidParameter saying what is allowed."""
@@ -223,59 +227,136 @@ DREAM_PARAMETERS: tuple[Param, ...] = (
     ),
 )
 
-PARAMETERS_BY_NAME = {param.name: param for param in DREAM_PARAMETERS}
 
+VISUALIZE_PARAMETERS: tuple[Param, ...] = (
+    Param("model", "choice", DEFAULT_MODEL, "Model", "The network whose units are shown.",
+          choices=tuple(MODELS)),
+    Param("layer", "string", "block7", "Layer",
+          "The layer to show (`deepdream --list-layers MODEL` lists them)."),
+    Param("channel", "int", -1, "Channel",
+          "One channel of the layer; -1 shows the whole layer.", minimum=-1, maximum=4095),
+    Param("neuron", "string", "", "Neuron",
+          "One neuron: CHANNEL,X,Y on the layer's grid (instead of the channel)."),
+    Param("class", "string", "", "Class",
+          "An ImageNet class to show instead of a layer (e.g. 'goldfish').", python_name="class_name"),
+    Param("samples", "int", 4, "Samples", "How many images to render side by side.",
+          minimum=1, maximum=16, aliases=("-n",)),
+    Param("size", "int", 256, "Size", "Width and height of each image in pixels.",
+          minimum=64, maximum=1024),
+    Param("steps", "int", 256, "Steps", "Optimisation steps.", minimum=1, maximum=4096),
+    Param("diversity", "float", 0.0, "Diversity",
+          "Push the samples apart in style, to show the range of what the unit responds to.",
+          minimum=0.0, maximum=1000.0),
+    Param("tv", "float", 0.0, "Total variation",
+          "Penalty on differences between neighbouring pixels.", minimum=0.0, maximum=1000.0),
+    Param("frequency", "float", 0.0, "Frequency penalty",
+          "Penalty on high-frequency energy.", minimum=0.0, maximum=1000.0),
+    Param("robustness", "bool", True, "Transformation robustness",
+          "Random pad, jitter, scale and rotation each step, so only robust patterns grow."),
+    Param("param", "choice", "fft", "Parameterisation",
+          "fft: decorrelated colours in a 1/f-scaled Fourier basis; pixel: plain pixels.",
+          choices=("fft", "pixel")),
+    Param("learning-rate", "float", 0.05, "Learning rate", "Adam's step size.",
+          minimum=0.0001, maximum=1.0),
+    Param("seed", "int", 0, "Seed", "Random seed: the same seed gives the same images.",
+          minimum=0, maximum=2**31 - 1),
+    Param("device", "choice", "auto", "Device",
+          "Where to compute: auto picks CUDA, then Apple MPS, then the CPU.",
+          choices=("auto", "cuda", "mps", "cpu"), cli_only=True),
+)  # fmt: skip
 
 _PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "choice": str, "string": str}
 
 
-class _DreamParamsMethods:
+class _ParamSet:
+    """Validation shared by the parameter classes; each sets PARAMETERS."""
+
+    PARAMETERS: tuple[Param, ...] = ()
+
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> DreamParams:
+    def from_mapping(cls, values: Mapping[str, Any]):  # noqa: ANN206 - returns cls
         """Validate a {name: value} mapping (names as in the CLI and the protocol)."""
-        unknown = sorted(set(values) - set(PARAMETERS_BY_NAME))
+        by_name = {param.name: param for param in cls.PARAMETERS}
+        unknown = sorted(set(values) - set(by_name))
         if unknown:
             raise InvalidParameter(
                 f"Unknown parameter {', '.join(repr(u) for u in unknown)}. Known parameters: "
-                f"{', '.join(PARAMETERS_BY_NAME)}."
+                f"{', '.join(by_name)}."
             )
-        checked = {
-            PARAMETERS_BY_NAME[name].attr: PARAMETERS_BY_NAME[name].validate(value)
-            for name, value in values.items()
-        }
-        if checked.get("layers", "").strip() and "preset" not in values:
+        checked = {by_name[name].attr: by_name[name].validate(v) for name, v in values.items()}
+        return cls(**cls._complete(checked, values))
+
+    @staticmethod
+    def _complete(checked: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+        return checked
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {param.name: getattr(self, param.attr) for param in self.PARAMETERS}
+
+
+class _DreamChecks(_ParamSet):
+    PARAMETERS = DREAM_PARAMETERS
+
+    @staticmethod
+    def _complete(checked: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+        if checked.get("layers", "").strip() and "preset" not in given:
             checked["preset"] = CUSTOM_PRESET
         if checked.get("preset") == CUSTOM_PRESET and not checked.get("layers", "").strip():
             raise InvalidParameter(
                 "Preset 'custom' needs layers, e.g. block10:1,block5:0.5 "
                 "(`deepdream --list-layers MODEL` lists them)."
             )
-        return cls(**checked)
-
-    def to_mapping(self) -> dict[str, Any]:
-        return {param.name: getattr(self, param.attr) for param in DREAM_PARAMETERS}
+        return checked
 
 
-DreamParams = make_dataclass(
-    "DreamParams",
-    [
-        (param.attr, _PYTHON_TYPES[param.kind], field(default=param.default))
-        for param in DREAM_PARAMETERS
-    ],
-    bases=(_DreamParamsMethods,),
-    frozen=True,
-    namespace={"__module__": __name__},
-)
-DreamParams.__doc__ = """Validated dream settings, one attribute per parameter (`octave_scale` for
-`octave-scale`); build with `DreamParams.from_mapping`."""
+class _VisualizeChecks(_ParamSet):
+    PARAMETERS = VISUALIZE_PARAMETERS
+
+    @staticmethod
+    def _complete(checked: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+        neuron = checked.get("neuron", "").strip()
+        if neuron:
+            parts = neuron.split(",")
+            if len(parts) != 3 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+                raise InvalidParameter(
+                    f"'neuron' must be CHANNEL,X,Y (three whole numbers); got {neuron!r}."
+                )
+        if neuron and checked.get("channel", -1) >= 0:
+            raise InvalidParameter("Give a channel or a neuron, not both.")
+        return checked
 
 
-def parameter_schema(include_cli_only: bool = False) -> list[dict[str, Any]]:
-    return [p.schema() for p in DREAM_PARAMETERS if include_cli_only or not p.cli_only]
+def _parameter_class(name: str, checks: type[_ParamSet], doc: str) -> type:
+    cls = make_dataclass(
+        name,
+        [(p.attr, _PYTHON_TYPES[p.kind], field(default=p.default)) for p in checks.PARAMETERS],
+        bases=(checks,),
+        frozen=True,
+        namespace={"__module__": __name__, "__doc__": doc},
+    )
+    return cls
 
 
-if __name__ == "__main__":  # install.py writes this next to the GIMP plug-in
+DreamParams = _parameter_class(
+    "DreamParams", _DreamChecks,
+    "Validated dream settings, one attribute per parameter (`octave_scale` for "
+    "`octave-scale`); build with `DreamParams.from_mapping`.",
+)  # fmt: skip
+VisualizeParams = _parameter_class(
+    "VisualizeParams", _VisualizeChecks,
+    "Validated feature-visualization settings; build with `VisualizeParams.from_mapping`.",
+)  # fmt: skip
+
+
+def parameter_schema(
+    parameters: tuple[Param, ...] = DREAM_PARAMETERS, include_cli_only: bool = False
+) -> list[dict[str, Any]]:
+    return [p.schema() for p in parameters if include_cli_only or not p.cli_only]
+
+
+if __name__ == "__main__":  # install.py writes these next to the GIMP plug-in
     import json
     import sys
 
-    json.dump(parameter_schema(), sys.stdout, indent=1)
+    chosen = VISUALIZE_PARAMETERS if sys.argv[1:] == ["visualize"] else DREAM_PARAMETERS
+    json.dump(parameter_schema(chosen), sys.stdout, indent=1)

@@ -9,6 +9,9 @@ from torch import nn
 
 from ..errors import UnknownLayer
 
+INPUT = "input"
+"""The pseudo-layer holding the image itself, for objectives that regularise pixels."""
+
 
 class FeatureModel(nn.Module):
     """A pretrained classifier cut into named stages that runs only as deep as it is asked to.
@@ -39,7 +42,7 @@ class FeatureModel(nn.Module):
         return list(self.stages.keys())
 
     def check_layers(self, layers: Iterable[str]) -> None:
-        unknown = [layer for layer in layers if layer not in self.stages]
+        unknown = [layer for layer in layers if layer not in self.stages and layer != INPUT]
         if unknown:
             raise UnknownLayer(
                 f"Model '{self.name}' has no layer {', '.join(repr(u) for u in unknown)}. "
@@ -61,6 +64,10 @@ class FeatureModel(nn.Module):
         wanted = set(layers)
         self.check_layers(wanted)
         activations: dict[str, torch.Tensor] = {}
+        if INPUT in wanted:
+            activations[INPUT] = image
+            if len(wanted) == 1:
+                return activations
         x = self._normalize(image)
         for name, stage in self.stages.items():
             x = stage(x)
