@@ -51,16 +51,23 @@ def gimp_installed() -> bool:
 
 def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
     """Copy the plug-in into each profile's plug-ins folder (folder name = file name)."""
-    schema = subprocess.run(
-        [str(python), "-m", "dream_server.params"], check=True, capture_output=True, text=True
-    ).stdout
+    schemas = {
+        name: subprocess.run(
+            [str(python), "-m", "dream_server.params", *which],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for name, which in (("parameters.json", []), ("parameters-visualize.json", ["visualize"]))
+    }
     installed = []
     for profile in profiles:
         target = profile / "plug-ins" / PLUGIN_NAME
         target.mkdir(parents=True, exist_ok=True)
         for name in PLUGIN_FILES:
             shutil.copy2(ROOT / "gimp_plugin" / name, target / name)
-        (target / "parameters.json").write_text(schema)
+        for file_name, schema in schemas.items():
+            (target / file_name).write_text(schema)
         (target / "deepdream.py").chmod(0o755)
         installed.append(target)
         say(f"installed the GIMP plug-in in {target}")

@@ -9,11 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+
 from .engine import Engine
-from .errors import DreamError
+from .errors import DreamError, InvalidImage, InvalidParameter
 from .imagefile import check_writable, read_image, read_mask, write_image
 from .models import MODELS, model_spec
-from .params import DREAM_PARAMETERS, DreamParams, Param
+from .params import DREAM_PARAMETERS, VISUALIZE_PARAMETERS, DreamParams, Param, VisualizeParams
+from .sheets import contact_sheet
+from .visualize import interesting_channels, sample_labels
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -44,33 +50,45 @@ def _argument_type(param: Param):  # noqa: ANN202 - an argparse type callable
     return convert
 
 
+def add_parameter_flags(
+    parser: argparse.ArgumentParser, parameters: tuple[Param, ...], exclusive: tuple[str, ...] = ()
+) -> None:
+    """A flag per parameter, named like it (`--octave-scale`), with its range in the help."""
+    group = parser.add_mutually_exclusive_group()
+    for param in parameters:
+        target = group if param.name in exclusive else parser
+        flags = [f"--{param.name}", *param.aliases]
+        common: dict[str, Any] = {"dest": param.attr, "default": argparse.SUPPRESS}
+        help_text = f"{param.help} (default: {param.default})"
+        if param.kind == "bool":
+            action = argparse.BooleanOptionalAction if param.default else "store_true"
+            target.add_argument(*flags, action=action, help=param.help, **common)
+        elif param.kind == "choice":
+            target.add_argument(*flags, choices=param.choices, help=help_text, **common)
+        elif param.kind == "string":
+            target.add_argument(*flags, metavar="TEXT", help=param.help, **common)
+        else:
+            metavar = "N" if param.kind == "int" else "X"
+            kind = _argument_type(param)
+            target.add_argument(*flags, type=kind, metavar=metavar, help=help_text, **common)
+
+
+def given_values(args: argparse.Namespace, parameters: tuple[Param, ...]) -> dict[str, Any]:
+    return {p.name: getattr(args, p.attr) for p in parameters if hasattr(args, p.attr)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="deepdream",
-        description="Dream on an image with a pretrained network (DeepDream).",
+        description="Dream on an image with a pretrained network (DeepDream). "
+        "`deepdream visualize` and `deepdream atlas` show what a network's units look for.",
         epilog="Example: deepdream photo.jpg -o dream.png --preset animals",
     )
     parser.add_argument(
         "input", nargs="?", type=Path, help="image to dream on (PNG, JPEG, WebP, TIFF)"
     )
     parser.add_argument("-o", "--output", type=Path, help="where to write the dream")
-    what = parser.add_mutually_exclusive_group()
-    for param in DREAM_PARAMETERS:
-        target = what if param.name in ("preset", "layers") else parser
-        flag = f"--{param.name}"
-        common: dict[str, Any] = {"dest": param.attr, "default": argparse.SUPPRESS}
-        help_text = f"{param.help} (default: {param.default})"
-        if param.kind == "bool":
-            target.add_argument(flag, action="store_const", const=True, help=param.help, **common)
-        elif param.kind == "choice":
-            target.add_argument(flag, choices=param.choices, help=help_text, **common)
-        elif param.kind == "string":
-            target.add_argument(flag, metavar="SPEC", help=param.help, **common)
-        else:
-            metavar = "N" if param.kind == "int" else "X"
-            target.add_argument(
-                flag, type=_argument_type(param), metavar=metavar, help=help_text, **common
-            )
+    add_parameter_flags(parser, DREAM_PARAMETERS, exclusive=("preset", "layers"))
     parser.add_argument(
         "--mask",
         type=Path,
@@ -94,14 +112,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_visualize_parser(command: str) -> argparse.ArgumentParser:
+    atlas = command == "atlas"
+    if atlas:
+        description = "Render a labelled grid of a layer's channels, one image each."
+        example = "deepdream atlas --layer block7 --channels 0-15 -o atlas.png"
+    else:
+        description = "Render images from noise that excite a layer, channel, neuron or class."
+        example = "deepdream visualize --layer block7 --channel 5 -n 4 -o sheet.png"
+    parser = OneLineParser(
+        prog=f"deepdream {command}", description=description, epilog=f"Example: {example}"
+    )
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the contact sheet (PNG)")
+    hidden = ("channel", "neuron", "class", "samples") if atlas else ()
+    shown = tuple(p for p in VISUALIZE_PARAMETERS if p.name not in hidden)
+    add_parameter_flags(parser, shown, exclusive=("channel", "neuron"))
+    if atlas:
+        parser.add_argument(
+            "--channels",
+            metavar="LIST",
+            help="e.g. 0-15 or 3,7,42 (default: the channels that respond most to real photos)",
+        )
+        parser.add_argument("--count", type=int, default=16, help="how many, without --channels")
+    else:
+        parser.add_argument("--each", type=Path, metavar="DIR", help="also write each image here")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in ("visualize", "atlas") else None
+    parser = build_visualize_parser(command) if command else build_parser()
+    args = parser.parse_args(argv[1:] if command else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if command:
+            return visualize_file(args, atlas=command == "atlas")
         if args.list_models:
             print_models()
             return 0
@@ -129,12 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dream_file(args: argparse.Namespace) -> int:
-    given = {
-        param.name: getattr(args, param.attr)
-        for param in DREAM_PARAMETERS
-        if hasattr(args, param.attr)
-    }
-    params = DreamParams.from_mapping(given)
+    params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
     model_spec(params.model)
     image = read_image(args.input)
     check_writable(args.output, image)
@@ -149,6 +196,53 @@ def dream_file(args: argparse.Namespace) -> int:
     write_image(args.output, result)
     print(f"Wrote {args.output}")
     return 0
+
+
+def visualize_file(args: argparse.Namespace, atlas: bool) -> int:
+    params = VisualizeParams.from_mapping(given_values(args, VISUALIZE_PARAMETERS))
+    if args.output.suffix.lower() != ".png":
+        raise InvalidImage("Contact sheets are PNG files: name the output .png.")
+    check_writable(args.output, np.zeros((1, 1, 3), np.uint8))
+    with _Progress(enabled=not args.quiet) as progress:
+        engine = Engine(params.device, on_download=progress.download)
+        if atlas:
+            channels = parse_channels(args.channels) if args.channels else None
+            if channels is None:
+                model = engine.model(params.model)
+                model.check_layers([params.layer])
+                photos = [read_image(SAMPLES / name) for name in ("coffee.png", "chelsea.png")]
+                channels = interesting_channels(model, params.layer, args.count, photos)
+            labels = [f"{params.layer}/{c}" for c in channels]
+            images = engine.visualize(params, channels, on_progress=progress.dream)
+        else:
+            images = engine.visualize(params, on_progress=progress.dream)
+            labels = sample_labels(params)
+    sheet, text = contact_sheet(images, labels)
+    write_image(args.output, sheet, text)
+    print(f"Wrote {args.output}")
+    if not atlas and args.each:
+        args.each.mkdir(parents=True, exist_ok=True)
+        for image, label in zip(images, labels, strict=True):
+            name = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)
+            write_image(args.each / f"{name}.png", image)
+        print(f"Wrote {len(images)} images into {args.each}")
+    return 0
+
+
+def parse_channels(text: str) -> list[int]:
+    """`0-15`, `3,7,42` or a mix of both."""
+    channels: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            channels.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise InvalidParameter(
+            f"--channels takes numbers and ranges like 0-15 or 3,7,42; got {text!r}."
+        ) from None
+    if not 1 <= len(channels) <= 64:
+        raise InvalidParameter("--channels must name between 1 and 64 channels.")
+    return channels
 
 
 class _Progress:

@@ -40,8 +40,17 @@ from . import __version__
 from .engine import Engine
 from .errors import DreamCancelled, DreamError, OutOfMemory
 from .models import DEFAULT_MODEL, MODELS, PRESETS
-from .params import parameter_schema
-from .protocol import BadMessage, Submission, decode_header, encode, frame_meta, parse_submit
+from .params import VISUALIZE_PARAMETERS, parameter_schema
+from .protocol import (
+    BadMessage,
+    Submission,
+    VisualizeRequest,
+    decode_header,
+    encode,
+    frame_meta,
+    parse_submit,
+    parse_visualize,
+)
 
 log = logging.getLogger("dream_server.daemon")
 
@@ -55,7 +64,7 @@ LOCK_FILE = "daemon.lock"
 
 @dataclass
 class Job:
-    submission: Submission
+    submission: Submission | VisualizeRequest
     client: bytes
     submitted: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -146,16 +155,8 @@ class Worker(threading.Thread):
                 )
             )
 
-        submission = job.submission
         try:
-            result = self.engine.dream(
-                submission.image,
-                submission.params,
-                mask=submission.mask,
-                guide_image=submission.guide,
-                on_progress=progress,
-                should_stop=job.cancel.is_set,
-            )
+            results, fields = job.submission.run(self.engine, progress, job.cancel.is_set)
         except DreamCancelled:
             log.info("job %s cancelled after %.1f s", job.id, time.monotonic() - started)
             reply(encode("cancelled", job=job.id))
@@ -188,9 +189,12 @@ class Worker(threading.Thread):
                 )
             )
             return
-        result = np.ascontiguousarray(result)
+        frames = [np.ascontiguousarray(result) for result in results]
         log.info("job %s done in %.1f s", job.id, time.monotonic() - started)
-        reply(encode("result", job=job.id, **frame_meta(result)), memoryview(result).cast("B"))
+        reply(
+            encode("result", job=job.id, count=len(frames), **frame_meta(frames[0]), **fields),
+            *(memoryview(frame).cast("B") for frame in frames),
+        )
 
 
 def _free_device_memory() -> None:
@@ -300,7 +304,7 @@ class DreamServer:
         header = decode_header(header_bytes, self.token)
         self.last_heard[client] = time.monotonic()
         kind = header["type"]
-        if kind != "submit" and frames:
+        if kind not in ("submit", "visualize") and frames:
             raise BadMessage(
                 "bad_frames", f"A {kind} message has no pixel frames.", header.get("job")
             )
@@ -313,13 +317,15 @@ class DreamServer:
         elif kind == "cancel":
             self._cancel(client, header["job"])
         elif kind == "submit":
-            self._submit(client, header, frames)
+            self._queue(client, header, parse_submit(header, frames, self.max_pixels))
+        elif kind == "visualize":
+            self._queue(client, header, parse_visualize(header, frames, self.max_pixels))
 
-    def _submit(self, client: bytes, header: dict, frames: list) -> None:
+    def _queue(self, client: bytes, header: dict, request: Submission | VisualizeRequest) -> None:
         job_id = header["job"]
         if job_id in self.jobs:
             raise BadMessage("bad_job", f"Job {job_id!r} is already queued or running.", job_id)
-        job = Job(parse_submit(header, frames, self.max_pixels), client)
+        job = Job(request, client)
         self.jobs[job_id] = job
         position = self.worker.submit(job)
         self.counters["jobs"] += 1
@@ -370,6 +376,7 @@ class DreamServer:
             ],
             "presets": list(PRESETS),
             "params": parameter_schema(),
+            "visualize_params": parameter_schema(VISUALIZE_PARAMETERS),
             "max_pixels": self.max_pixels,
             "log": str(log_path()),
         }

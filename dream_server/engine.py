@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import visualize
 from .devices import keep_cpu_memory_mapped, select_device
 from .dream import AscentSettings, ProgressCallback, StopCheck, dream
 from .errors import InvalidParameter
 from .imaging import Pixels
 from .models import FeatureModel, load_model, model_spec
 from .objectives import Objective, guide, parse_objective, sum_of, weighted_layers
-from .params import CUSTOM_PRESET, DreamParams
+from .params import CUSTOM_PRESET, DreamParams, VisualizeParams
 from .weights import DownloadProgress
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,28 @@ class Engine:
             on_progress=on_progress,
             should_stop=should_stop,
         )
+
+    def visualize(
+        self,
+        params: VisualizeParams,
+        channels: list[int] | None = None,
+        on_progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> np.ndarray:
+        """Feature visualizations from noise, (N, size, size, 3) uint8.
+
+        With `channels`, an atlas: one image per channel of `params.layer`.
+        """
+        model = self.model(params.model)
+        if channels is None:
+            objective = visualize.full_objective(params, model)
+        else:
+            for index in channels:
+                visualize.target(replace(params, channel=index, neuron=""), model)
+            params = replace(params, samples=len(channels))
+            objective = visualize.atlas_objective(params.layer, channels)
+        log.info("Visualizing %s on %s", objective.description, params.model)
+        return visualize.render(model, objective, params, on_progress, should_stop)
 
 
 def ascent_settings(params: DreamParams) -> AscentSettings:

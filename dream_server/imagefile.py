@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InvalidImage
 from .imaging import MAX_PIXELS
@@ -97,15 +97,20 @@ def check_writable(path: Path, pixels: np.ndarray) -> str:
     return image_format
 
 
-def write_image(path: Path, pixels: np.ndarray) -> None:
+def write_image(path: Path, pixels: np.ndarray, text: dict[str, str] | None = None) -> None:
     """Write atomically: a temporary file in the same folder, renamed over the target at the end,
-    so a failure or an interruption never leaves a half-written image."""
+    so a failure or an interruption never leaves a half-written image. `text` entries are
+    stored in PNG files."""
     image_format = check_writable(path, pixels)
     image = Image.fromarray(pixels if pixels.shape[2] > 1 else pixels[:, :, 0])
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+            options: dict = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+            if text and image_format == "PNG":
+                options["pnginfo"] = PngImagePlugin.PngInfo()
+                for key, value in text.items():
+                    options["pnginfo"].add_text(key, value)
             image.save(out, format=image_format, **options)
         os.replace(temp_name, path)
     finally:

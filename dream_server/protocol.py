@@ -16,12 +16,14 @@ import numpy as np
 
 from gimp_plugin.dream_client import ITEM_SIZES, PROTOCOL_VERSION
 
+from .engine import Engine
 from .errors import DreamError
-from .params import DreamParams
+from .params import DreamParams, VisualizeParams
+from .visualize import sample_labels
 
 HEADER_LIMIT = 64 * 1024
 JOB_ID_LIMIT = 64
-REQUEST_TYPES = {"hello", "submit", "cancel", "ping", "status"}
+REQUEST_TYPES = {"hello", "submit", "visualize", "cancel", "ping", "status"}
 DTYPES = {"u8": np.uint8, "f32": np.float32}
 assert set(DTYPES) == set(ITEM_SIZES)
 
@@ -35,11 +37,49 @@ class BadMessage(Exception):
 
 @dataclass(frozen=True)
 class Submission:
+    """A dream on an image; its result is one frame."""
+
     job: str
     params: DreamParams
     image: np.ndarray
     mask: np.ndarray | None
     guide: np.ndarray | None
+
+    def run(self, engine: Engine, on_progress, should_stop):  # noqa: ANN001, ANN201
+        """The result frames, and extra fields for the result header."""
+        return [
+            engine.dream(self.image, self.params, mask=self.mask, guide_image=self.guide,
+                         on_progress=on_progress, should_stop=should_stop)
+        ], {}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VisualizeRequest:
+    """Feature visualization from noise; its result is one frame per sample."""
+
+    job: str
+    params: VisualizeParams
+
+    def run(self, engine: Engine, on_progress, should_stop):  # noqa: ANN001, ANN201
+        images = engine.visualize(self.params, on_progress=on_progress, should_stop=should_stop)
+        return list(images), {"labels": sample_labels(self.params)}
+
+
+def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> VisualizeRequest:
+    job = header["job"]
+    if frames:
+        raise BadMessage("bad_frames", "A visualize request has no pixel frames.", job)
+    params = header.get("params", {})
+    if not isinstance(params, dict):
+        raise BadMessage("bad_parameter", "'params' must be a JSON object.", job)
+    try:
+        checked = VisualizeParams.from_mapping(params)
+    except DreamError as err:
+        raise BadMessage("bad_parameter", str(err), job) from None
+    if checked.samples * checked.size**2 > max_pixels:
+        raise BadMessage("too_large", f"{checked.samples} images of {checked.size} px are over "
+                         f"this server's limit of {max_pixels} pixels.", job)  # fmt: skip
+    return VisualizeRequest(job, checked)
 
 
 def decode_header(frame: bytes, token: str) -> dict[str, Any]:
@@ -74,7 +114,7 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
             f"known: {', '.join(sorted(REQUEST_TYPES))}.",
             job,
         )
-    if header["type"] in ("submit", "cancel") and job is None:
+    if header["type"] in ("submit", "visualize", "cancel") and job is None:
         raise BadMessage(
             "bad_job", f"'job' must be a non-empty string of at most {JOB_ID_LIMIT} characters."
         )

@@ -155,6 +155,16 @@ def _at_least(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(images, scale_factor=scale, mode="bilinear")
 
 
+def atlas_objective(name: str, channels: list[int]) -> Objective:
+    """Image i of the batch shows channel `channels[i]` of the layer: a whole atlas in one run."""
+
+    def score(acts) -> torch.Tensor:  # noqa: ANN001
+        values = acts[name].float()
+        return sum(values[i, c].mean() for i, c in enumerate(channels))
+
+    return Objective(score, frozenset({name}), f"atlas of {name}")
+
+
 def interesting_channels(model: FeatureModel, name: str, count: int,
                          photos: list[np.ndarray]) -> list[int]:  # fmt: skip
     """The channels of a layer that respond most, on average, to real photos."""
@@ -166,6 +176,17 @@ def interesting_channels(model: FeatureModel, name: str, count: int,
             response = model(x.to(device), [name])[name].mean(dim=(0, 2, 3))
             totals = response if totals is None else totals + response
     return totals.argsort(descending=True)[:count].tolist()
+
+
+def sample_labels(params) -> list[str]:  # noqa: ANN001 - VisualizeParams
+    """What each sample shows, e.g. `block7/5 #2`, for sheets and layer names."""
+    if params.class_name:
+        subject = f"class {params.class_name}"
+    elif params.neuron:
+        subject = f"{params.layer}/{params.neuron.replace(' ', '')}"
+    else:
+        subject = f"{params.layer}/{params.channel}" if params.channel >= 0 else params.layer
+    return [f"{subject} #{i + 1}" for i in range(params.samples)]
 
 
 def grid_shape(count: int) -> tuple[int, int]:

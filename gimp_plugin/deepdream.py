@@ -23,7 +23,10 @@ from dream_client import DreamClient, DreamServerError  # noqa: E402
 from locations import log_path  # noqa: E402
 
 PROCEDURE = "plug-in-deepdream"
-PARAMETERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parameters.json")
+VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
+HERE = os.path.dirname(os.path.abspath(__file__))
+PARAMETERS_FILE = os.path.join(HERE, "parameters.json")
+VISUALIZE_PARAMETERS_FILE = os.path.join(HERE, "parameters-visualize.json")
 CONTEXT_MARGIN = 64
 """Pixels of the layer around the selection that the network sees, so the edge has context."""
 SELECTION_MODES = (
@@ -33,9 +36,9 @@ SELECTION_MODES = (
 FLAGS = GObject.ParamFlags.READWRITE
 
 
-def load_parameters():
-    """The dream parameters, as the engine defines them (install.py writes this file)."""
-    with open(PARAMETERS_FILE) as schema:
+def load_parameters(path=PARAMETERS_FILE):
+    """The parameters as the engine defines them (install.py writes these files)."""
+    with open(path) as schema:
         return json.load(schema)
 
 
@@ -65,6 +68,9 @@ def add_arguments(procedure, parameters):
             )
         else:
             procedure.add_string_argument(name, label, help_text, default, FLAGS)
+
+
+def add_selection_mode(procedure):
     modes = Gimp.Choice.new()
     for index, (nick, label, help_text) in enumerate(SELECTION_MODES):
         modes.add(nick, index, label, help_text)
@@ -148,8 +154,16 @@ def layer_name(params):
 
 
 def run(procedure, run_mode, image, drawables, config, data):
+    return guarded(procedure, dream_on, procedure, run_mode, image, drawables, config)
+
+
+def run_visualize(procedure, config, data):
+    return guarded(procedure, visualize, procedure, config)
+
+
+def guarded(procedure, work, *args):
     try:
-        return dream_on(procedure, run_mode, image, drawables, config)
+        return work(*args)
     except DreamServerError as err:
         return failure(procedure, str(err))
     except Exception as err:  # nothing may reach GIMP uncaught: it would show the user nothing
@@ -248,15 +262,51 @@ def add_layer(image, source, region, pixels, babl_format, name):
     return layer
 
 
+def visualize(procedure, config):
+    """File > Create > DeepDream Feature Visualization: a new image, one layer per sample."""
+    if config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(VISUALIZE_PROCEDURE)
+        dialog = GimpUi.ProcedureDialog.new(procedure, config, "DeepDream Feature Visualization")
+        dialog.fill(None)
+        confirmed = dialog.run()
+        dialog.destroy()
+        if not confirmed:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    params = dream_params(config, load_parameters(VISUALIZE_PARAMETERS_FILE))
+    Gimp.progress_init("DeepDream: rendering from noise")
+    with DreamClient() as client:
+        size, samples = client.visualize(params, on_progress=lambda f, *_: Gimp.progress_update(f))
+    image = Gimp.Image.new(size, size, Gimp.ImageBaseType.RGB)
+    image.undo_disable()  # a new image: nothing to undo
+    for label, pixels in samples:
+        layer = Gimp.Layer.new(
+            image, label, size, size, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL
+        )
+        image.insert_layer(layer, None, 0)
+        buffer = layer.get_buffer()
+        buffer.set(Gegl.Rectangle.new(0, 0, size, size), "R'G'B' u8", bytes(pixels))
+        buffer.flush()
+    image.undo_enable()
+    Gimp.progress_end()
+    if config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE:
+        Gimp.Display.new(image)
+    result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    result.remove(1)
+    result.insert(1, GObject.Value(Gimp.Image, image))
+    return result
+
+
 class DeepDream(Gimp.PlugIn):
     def do_query_procedures(self):
-        return [PROCEDURE]
+        return [PROCEDURE, VISUALIZE_PROCEDURE]
 
     def do_set_i18n(self, name):
         return False
 
     def do_create_procedure(self, name):
         Gegl.init(None)
+        if name == VISUALIZE_PROCEDURE:
+            return self.create_visualize(name)
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
         procedure.set_image_types("RGB*, GRAY*")
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
@@ -271,7 +321,26 @@ class DeepDream(Gimp.PlugIn):
         )
         procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
         add_arguments(procedure, load_parameters())
+        add_selection_mode(procedure)
         procedure.add_layer_return_value("layer", "Layer", "The new dreamed layer", False, FLAGS)
+        return procedure
+
+    def create_visualize(self, name):
+        procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_visualize, None)
+        procedure.set_menu_label("DeepDream _Feature Visualization...")
+        procedure.add_menu_path("<Image>/File/Create")
+        procedure.set_documentation(
+            "See what a unit of a neural network looks for",
+            "Renders images from noise that excite a layer, a channel, a neuron or an ImageNet "
+            "class, and opens them as a new image with one layer per sample.",
+            name,
+        )
+        procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
+        procedure.add_enum_argument(
+            "run-mode", "Run mode", "The run mode", Gimp.RunMode, Gimp.RunMode.NONINTERACTIVE, FLAGS
+        )
+        add_arguments(procedure, load_parameters(VISUALIZE_PARAMETERS_FILE))
+        procedure.add_image_return_value("image", "Image", "The new image", False, FLAGS)
         return procedure
 
 

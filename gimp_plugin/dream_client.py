@@ -92,6 +92,7 @@ class DreamClient:
         self._context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self.server_info: dict = {}
+        self._last_result: dict = {}
         explicit = connection or Connection.from_environment()
         if explicit is not None:
             self._connect_and_greet(explicit)
@@ -221,9 +222,17 @@ class DreamClient:
             )
             frames.append(guide_pixels)
         self._send(header, frames)
-        return self._await_result(header["job"], on_progress)
+        return self._await_result(header["job"], on_progress)[0]
 
-    def _await_result(self, job: str, on_progress: ProgressCallback | None) -> memoryview:
+    def visualize(self, params: dict, on_progress: ProgressCallback | None = None):  # noqa: ANN201
+        """Feature visualizations from noise: (size, [(label, RGB u8 frame)] per sample)."""
+        job = uuid.uuid4().hex
+        self._send({"type": "visualize", "job": job, "params": params})
+        frames = self._await_result(job, on_progress)
+        labels = self._last_result.get("labels") or [f"#{i + 1}" for i in range(len(frames))]
+        return self._last_result["width"], list(zip(labels, frames, strict=True))
+
+    def _await_result(self, job: str, on_progress: ProgressCallback | None) -> list[memoryview]:
         last_heard = last_progress = last_ping = time.monotonic()
         while True:
             now = time.monotonic()
@@ -262,7 +271,8 @@ class DreamClient:
             elif kind == "accepted":
                 last_progress = now
             elif kind == "result" and frames:
-                return frames[0].buffer  # the received bytes themselves, not a copy
+                self._last_result = header
+                return [frame.buffer for frame in frames]  # the received bytes, not copies
             elif kind == "cancelled":
                 raise DreamCancelledError()
             elif kind == "error":

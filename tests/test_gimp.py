@@ -265,6 +265,24 @@ def test_custom_layers_from_a_script_name_the_new_layer(reports):
     assert report["returned"]["name"] == "DeepDream: block3:1,block7/5:0.5 (effnet-lite0)"
 
 
+def test_feature_visualization_opens_a_new_image_with_a_layer_per_sample(gimp, workspace):
+    scenario = {
+        "name": "visualize",
+        "procedure": "visualize",
+        "params": {"layer": "block7", "channel": 5, "samples": 3, "size": 96, "steps": 24},
+    }
+    report = run_gimp(gimp, workspace, [scenario])["visualize"]
+    assert report["status"] == "success", report
+    assert report["images_after"] == report["images_before"] + 1
+    assert report["size"] == [96, 96]
+    assert sorted(layer["name"] for layer in report["layers"]) == [
+        "block7/5 #1", "block7/5 #2", "block7/5 #3"
+    ]  # fmt: skip
+    samples = [raw(workspace, "visualize", f"sample-{i}.raw", (96, 96, 3)) for i in range(3)]
+    assert all(sample.std() > 10 for sample in samples)  # pictures, not flat grey
+    assert not np.array_equal(samples[0], samples[1])
+
+
 def test_a_selection_that_misses_the_layer_says_so(reports):
     report = reports["selection-misses-layer"]
     assert report["status"] == "execution-error"

@@ -61,7 +61,40 @@ def prepare(scenario):
     return image, layer
 
 
+def run_visualize(scenario):
+    procedure = Gimp.get_pdb().lookup_procedure("plug-in-deepdream-visualize")
+    config = procedure.create_config()
+    config.set_property("run-mode", NONINTERACTIVE)
+    for name, value in scenario.get("params", {}).items():
+        config.set_property(name, value)
+    images_before = len(Gimp.get_images())
+    result = procedure.run(config)
+    status = result.index(0)
+    report = {"status": status.value_nick, "images_before": images_before}
+    if status == Gimp.PDBStatusType.SUCCESS:
+        image = result.index(1)
+        report["size"] = [image.get_width(), image.get_height()]
+        report["layers"] = [describe(layer) for layer in image.get_layers()]
+        for index, layer in enumerate(image.get_layers()):
+            dump(
+                layer,
+                0,
+                0,
+                layer.get_width(),
+                layer.get_height(),
+                "R'G'B' u8",
+                os.path.join(scenario["folder"], f"sample-{index}.raw"),
+            )
+        report["images_after"] = len(Gimp.get_images())
+        image.delete()
+    else:
+        report["message"] = str(result.index(1))
+    return report
+
+
 def run(scenario):
+    if scenario.get("procedure") == "visualize":
+        return run_visualize(scenario)
     folder = scenario["folder"]
     image, layer = prepare(scenario)
     babl = scenario.get("format", "R'G'B'A u8")
