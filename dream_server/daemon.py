@@ -54,7 +54,7 @@ from .protocol import (
 
 log = logging.getLogger("dream_server.daemon")
 
-HEARTBEAT_TIMEOUT_S = 1.5
+HEARTBEAT_TIMEOUT_S = 1.0
 """A client that sent nothing for this long while its job waits or runs has gone away."""
 PROGRESS_INTERVAL_S = 0.1
 DEFAULT_MAX_PIXELS = 100_000_000
