@@ -17,7 +17,7 @@ import zmq
 from conftest import ROOT, photo, start_server
 
 from dream_server.engine import Engine
-from dream_server.params import DreamParams
+from dream_server.params import DreamParams, VisualizeParams
 from gimp_plugin.dream_client import DreamClient, DreamServerError
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
@@ -463,3 +463,22 @@ def test_out_of_memory_is_reported_with_advice_and_the_server_stays_healthy(tmp_
             assert len(client.dream(pixels.tobytes(), 96, 64, 3, QUICK)) == pixels.size
     finally:
         starved.stop()
+
+
+def test_a_visualize_job_returns_the_engines_images_with_their_labels(server, local_engine):
+    values = {"layer": "block5", "channel": 2, "samples": 2, "size": 64, "steps": 6}
+    with DreamClient(server.connection) as client:
+        size, samples = client.visualize(values)
+    expected = local_engine.visualize(VisualizeParams.from_mapping(values))
+    assert size == 64 and [label for label, _ in samples] == ["block5/2 #1", "block5/2 #2"]
+    for (_, frame), image in zip(samples, expected, strict=True):
+        assert np.array_equal(np.frombuffer(frame, np.uint8).reshape(64, 64, 3), image)
+
+
+def test_a_visualize_request_is_checked_like_any_other(server):
+    raw = Raw(server)
+    raw.send({"type": "visualize", "job": "v1", "params": {"samples": 99}})
+    assert "'samples' must be a whole number from 1 to 16" in raw.wait_for("error")["message"]
+    raw.send({"type": "visualize", "job": "v2", "params": {}}, b"unexpected pixels")
+    assert raw.wait_for("error")["code"] == "bad_frames"
+    raw.close()

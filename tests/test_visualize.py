@@ -105,7 +105,7 @@ def test_same_seed_same_images_other_seed_other_images(effnet):
 
 def test_neuron_and_class_targets(effnet):
     neuron = params(layer="block9", neuron="3,2,2", size=64, samples=1, steps=16)
-    assert "block9/3@2,2" == target(neuron, effnet).description
+    assert target(neuron, effnet).description == "block9/3@2,2"
     goldfish = params(**{"class": "goldfish", "size": 96, "samples": 1, "steps": 24})
     image = render(effnet, full_objective(goldfish, effnet), goldfish)
     assert score(effnet, target(goldfish, effnet), image) > 5
