@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -111,10 +112,15 @@ def ensure_environment(venv_dir: Path, with_tests: bool) -> Path:
     """The daemon's virtual environment with the package installed; skipped when up to date."""
     python = venv_python(venv_dir)
     if not python.exists():
+        if venv_dir.exists() and any(venv_dir.iterdir()) and not (venv_dir / "pyvenv.cfg").exists():
+            sys.exit(f"[install] {venv_dir} exists and is not a virtual environment: "
+                     "choose another folder with --venv.")  # fmt: skip
         say(f"creating the environment in {venv_dir}")
         venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
     extras = "[test]" if with_tests else ""
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + extras.encode() + str(ROOT).encode()
+    ).hexdigest()
     stamp = venv_dir / STAMP
     have = stamp.read_text().split() if stamp.exists() else []
     if wanted not in have:
@@ -164,11 +170,12 @@ def check(venv_dir: Path, profiles: list[Path]) -> int:
         plugin = profile / "plug-ins" / PLUGIN_NAME / "deepdream.py"
         if profile.exists():
             say(f"plug-in in {profile}: {'installed' if plugin.exists() else 'missing'}")
-    endpoint = state_dir() / ENDPOINT_FILE
-    say(
-        f"dream server: {'running (' + str(endpoint) + ')' if endpoint.exists() else 'not running'}"
-    )
     python = venv_python(venv_dir)
+    if python.exists():
+        status = subprocess.run([str(python), "-m", "dream_server.daemon", "--status"],
+                                capture_output=True, text=True)  # fmt: skip
+        for line in status.stdout.strip().splitlines():
+            say(f"dream server: {line}")
     if not python.exists():
         say(f"daemon environment: missing ({venv_dir}); run: python3 install.py")
         return 1
@@ -188,8 +195,21 @@ def check(venv_dir: Path, profiles: list[Path]) -> int:
     return result.returncode
 
 
+def stop_running_server() -> None:
+    """A server started from an older install would not know the new parameters: stop it."""
+    try:
+        pid = json.loads((state_dir() / ENDPOINT_FILE).read_text())["pid"]
+        os.kill(int(pid), signal.SIGTERM)
+        say(f"stopped the running dream server (pid {pid}); the plug-in starts a fresh one")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+
+
 def uninstall(venv_dir: Path, profiles: list[Path]) -> int:
-    targets = [p / "plug-ins" / PLUGIN_NAME for p in profiles] + [venv_dir]
+    stop_running_server()
+    targets = [p / "plug-ins" / PLUGIN_NAME for p in profiles]
+    if (venv_dir / "pyvenv.cfg").exists():  # never delete a folder that is not a venv
+        targets.append(venv_dir)
     targets.append(state_dir() / INSTALL_RECORD)
     removed = [t for t in targets if t.exists()]
     for target in removed:
@@ -217,6 +237,7 @@ def main() -> int:
     args, pytest_args = parser.parse_known_args()  # with --test, the rest goes to pytest
     if pytest_args and not args.test:
         parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
+    args.venv = args.venv.absolute()  # recorded for the plug-in, which runs elsewhere
     if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before anything checks
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
     profiles = args.gimp_dir or gimp_profiles()
@@ -228,6 +249,7 @@ def main() -> int:
         python = ensure_environment(args.venv, with_tests=args.test)
         check_embedded_model(python)
         record_environment(python)
+        stop_running_server()
         if args.test:
             run(python, ROOT / "tests" / "gimp" / "sandbox.py")
             return run_tests(python, pytest_args)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import zmq
 import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from gimp_plugin.dream_client import PROTOCOL_VERSION, Connection, DreamClient, DreamServerError
 from gimp_plugin.locations import ENDPOINT_FILE, log_path, state_dir
@@ -54,10 +55,12 @@ from .protocol import (
 
 log = logging.getLogger("dream_server.daemon")
 
-HEARTBEAT_TIMEOUT_S = 1.0
-"""A client that sent nothing for this long while its job waits or runs has gone away."""
+HEARTBEAT_TIMEOUT_S = 5.0
+"""A client that sent nothing for this long while its job waits or runs has gone away (a closed
+connection is noticed at once, through the socket monitor)."""
 PROGRESS_INTERVAL_S = 0.1
 DEFAULT_MAX_PIXELS = 100_000_000
+MAX_QUEUED_JOBS = 32
 INBOX = "inproc://dream-server-worker"
 LOCK_FILE = "daemon.lock"
 
@@ -111,22 +114,37 @@ class Worker(threading.Thread):
     def run(self) -> None:
         outbox = self.context.socket(zmq.PAIR)
         outbox.connect(INBOX)
-        with contextlib.suppress(DreamError):
-            self.engine.model(DEFAULT_MODEL)  # warm up while the first client says hello
-        while True:
-            with self.ready:
-                while not self.queue and not self.stopping:
-                    self.ready.wait()
-                if self.stopping:
-                    break
-                job = self.current = self.queue.popleft()
-                job.running = True
-            try:
-                self._run(job, outbox)
-            finally:
+        try:
+            self._warm_up()
+            while True:
                 with self.ready:
-                    self.current = None
-        outbox.close(linger=0)
+                    while not self.queue and not self.stopping:
+                        self.ready.wait()
+                    if self.stopping:
+                        break
+                    job = self.current = self.queue.popleft()
+                    job.running = True
+                try:
+                    self._run(job, outbox)
+                except zmq.ZMQError:
+                    break  # the daemon is shutting down: nobody left to answer
+                except Exception:  # the worker must outlive any one job
+                    log.exception("job %s failed outside the engine", job.id)
+                    outbox.send_multipart([job.client, encode("error", job=job.id,
+                                           code="internal", message="The dream server failed "
+                                           f"on this job. See {log_path()}.")])  # fmt: skip
+                finally:
+                    with self.ready:
+                        self.current = None
+        finally:
+            outbox.close(linger=0)
+
+    def _warm_up(self) -> None:
+        """Load the default model while the first client says hello."""
+        try:
+            self.engine.model(DEFAULT_MODEL)
+        except Exception:  # a failed warm-up is not fatal: the first job will say why
+            log.exception("could not load %s at start-up", DEFAULT_MODEL)
 
     def _run(self, job: Job, outbox: zmq.Socket) -> None:
         def reply(header: bytes, *frames: Any) -> None:
@@ -237,33 +255,58 @@ class DreamServer:
         self.worker = Worker(engine, self.context)
         self.jobs: dict[str, Job] = {}
         self.last_heard: dict[bytes, float] = {}
+        self.client_fds: dict[bytes, int] = {}
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
         self.counters = collections.Counter()
 
     def serve(self) -> None:
         self.worker.start()
+        # The monitor reports a closed connection at once (GIMP's Cancel kills the plug-in);
+        # heartbeats catch the clients whose disconnection never shows (remote, half-open).
+        monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.inbox, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         log.info("serving on %s with %s", self.endpoint, self.engine.device)
         try:
             while not self.stopping.is_set():
                 events = dict(poller.poll(100))
                 if self.inbox in events:
                     self._forward_worker_replies()
+                if monitor in events:
+                    self._cancel_jobs_of_closed_connections(monitor)
                 if self.router in events:
                     self._handle_requests()
                 self._cancel_abandoned_jobs()
+                if not self.worker.is_alive():
+                    log.error("the worker thread died: exiting so that a fresh daemon can start")
+                    break
                 if self._idle_too_long():
                     log.info("idle for %.0f s: exiting", self.idle_exit_s)
                     break
         finally:
             self.worker.stop()
             self.worker.join(timeout=10)
+            self.router.disable_monitor()
+            monitor.close(linger=0)
             self.router.close(linger=0)
             self.inbox.close(linger=0)
-            self.context.term()
+            if self.worker.is_alive():  # stuck in a long computation: do not wait for it
+                self.context.destroy(linger=0)
+            else:
+                self.context.term()
+
+    def _cancel_jobs_of_closed_connections(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            closed = [c for c, fd in self.client_fds.items() if fd == event["value"]]
+            for client in closed:
+                del self.client_fds[client]
+                for job in [j for j in self.jobs.values() if j.client == client]:
+                    if not job.cancel.is_set():
+                        self._stop_job(job, "its client's connection closed")
 
     def _idle_too_long(self) -> bool:
         if not self.idle_exit_s or self.jobs:
@@ -290,12 +333,20 @@ class DreamServer:
                 self.counters["dropped"] += 1
                 continue
             client = frames[0].bytes
+            with contextlib.suppress(zmq.ZMQError):
+                self.client_fds[client] = frames[1].get(zmq.SRCFD)
             try:
                 self._handle(client, frames[1].bytes, frames[2:])
             except BadMessage as err:
                 self.counters["refused"] += 1
                 log.debug("refused a message: %s", err)
                 self._reply(client, encode("error", job=err.job, code=err.code, message=str(err)))
+            except Exception:  # nothing a client sends may stop the daemon
+                self.counters["failed"] += 1
+                log.exception("a message could not be handled")
+                self._reply(client, encode("error", job=None, code="internal",
+                                           message=f"The server could not handle that message; "
+                                           f"see {log_path()}."))  # fmt: skip
 
     def _reply(self, client: bytes, header: bytes, *frames: Any) -> None:
         self.router.send_multipart([client, header, *frames], copy=False)
@@ -311,7 +362,9 @@ class DreamServer:
         if kind == "hello":
             self._reply(client, encode("hello_ok", **self.describe()))
         elif kind == "ping":
-            self._reply(client, encode("pong", job=header.get("job")))
+            job = header.get("job")
+            known = isinstance(job, str) and job in self.jobs and self.jobs[job].client == client
+            self._reply(client, encode("pong", job=job, known=known))
         elif kind == "status":
             self._reply(client, encode("status_ok", **self.status()))
         elif kind == "cancel":
@@ -325,6 +378,9 @@ class DreamServer:
         job_id = header["job"]
         if job_id in self.jobs:
             raise BadMessage("bad_job", f"Job {job_id!r} is already queued or running.", job_id)
+        if len(self.jobs) >= MAX_QUEUED_JOBS:
+            raise BadMessage("busy", f"{len(self.jobs)} jobs are waiting already: try again "
+                             "when some have finished.", job_id)  # fmt: skip
         job = Job(request, client)
         self.jobs[job_id] = job
         position = self.worker.submit(job)

@@ -18,12 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from .devices import precision, prefers_bfloat16
-from .errors import DreamCancelled, OutOfMemory
+from .errors import DreamCancelled, InvalidImage, OutOfMemory
 from .imaging import Pixels, check_mask, keep_colours
 from .models import FeatureModel
 from .objectives import Objective
 
 log = logging.getLogger(__name__)
+
+MAX_ENLARGED_SIDE = 8192
+"""Images too small for the network are enlarged; a sliver may not become a giant."""
 
 ProgressCallback = Callable[[int, int, float], None]
 """Called after every step with (octave index, step index, fraction of all work done)."""
@@ -228,9 +231,13 @@ def dream(
     base = torch.from_numpy(pixels.rgb).permute(2, 0, 1)[None].to(device)
     # Images smaller than the network can see are dreamed enlarged, then shrunk back.
     enlarge = model.min_input_size / min(height, width)
-    working_size = (height, width)
     if enlarge > 1:
         working_size = (math.ceil(height * enlarge), math.ceil(width * enlarge))
+        if max(working_size) > MAX_ENLARGED_SIDE:
+            raise InvalidImage(
+                f"The image is {width}x{height} pixels: too thin to dream on (the network needs "
+                f"{model.min_input_size} pixels on the short side). Make it wider or taller."
+            )
         base = _resize(base, working_size)
     ascent = GradientAscent(model, objective, settings, on_progress, should_stop)
     try:

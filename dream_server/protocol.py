@@ -90,15 +90,17 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
         )
     try:
         header = json.loads(frame)
-    except (ValueError, UnicodeDecodeError):
-        raise BadMessage("bad_header", "The header is not JSON.") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadMessage("bad_header", "The header is not JSON (or nests too deeply).") from None
     if not isinstance(header, dict):
         raise BadMessage("bad_header", "The header must be a JSON object.")
     job = header.get("job")
     job = job if isinstance(job, str) and 0 < len(job) <= JOB_ID_LIMIT else None
     presented = header.get("token")
-    if not isinstance(presented, str) or not hmac.compare_digest(
-        presented.encode(), token.encode()
+    if not (
+        isinstance(presented, str)
+        and presented.isascii()
+        and hmac.compare_digest(presented.encode(), token.encode())
     ):
         raise BadMessage(
             "bad_token", "Missing or wrong token: read it from the endpoint file.", job
@@ -107,7 +109,7 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
         raise BadMessage(
             "bad_version", f"Protocol version {header.get('v')!r} is not {PROTOCOL_VERSION}.", job
         )
-    if header.get("type") not in REQUEST_TYPES:
+    if not isinstance(header.get("type"), str) or header["type"] not in REQUEST_TYPES:
         raise BadMessage(
             "bad_type",
             f"Unknown message type {str(header.get('type'))[:40]!r}; "

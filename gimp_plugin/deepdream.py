@@ -224,15 +224,22 @@ def dream_on(procedure, run_mode, image, drawables, config):
         dreamed = client.dream(
             context_pixels, region.context[2], region.context[3], channels, params, on_progress=show
         )
+    if not source.is_valid():
+        return failure(procedure, "The layer was deleted while it was being dreamed on.")
     pixels = region.crop(dreamed, channels, item_size)
     Gimp.progress_set_text("DeepDream: adding the layer")
     image.undo_group_start()
+    layer = None
     try:
         layer = add_layer(image, source, region, pixels, babl_format, layer_name(params))
         if has_selection:
             layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             if selection_mode == "alpha":
                 layer.remove_mask(Gimp.MaskApplyMode.APPLY)
+    except Exception:
+        if layer is not None and layer.is_valid():  # leave no half-made layer behind
+            image.remove_layer(layer)
+        raise
     finally:
         image.undo_group_end()
     Gimp.progress_end()
@@ -277,16 +284,20 @@ def visualize(procedure, config):
     with DreamClient() as client:
         size, samples = client.visualize(params, on_progress=lambda f, *_: Gimp.progress_update(f))
     image = Gimp.Image.new(size, size, Gimp.ImageBaseType.RGB)
-    image.undo_disable()  # a new image: nothing to undo
-    for label, pixels in samples:
-        layer = Gimp.Layer.new(
-            image, label, size, size, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL
-        )
-        image.insert_layer(layer, None, 0)
-        buffer = layer.get_buffer()
-        buffer.set(Gegl.Rectangle.new(0, 0, size, size), "R'G'B' u8", bytes(pixels))
-        buffer.flush()
-    image.undo_enable()
+    try:
+        image.undo_disable()  # a new image: nothing to undo
+        for position, (label, pixels) in enumerate(samples):  # the first sample on top
+            layer = Gimp.Layer.new(
+                image, label, size, size, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL
+            )
+            image.insert_layer(layer, None, position)
+            buffer = layer.get_buffer()
+            buffer.set(Gegl.Rectangle.new(0, 0, size, size), "R'G'B' u8", bytes(pixels))
+            buffer.flush()
+        image.undo_enable()
+    except Exception:
+        image.delete()
+        raise
     Gimp.progress_end()
     if config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE:
         Gimp.Display.new(image)

@@ -31,6 +31,10 @@ PING_INTERVAL_S = 0.5
 SERVER_SILENCE_S = 3.0
 """No reply at all (not even to pings) for this long: the server has gone."""
 START_TIMEOUT_S = 90.0
+IDLE_EXIT_MINUTES = 120
+"""A server the plug-in started gives its memory back after two hours without work."""
+ALREADY_RUNNING = 1
+"""dream-server's exit code when another one holds the lock."""
 
 ProgressCallback = Callable[[float, int, int, float | None], None]
 """Called with (fraction done, octave, step, seconds left or None)."""
@@ -148,7 +152,7 @@ class DreamClient:
 
     def close(self) -> None:
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._socket.close(linger=200)  # long enough for a last cancel to leave
             self._socket = None
 
     def __enter__(self) -> DreamClient:
@@ -177,7 +181,7 @@ class DreamClient:
         self._send({"type": "ping"})
         deadline = time.monotonic() + HELLO_TIMEOUT_S
         while time.monotonic() < deadline:
-            reply = self._receive(deadline - time.monotonic())
+            reply = self._receive(max(0.0, deadline - time.monotonic()))
             if reply and reply[0].get("type") == "pong":
                 return True
         return False
@@ -259,6 +263,11 @@ class DreamClient:
             if header.get("job") not in (job, None):
                 continue  # a late reply for an earlier job: not ours to act on
             kind = header.get("type")
+            if kind == "pong" and header.get("known") is False:
+                raise DreamServerError(
+                    f"The dream server no longer has this job (it may have been restarted or the "
+                    f"connection was cut): try again. See {log_path()}."
+                )
             if kind == "progress":
                 last_progress = now
                 if on_progress:
@@ -300,6 +309,14 @@ def _server_error(header: dict) -> DreamServerError:
     return DreamServerError(f"{message} {hint}" if hint else message, header.get("code", "error"))
 
 
+def _endpoint_record() -> dict | None:
+    try:
+        record = json.loads((state_dir() / ENDPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "endpoint" in record else None
+
+
 def start_local_server() -> Connection:
     """Start a dream server from the environment install.py recorded, and wait until it answers."""
     record_path = state_dir() / INSTALL_RECORD
@@ -313,18 +330,18 @@ def start_local_server() -> Connection:
             "DeepDream folder."
         ) from None
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    previous = state_dir() / ENDPOINT_FILE
-    started_after = previous.stat().st_mtime if previous.exists() else 0.0
+    state_dir().mkdir(parents=True, exist_ok=True)
     try:
-        process = subprocess.Popen(
-            [python, "-m", "dream_server.daemon"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=environment,
-            start_new_session=True,
-            close_fds=True,
-        )
+        with open(log_path(), "a") as log:  # errors before the server's own logging starts
+            process = subprocess.Popen(
+                [python, "-m", "dream_server.daemon", "--idle-exit", str(IDLE_EXIT_MINUTES)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=environment,
+                start_new_session=True,
+                close_fds=True,
+            )
     except OSError as err:
         raise DreamServerError(
             f"Could not start the dream server with {python} ({err}). Run `python3 install.py` "
@@ -332,14 +349,18 @@ def start_local_server() -> Connection:
         ) from None
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        exit_code = process.poll()
+        if exit_code == ALREADY_RUNNING:  # the other server has a few seconds to show up
+            deadline = min(deadline, time.monotonic() + 10.0)
+        elif exit_code is not None:
             raise DreamServerError(
-                f"The dream server could not start (exit code {process.returncode}): see "
+                f"The dream server could not start (exit code {exit_code}): see "
                 f"{log_path()} for why, or run `dream-server` in a terminal."
             )
-        connection = Connection.from_endpoint_file()
-        if connection and previous.exists() and previous.stat().st_mtime > started_after:
-            return connection
+        record = _endpoint_record()
+        # Ours, or one that another plug-in started at the same moment (then ours exits 1).
+        if record and (record.get("pid") == process.pid or exit_code == ALREADY_RUNNING):
+            return Connection(record["endpoint"], record["token"], record.get("server_key"))
         time.sleep(0.1)
     raise DreamServerError(
         f"The dream server did not come up within {START_TIMEOUT_S:g} s: see {log_path()}, or "

@@ -69,9 +69,13 @@ def test_without_an_installed_environment_it_says_to_run_install(home):
 
 
 def test_a_server_that_cannot_start_points_at_its_log(home):
-    (home / "daemon.json").write_text(json.dumps({"python": "/bin/false"}))
+    broken = home / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'ImportError: no torch here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    (home / "daemon.json").write_text(json.dumps({"python": str(broken)}))
     with pytest.raises(DreamServerError, match="could not start.*dream-server.log"):
         DreamClient()
+    assert "no torch here" in (home / "dream-server.log").read_text()
 
 
 def test_an_explicit_endpoint_that_does_not_answer_is_not_replaced(home, monkeypatch):

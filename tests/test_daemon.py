@@ -134,13 +134,13 @@ def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[byt
     good_meta = {"width": 8, "height": 8, "channels": 3, "dtype": "u8"}
     header = {"v": 1, "token": token, "type": "submit", "job": f"fuzz-{index}", "image": good_meta}
     pixels = bytes(8 * 8 * 3)
-    kind = index % 20
+    kind = index % 23
     if kind == 0:
         return [rng.bytes(int(rng.integers(1, 300)))]
     if kind == 1:
         return [json.dumps(rng.choice(["[1, 2]", "3", "null", '"text"'])).encode()]
     if kind == 2:
-        return [b'{"v": 1, "token": "' + b"x" * 70_000 + b'"}']
+        return [b'{"v": 1, "token": "' + b"x" * 70_000 + b'"}']  # over the header limit
     if kind == 3:
         return [json.dumps({**header, "token": "wrong"}).encode(), pixels]
     if kind == 4:
@@ -180,6 +180,12 @@ def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[byt
     if kind == 18:
         mask_meta = {"width": 4, "height": 4, "channels": 1, "dtype": "u8"}
         return [json.dumps({**header, "mask": mask_meta}).encode(), pixels, bytes(16)]
+    if kind == 20:
+        return [b"[" * 60_000 + b"]" * 60_000]  # nests deeper than the JSON parser goes
+    if kind == 21:
+        return [json.dumps({**header, "token": "\ud800"}).encode(), pixels]  # a lone surrogate
+    if kind == 22:
+        return [json.dumps({**header, "type": ["submit"]}).encode(), pixels]
     nan = np.full((8, 8, 3), np.nan, np.float32).tobytes()
     return [json.dumps({**header, "image": {**good_meta, "dtype": "f32"}}).encode(), nan]
 

@@ -186,6 +186,7 @@ BAD_ARRAYS = [
     np.zeros((5, 5, 7), np.uint8),  # seven channels
     np.zeros((5, 5, 3), np.int32),  # an unsupported type
     np.full((8, 8, 3), np.nan, np.float32),  # not numbers
+    np.zeros((1, 20_000, 3), np.uint8),  # a sliver that would have to become 64x1280000
 ]
 
 
