@@ -91,18 +91,7 @@ def main(repeats: int = 5) -> None:
             "DEEPDREAM_ENDPOINT": connection.endpoint,
             "DEEPDREAM_TOKEN": connection.token,
         }
-        command = gimp.command(
-            "gimp-console-3.0",
-            [
-                "-i",
-                "--quit",
-                "--batch-interpreter",
-                "python-fu-eval",
-                "-b",
-                f"exec(open({gimp.inside(script)!r}).read())",
-            ],
-            environment,
-        )
+        command = gimp.batch_command(script, environment)
         subprocess.run(command, check=True, capture_output=True, timeout=600)
         figures = json.loads(report.read_text())
     finally:

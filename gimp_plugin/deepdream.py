@@ -140,6 +140,16 @@ def read(drawable, rectangle, babl_format):
     )
 
 
+def confirmed(procedure, config, title):
+    """Show the procedure's dialog, built from its arguments; False when cancelled."""
+    GimpUi.init(procedure.get_name())
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
+    dialog.fill(None)
+    answer = dialog.run()
+    dialog.destroy()
+    return answer
+
+
 def dream_params(config, parameters):
     values = {param["name"]: config.get_property(param["name"]) for param in parameters}
     for param in parameters:  # GIMP hands back an empty text argument as None
@@ -187,14 +197,8 @@ def dream_on(procedure, run_mode, image, drawables, config):
             procedure,
             "DeepDream needs an RGB or grayscale image: convert it with Image > Mode > RGB first.",
         )
-    if run_mode == Gimp.RunMode.INTERACTIVE:
-        GimpUi.init(PROCEDURE)
-        dialog = GimpUi.ProcedureDialog.new(procedure, config, "DeepDream")
-        dialog.fill(None)
-        confirmed = dialog.run()
-        dialog.destroy()
-        if not confirmed:
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    if run_mode == Gimp.RunMode.INTERACTIVE and not confirmed(procedure, config, "DeepDream"):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     parameters = load_parameters()
     params = dream_params(config, parameters)
@@ -271,14 +275,9 @@ def add_layer(image, source, region, pixels, babl_format, name):
 
 def visualize(procedure, config):
     """File > Create > DeepDream Feature Visualization: a new image, one layer per sample."""
-    if config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE:
-        GimpUi.init(VISUALIZE_PROCEDURE)
-        dialog = GimpUi.ProcedureDialog.new(procedure, config, "DeepDream Feature Visualization")
-        dialog.fill(None)
-        confirmed = dialog.run()
-        dialog.destroy()
-        if not confirmed:
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    interactive = config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE
+    if interactive and not confirmed(procedure, config, "DeepDream Feature Visualization"):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters(VISUALIZE_PARAMETERS_FILE))
     Gimp.progress_init("DeepDream: rendering from noise")
     with DreamClient() as client:
@@ -299,7 +298,7 @@ def visualize(procedure, config):
         image.delete()
         raise
     Gimp.progress_end()
-    if config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE:
+    if interactive:
         Gimp.Display.new(image)
     result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
     result.remove(1)

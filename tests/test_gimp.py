@@ -94,22 +94,10 @@ def start_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | Non
         "DEEPDREAM_TOKEN": server.record["token"],
         "DEEPDREAM_HOME": gimp.inside(scratch / "home"),
     }
-    script = gimp.inside(ROOT / "tests" / "gimp" / "scenarios.py") if gimp.root is None else None
-    if script is None:  # the root cannot see the project: copy the script in
-        shutil.copy(ROOT / "tests" / "gimp" / "scenarios.py", scratch / "scenarios.py")
-        script = gimp.inside(scratch / "scenarios.py")
-    command = gimp.command(
-        "gimp-console-3.0",
-        [
-            "-i",
-            "--quit",
-            "--batch-interpreter",
-            "python-fu-eval",
-            "-b",
-            f"exec(open({script!r}).read())",
-        ],
-        environment,
-    )
+    script = ROOT / "tests" / "gimp" / "scenarios.py"
+    if gimp.root is not None:  # the root cannot see the project: copy the script in
+        script = Path(shutil.copy(script, scratch / "scenarios.py"))
+    command = gimp.batch_command(script, environment)
     with open(scratch / f"gimp-{scenarios[0]['name']}.log", "w") as log:  # not a pipe: GIMP
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # would block on it
 

@@ -51,6 +51,12 @@ class Gimp:
         folder.chmod(0o777)
         return folder
 
+    def batch_command(self, script: Path, environment: dict[str, str]) -> list[str]:
+        """gimp-console running a Python script (a path GIMP can see) and quitting."""
+        code = f"exec(open({self.inside(script)!r}).read())"
+        args = ["-i", "--quit", "--batch-interpreter", "python-fu-eval", "-b", code]
+        return self.command("gimp-console-3.0", args, environment)
+
     def command(self, program: str, args: list[str], environment: dict[str, str]) -> list[str]:
         assignments = [f"{key}={value}" for key, value in environment.items()]
         if self.root is None:
