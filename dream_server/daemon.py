@@ -328,7 +328,6 @@ class DreamServer:
             if not self.router.poll(0):
                 return
             frames = self.router.recv_multipart(copy=False)
-            self.last_activity = time.monotonic()
             if len(frames) < 2:
                 self.counters["dropped"] += 1
                 continue
@@ -353,7 +352,7 @@ class DreamServer:
 
     def _handle(self, client: bytes, header_bytes: bytes, frames: list) -> None:
         header = decode_header(header_bytes, self.token)
-        self.last_heard[client] = time.monotonic()
+        self.last_heard[client] = self.last_activity = time.monotonic()  # only clients count
         kind = header["type"]
         if kind not in ("submit", "visualize") and frames:
             raise BadMessage(

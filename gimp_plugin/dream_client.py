@@ -209,6 +209,12 @@ class DreamClient:
         """Dream on tightly packed pixels (8-bit, or 32-bit float in 0..1) and return the result
         in the same layout (a read-only buffer). `mask` is one channel of the same size; `guide` is
         (pixels, width, height, channels)."""
+        limit = self.server_info.get("max_pixels")
+        if limit and width * height > limit:
+            raise DreamServerError(
+                f"{width}x{height} pixels are more than the dream server accepts ({limit}): "
+                "select a smaller part of the image, or scale it down."
+            )
         header: dict = {
             "type": "submit",
             "job": uuid.uuid4().hex,

@@ -242,8 +242,12 @@ def test_oversized_frames_are_dropped_and_the_server_carries_on(tmp_path):
         with DreamClient(small.connection) as client:
             assert client.ping()
             big = bytes(200 * 200 * 3)
-            with pytest.raises(DreamServerError, match="limit of 10000 pixels"):
-                client.dream(big, 200, 200, 3, QUICK)
+            with pytest.raises(DreamServerError, match="more than the dream server accepts"):
+                client.dream(big, 200, 200, 3, QUICK)  # refused before anything is sent
+        raw = Raw(small)
+        raw.submit("too-big", np.zeros((200, 200, 3), np.uint8), QUICK)
+        assert "limit of 10000 pixels" in raw.wait_for("error")["message"]
+        raw.close()
         assert small.process.poll() is None
     finally:
         small.stop()
