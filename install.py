@@ -248,11 +248,11 @@ def main() -> int:
     try:
         python = ensure_environment(args.venv, with_tests=args.test)
         check_embedded_model(python)
-        record_environment(python)
-        stop_running_server()
-        if args.test:
+        if args.test:  # the tests use folders of their own: leave the user's server alone
             run(python, ROOT / "tests" / "gimp" / "sandbox.py")
             return run_tests(python, pytest_args)
+        record_environment(python)
+        stop_running_server()
         found = args.gimp_dir or [p for p in profiles if p.exists()]
         if not found and gimp_installed():
             found = profiles[:1]

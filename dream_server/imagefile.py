@@ -112,7 +112,17 @@ def write_image(path: Path, pixels: np.ndarray, text: dict[str, str] | None = No
                 for key, value in text.items():
                     options["pnginfo"].add_text(key, value)
             image.save(out, format=image_format, **options)
+        os.chmod(temp_name, _new_file_mode(path))  # mkstemp makes files private (0600)
         os.replace(temp_name, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain `open(path, "w")` would give: the old file's, or 0666 less the umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

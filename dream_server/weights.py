@@ -81,6 +81,7 @@ def ensure_weights(
                 "was corrupted or the server sent another file: try again, or download the file "
                 f"yourself and pass it with --weights FILE. Nothing was kept."
             )
+        partial.chmod(0o644)  # a shared cache, like torch hub's own files
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

@@ -47,6 +47,7 @@ def test_dreams_a_photo_into_a_new_file_with_a_progress_bar(cat_png, tmp_path):
     run = deepdream(cat_png, "-o", out, *QUICK)
     assert run.returncode == 0, run.stderr
     assert f"Wrote {out}" in run.stdout
+    assert out.stat().st_mode & 0o644 == 0o644  # readable like any file the user writes
     assert "dreaming" in run.stderr and "100%" in run.stderr
     dreamed, original = np.array(Image.open(out)), np.array(Image.open(cat_png))
     assert dreamed.shape == original.shape
