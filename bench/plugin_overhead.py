@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "gimp"))
 sys.path.insert(0, str(ROOT / "bench"))
 from daemon_speed import start_server  # noqa: E402
-from sandbox import find_gimp  # noqa: E402
+from sandbox import find_gimp, install_plugin  # noqa: E402
 
 IN_GIMP = r"""
 import json, statistics, time
@@ -65,19 +65,9 @@ def main(repeats: int = 5) -> None:
     scratch = gimp.scratch_dir()
     home = Path(tempfile.mkdtemp(prefix="dream-bench-"))
     profile = scratch / "profile"
-    subprocess.run(
-        [
-            sys.executable,
-            ROOT / "install.py",
-            "--venv",
-            sys.prefix,
-            "--gimp-dir",
-            profile,
-            "--no-sample",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    install = install_plugin(profile, home)
+    if install.returncode != 0:
+        raise SystemExit(f"install.py failed:\n{install.stdout}{install.stderr}")
     report = scratch / "report.json"
     script = scratch / "overhead.py"
     script.write_text(

@@ -331,14 +331,13 @@ class _VisualizeChecks(_ParamSet):
 
 
 def _parameter_class(name: str, checks: type[_ParamSet], doc: str) -> type:
-    cls = make_dataclass(
+    return make_dataclass(
         name,
         [(p.attr, _PYTHON_TYPES[p.kind], field(default=p.default)) for p in checks.PARAMETERS],
         bases=(checks,),
         frozen=True,
         namespace={"__module__": __name__, "__doc__": doc},
     )
-    return cls
 
 
 DreamParams = _parameter_class(

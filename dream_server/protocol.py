@@ -65,17 +65,22 @@ class VisualizeRequest:
         return list(images), {"labels": sample_labels(self.params)}
 
 
+def _checked_params(header: dict[str, Any], kind: type) -> Any:
+    """The header's `params`, validated by the engine's parameter definition."""
+    params = header.get("params", {})
+    if not isinstance(params, dict):
+        raise BadMessage("bad_parameter", "'params' must be a JSON object.", header["job"])
+    try:
+        return kind.from_mapping(params)
+    except DreamError as err:
+        raise BadMessage("bad_parameter", str(err), header["job"]) from None
+
+
 def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> VisualizeRequest:
     job = header["job"]
     if frames:
         raise BadMessage("bad_frames", "A visualize request has no pixel frames.", job)
-    params = header.get("params", {})
-    if not isinstance(params, dict):
-        raise BadMessage("bad_parameter", "'params' must be a JSON object.", job)
-    try:
-        checked = VisualizeParams.from_mapping(params)
-    except DreamError as err:
-        raise BadMessage("bad_parameter", str(err), job) from None
+    checked = _checked_params(header, VisualizeParams)
     if checked.samples * checked.size**2 > max_pixels:
         raise BadMessage("too_large", f"{checked.samples} images of {checked.size} px are over "
                          f"this server's limit of {max_pixels} pixels.", job)  # fmt: skip
@@ -126,13 +131,7 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
 def parse_submit(header: dict[str, Any], frames: list, max_pixels: int) -> Submission:
     """Check a submit message completely and turn its frames into arrays (without copying)."""
     job = header["job"]
-    params = header.get("params", {})
-    if not isinstance(params, dict):
-        raise BadMessage("bad_parameter", "'params' must be a JSON object.", job)
-    try:
-        dream_params = DreamParams.from_mapping(params)
-    except DreamError as err:
-        raise BadMessage("bad_parameter", str(err), job) from None
+    dream_params = _checked_params(header, DreamParams)
     parts = [part for part in ("image", "mask", "guide") if part == "image" or part in header]
     if len(frames) != len(parts):
         raise BadMessage(

@@ -120,7 +120,7 @@ class Region:
         )
 
 
-def pixel_format(image, drawable):
+def pixel_format(image):
     """The babl format to read and write, its channel count and bytes per channel."""
     gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
     high_depth = image.get_precision() not in (
@@ -212,7 +212,7 @@ def dream_on(procedure, run_mode, image, drawables, config):
             "or Select > None to dream on all of it.",
         )
     region = Region(source, x, y, width, height)
-    babl_format, channels, item_size = pixel_format(image, source)
+    babl_format, channels, item_size = pixel_format(image)
 
     # All slow work happens before the image is touched: a cancel (GIMP kills this process)
     # or a failure leaves the image exactly as it was.

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, SAMPLES, start_server
 
 sys.path.insert(0, str(Path(__file__).parent / "gimp"))
-from sandbox import Gimp, find_gimp  # noqa: E402
+from sandbox import Gimp, find_gimp, install_plugin  # noqa: E402
 
 from gimp_plugin.dream_client import DreamClient  # noqa: E402
 
@@ -46,20 +46,7 @@ def workspace(gimp):
     and a dream server on this machine."""
     scratch = gimp.scratch_dir()
     home, profile = scratch / "home", scratch / "profile"
-    install = subprocess.run(
-        [
-            sys.executable,
-            ROOT / "install.py",
-            "--venv",
-            sys.prefix,
-            "--gimp-dir",
-            profile,
-            "--no-sample",
-        ],
-        env={**os.environ, "DEEPDREAM_HOME": str(home)},
-        capture_output=True,
-        text=True,
-    )
+    install = install_plugin(profile, home)
     assert install.returncode == 0, install.stdout + install.stderr
     assert (profile / "plug-ins" / "deepdream" / "deepdream.py").stat().st_mode & 0o111
     for name in ("chelsea.png", "coffee.png"):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import GlobalPoolClassifier
+
 BN_EPS = 1e-3
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in B0.
@@ -113,17 +115,8 @@ class EfficientNetLite0(nn.Module):
         stages: list[tuple[str, nn.Module]] = [("stem", Stem(self._conv_stem, self._bn0))]
         stages += [(f"block{i}", block) for i, block in enumerate(self._blocks)]
         stages.append(("head", Stem(self._conv_head, self._bn1)))
-        stages.append(("logits", _Logits(self._fc)))
+        stages.append(("logits", GlobalPoolClassifier(self._fc)))
         return stages
-
-
-class _Logits(nn.Module):
-    def __init__(self, fc: nn.Linear) -> None:
-        super().__init__()
-        self.fc = fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 def normalize_lite(image: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import GlobalPoolClassifier
+
 LRN = {"size": 9, "alpha": 9.99999974738e-05, "beta": 0.5, "k": 1.0}
 
 # name: (in, 1x1, 3x3 bottleneck, 3x3, 5x5 bottleneck, 5x5, pool reduce)
@@ -68,7 +70,7 @@ class InceptionV1(nn.Module):
                     ),
                 )
             )
-        stages.append(("logits", _Logits(self.softmax2_pre_activation_matmul)))
+        stages.append(("logits", GlobalPoolClassifier(self.softmax2_pre_activation_matmul)))
         return stages
 
 
@@ -132,15 +134,6 @@ class _Mixed(nn.Module):
         branch5 = F.relu(self.c5(F.pad(F.relu(self.c5r(x)), (2, 2, 2, 2))))
         branch_pool = F.relu(self.cp(_max_pool_same(x, 1)))
         return torch.cat((branch1, branch3, branch5, branch_pool), 1)
-
-
-class _Logits(nn.Module):
-    def __init__(self, fc: nn.Linear) -> None:
-        super().__init__()
-        self.fc = fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 def normalize_inception_v1(image: torch.Tensor) -> torch.Tensor:

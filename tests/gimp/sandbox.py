@@ -73,6 +73,16 @@ class Gimp:
         ]
 
 
+def install_plugin(profile: Path, home: Path) -> subprocess.CompletedProcess:
+    """Install the plug-in into a throwaway GIMP profile with install.py, as a user would."""
+    project = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, project / "install.py", "--venv", sys.prefix, "--gimp-dir", profile,
+         "--no-sample"],
+        env={**os.environ, "DEEPDREAM_HOME": str(home)}, capture_output=True, text=True,
+    )  # fmt: skip
+
+
 def find_gimp(build: bool = False) -> Gimp | None:
     """The system's GIMP 3, else the Debian 13 root (built first when `build`), else None."""
     if shutil.which("gimp-console-3.0"):
