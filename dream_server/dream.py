@@ -62,8 +62,13 @@ def octave_sizes(
 
 
 def split_evenly(length: int, tile: int) -> list[tuple[int, int]]:
-    """Cut 0..length into the fewest near-equal spans of at most about `tile` each."""
-    count = max(1, math.ceil(length / tile))
+    """Cut 0..length into near-equal spans, as many as brings each closest to `tile`.
+
+    Spans are under 1.5x `tile` and, unless `length` itself is shorter, at least 0.75x: cutting
+    a side just over the tile size into two thin tiles would cost time for nothing (a 549 px
+    side is one tile, not two of 275).
+    """
+    count = max(1, math.floor(length / tile + 0.5))
     edges = [round(i * length / count) for i in range(count + 1)]
     return list(zip(edges, edges[1:], strict=False))
 
@@ -128,9 +133,8 @@ class GradientAscent:
     def _random_shift(self, length: int) -> int:
         # Within a tile's span as well as the jitter, so that tile borders land somewhere new
         # every step and no seam can build up.
-        span = self.settings.jitter + (
-            self.settings.tile_size if length > self.settings.tile_size else 0
-        )
+        tiled = len(split_evenly(length, self.settings.tile_size)) > 1
+        span = self.settings.jitter + (self.settings.tile_size if tiled else 0)
         if span == 0:
             return 0
         return int(torch.randint(-span, span + 1, (1,), generator=self.generator))

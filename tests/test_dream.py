@@ -173,12 +173,15 @@ def test_octaves_too_small_for_the_network_are_skipped():
     assert octave_sizes(40, 40, 3, 1.4, 64) == [(40, 40)]
 
 
-def test_tiles_cover_every_pixel_once():
-    for length, tile in [(100, 512), (512, 512), (513, 512), (1100, 256), (6000, 512)]:
+def test_tiles_cover_every_pixel_once_and_stay_near_the_tile_size():
+    for length, tile in [(100, 512), (512, 512), (549, 512), (767, 512), (768, 512), (6000, 512)]:
         spans = split_evenly(length, tile)
         assert spans[0][0] == 0 and spans[-1][1] == length
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
-        assert max(b - a for a, b in spans) <= tile
+        sizes = [b - a for a, b in spans]
+        assert max(sizes) < 1.5 * tile
+        assert min(sizes) >= 0.75 * tile or len(spans) == 1
+    assert len(split_evenly(549, 512)) == 1  # not two slivers of 275
 
 
 BAD_ARRAYS = [

@@ -55,6 +55,50 @@ def test_folding_batch_norm_keeps_the_outputs():
         assert torch.allclose(a[layer], b[layer], rtol=1e-4, atol=1e-4)
 
 
+def plain_folded_effnet() -> FeatureModel:
+    """The embedded model through PyTorch's own autograd: the reference for the fast path."""
+    net = EfficientNetLite0()
+    net.load_state_dict(torch.load(_effnet_weights_path(), weights_only=True))
+    fold_batchnorm(net)
+    return FeatureModel("plain", net.named_stages(), normalize_lite, 64)
+
+
+def activations_and_input_gradient(
+    model: FeatureModel, pixels: torch.Tensor, layers: list[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    image = pixels.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    activations = model(image, layers)
+    # Squares give the gradient a full tensor, means a broadcast one: both reach the chains.
+    score = activations[layers[0]].square().mean() + sum(a.mean() for a in activations.values())
+    (gradient,) = torch.autograd.grad(score, image)
+    return activations, gradient
+
+
+@pytest.mark.parametrize("size", [(384, 512), (227, 301), (100, 131)])
+def test_fast_cpu_path_dreams_exactly_like_the_plain_network(effnet, size):
+    # Even and odd sizes: stride-2 layers pad asymmetrically on even ones.
+    pixels = torch.from_numpy(photo("chelsea.png", size[::-1])).permute(2, 0, 1)[None] / 255.0
+    layers = ["block10", "stem", "block3", "head", "logits"]
+    want, want_gradient = activations_and_input_gradient(plain_folded_effnet(), pixels, layers)
+    got, got_gradient = activations_and_input_gradient(effnet, pixels, layers)
+    for layer in layers:
+        torch.testing.assert_close(got[layer], want[layer], rtol=1e-5, atol=1e-4)
+    # Sums in another order move activations by 1e-5 and so flip a few ReLU6 masks; folding
+    # batch norm alone moves the gradient by 0.6%.
+    assert (got_gradient - want_gradient).norm() / want_gradient.norm() < 5e-3
+
+
+def test_other_devices_path_matches_the_fast_cpu_path(effnet):
+    block = effnet.stages["block3"]  # stride 2, with a 5x5 depthwise kernel
+    for height, width in [(96, 128), (97, 129), (96, 129)]:
+        x = torch.rand(2, 24, height, width, requires_grad=True)
+        fast, autograd = block(x), block.autograd_forward(x)
+        torch.testing.assert_close(fast, autograd)
+        (fast_gradient,) = torch.autograd.grad(fast.square().sum(), x)
+        (autograd_gradient,) = torch.autograd.grad(autograd.square().sum(), x)
+        torch.testing.assert_close(fast_gradient, autograd_gradient, rtol=1e-4, atol=1e-5)
+
+
 def test_forward_stops_at_the_deepest_requested_layer(effnet):
     ran = []
     hooks = [
@@ -80,6 +124,7 @@ def test_models_are_frozen_and_stay_in_eval_mode(effnet):
 def test_catalogue_lists_exactly_the_layers_each_network_has(name):
     spec = model_spec(name)
     net = spec.build()
+    fold_batchnorm(net)
     model = FeatureModel(name, spec.stages(net), spec.normalize, spec.min_input_size)
     assert model.layer_names == spec.layer_names
     assert all(layer.description for layer in spec.layers)

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import GlobalPoolClassifier
+from .frozen_convs import FrozenConv, FrozenConvChain
 
 BN_EPS = 1e-3
+RELU6 = (0.0, 6.0)
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in B0.
 LITE0_STAGES = (
@@ -115,6 +117,24 @@ class EfficientNetLite0(nn.Module):
         stages: list[tuple[str, nn.Module]] = [("stem", Stem(self._conv_stem, self._bn0))]
         stages += [(f"block{i}", block) for i, block in enumerate(self._blocks)]
         stages.append(("head", Stem(self._conv_head, self._bn1)))
+        stages.append(("logits", GlobalPoolClassifier(self._fc)))
+        return stages
+
+    def frozen_stages(self) -> list[tuple[str, nn.Module]]:
+        """The same stages as frozen convolution chains, for dreaming: batch norm must be folded."""
+        if any(isinstance(m, nn.BatchNorm2d) for m in self.modules()):
+            raise ValueError("fold the batch norms into the convolutions first")
+        stages: list[tuple[str, nn.Module]] = [
+            ("stem", FrozenConvChain([FrozenConv(self._conv_stem, RELU6)]))
+        ]
+        for i, block in enumerate(self._blocks):
+            convs = [FrozenConv(block._expand_conv, RELU6)] if block.expands else []
+            convs += [
+                FrozenConv(block._depthwise_conv, RELU6),
+                FrozenConv(block._project_conv, None),
+            ]
+            stages.append((f"block{i}", FrozenConvChain(convs, skip=block.has_skip)))
+        stages.append(("head", FrozenConvChain([FrozenConv(self._conv_head, RELU6)])))
         stages.append(("logits", GlobalPoolClassifier(self._fc)))
         return stages
 

@@ -39,6 +39,7 @@ class ModelSpec:
     build: Callable[[], nn.Module]
     """The bare network whose state dict the weights file holds."""
     stages: Callable[[nn.Module], list[tuple[str, nn.Module]]]
+    """The named layers of that network once its batch norms are folded, shallow to deep."""
     normalize: Callable[[torch.Tensor], torch.Tensor]
     weights: WeightsFile | None
     """Where the weights download from; None for weights that ship with the package."""
@@ -180,7 +181,7 @@ MODELS: dict[str, ModelSpec] = {
                 "objects": {"block12": 1.0, "block13": 0.5},
             },
             build=EfficientNetLite0,
-            stages=lambda net: net.named_stages(),
+            stages=lambda net: net.frozen_stages(),
             normalize=normalize_lite,
             weights=None,
             imagenet_classes=True,
