@@ -76,6 +76,10 @@ def split_evenly(length: int, tile: int) -> list[tuple[int, int]]:
 class GradientAscent:
     """Gradient ascent on an image for one objective, on one model and device."""
 
+    halo = 16
+    """Pixels of context each tile sees beyond its own: with 16 a tiled dream gains as much as
+    a whole-image one (3.83x on block10, 16 seeds), without it 1% less; it costs 7% more time."""
+
     def __init__(
         self,
         model: FeatureModel,
@@ -131,10 +135,11 @@ class GradientAscent:
         return image.add_(gradient).clamp_(0, 1)
 
     def _random_shift(self, length: int) -> int:
-        # Within a tile's span as well as the jitter, so that tile borders land somewhere new
-        # every step and no seam can build up.
-        tiled = len(split_evenly(length, self.settings.tile_size)) > 1
-        span = self.settings.jitter + (self.settings.tile_size if tiled else 0)
+        # The jitter alone, as in the classic notebook: it moves the tile borders too, and the
+        # halo hides them. Rolling by up to a whole tile (TF's tiled notebook) would bring the
+        # roll's wrap-around seam into mid-image, where the network dreams across a false edge:
+        # 3% less gain at bench/dream_speed.py's settings (mean of 16 seeds).
+        span = self.settings.jitter
         if span == 0:
             return 0
         return int(torch.randint(-span, span + 1, (1,), generator=self.generator))
@@ -142,24 +147,32 @@ class GradientAscent:
     def gradient(self, image: torch.Tensor) -> torch.Tensor:
         """The objective's gradient over the whole image, computed tile by tile.
 
-        Every pixel belongs to exactly one tile; each tile's score is weighted by its share of
-        the image, so the tiles add up to the whole image's mean.
+        Every pixel takes its gradient from exactly one tile. Each tile's window reaches `halo`
+        pixels into its neighbours, so that the network sees the image around the tile's edge
+        rather than zero padding, and its score is weighted by the window's share of the image,
+        so that every tile's gradient has the scale of the whole image's.
         """
         height, width = image.shape[-2:]
+        halo = self.halo
         gradient = torch.empty_like(image)
         for top, bottom in split_evenly(height, self.settings.tile_size):
             for left, right in split_evenly(width, self.settings.tile_size):
                 if self.should_stop and self.should_stop():  # a big image's step takes a while
                     raise DreamCancelled()
-                tile = image[..., top:bottom, left:right].contiguous(
-                    memory_format=torch.channels_last
-                )
-                tile.requires_grad_(True)
-                share = (bottom - top) * (right - left) / (height * width)
+                window_top, window_bottom = max(0, top - halo), min(height, bottom + halo)
+                window_left, window_right = max(0, left - halo), min(width, right + halo)
+                window = image[..., window_top:window_bottom, window_left:window_right]
+                window = window.contiguous(memory_format=torch.channels_last)
+                window.requires_grad_(True)
+                share = window.shape[-2] * window.shape[-1] / (height * width)
                 with precision(self.device, self.bfloat16):
-                    score = self.objective(self.model(tile, self.objective.layers)) * share
-                (tile_gradient,) = torch.autograd.grad(score, tile)
-                gradient[..., top:bottom, left:right] = tile_gradient
+                    score = self.objective(self.model(window, self.objective.layers)) * share
+                (window_gradient,) = torch.autograd.grad(score, window)
+                gradient[..., top:bottom, left:right] = window_gradient[
+                    ...,
+                    top - window_top : bottom - window_top,
+                    left - window_left : right - window_left,
+                ]
         return gradient
 
 

@@ -53,20 +53,29 @@ def tiled_and_whole(effnet, coffee_big):
     return tiled, whole
 
 
-def test_the_seam_detector_finds_the_seams_of_tiles_that_never_move(
+def dream_in_tiles_that_never_move(effnet, image, monkeypatch, halo: int) -> np.ndarray:
+    monkeypatch.setattr(GradientAscent, "_random_shift", lambda self, length: 0)
+    monkeypatch.setattr(GradientAscent, "halo", halo)
+    settings = AscentSettings(octaves=1, steps=8, tile_size=256, jitter=0)
+    return dream(effnet, image, layer("block7"), settings)
+
+
+BORDERS = {0: [233, 467], 1: [250, 500, 750]}  # split_evenly(700, 256), split_evenly(1000, 256)
+
+
+def test_the_seam_detector_finds_the_borders_of_tiles_that_never_move_and_see_no_halo(
     effnet, coffee_big, monkeypatch
 ):
-    monkeypatch.setattr(GradientAscent, "_random_shift", lambda self, length: 0)
-    fixed = dream(
-        effnet,
-        coffee_big,
-        layer("block7"),
-        AscentSettings(octaves=1, steps=8, tile_size=256, jitter=0),
-    )
-    borders = {0: [233, 467], 1: [250, 500, 750]}  # split_evenly(700, 256), split_evenly(1000, 256)
-    for axis, lines in borders.items():
+    fixed = dream_in_tiles_that_never_move(effnet, coffee_big, monkeypatch, halo=0)
+    for axis, lines in BORDERS.items():
         found = seam_lines(coffee_big, fixed, axis)
         assert any(abs(f - b) <= 2 for f in found for b in lines), (axis, found)
+
+
+def test_the_halo_hides_tile_borders_even_where_they_never_move(effnet, coffee_big, monkeypatch):
+    fixed = dream_in_tiles_that_never_move(effnet, coffee_big, monkeypatch, GradientAscent.halo)
+    assert seam_lines(coffee_big, fixed, axis=0) == []
+    assert seam_lines(coffee_big, fixed, axis=1) == []
 
 
 def test_tiled_dreams_show_no_seams(coffee_big, tiled_and_whole):

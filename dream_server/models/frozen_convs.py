@@ -28,6 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+_CONVOLUTION_WITH_CLAMP = torch.ops.mkldnn._convolution_pointwise.default
+_CONVOLUTION_BACKWARD = torch.ops.aten.convolution_backward.default
+_CLAMP_BACKWARD = torch.ops.aten.hardtanh_backward.default
+_CLAMP_BACKWARD_IN_PLACE = torch.ops.aten.hardtanh_backward.grad_input
+
 THIN_INPUT_CHANNELS = 4
 """Inputs this thin (the RGB image) are padded by a copy: it is cheap, and oneDNN's backward pass
 for a few input channels slows down by half with the larger kernel."""
@@ -38,7 +43,8 @@ class Geometry:
     """How one convolution meets one input size: the kernel, symmetric padding, and any copy."""
 
     weight: torch.Tensor
-    padding: tuple[int, int]
+    bias: torch.Tensor
+    padding: list[int]
     input_pad: tuple[int, int, int, int] | None
     """(left, right, top, bottom) zeros added by a copy before the convolution, if any."""
 
@@ -55,6 +61,9 @@ class FrozenConv(nn.Module):
         self.stride = tuple(conv.stride)
         self.groups = conv.groups
         self.clamp = clamp
+        self._stride = list(self.stride)
+        self._post_op = ("hardtanh", list(clamp)) if clamp else ("none", [])
+        self._pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.groups == 1
         self._geometries: dict[tuple[int, int], Geometry] = {}
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
@@ -77,31 +86,33 @@ class FrozenConv(nn.Module):
                 (height, width), self.kernel_size, self.stride, strict=True
             )
         ]
-        if all(before == after for before, after in pads):
-            return Geometry(self.weight, (pads[0][0], pads[1][0]), None)
         (top, bottom), (left, right) = pads
+        if top == bottom and left == right:
+            return Geometry(self.weight, self.bias, [top, left], None)
         if self.weight.shape[1] * self.groups <= THIN_INPUT_CHANNELS:
-            return Geometry(self.weight, (0, 0), (left, right, top, bottom))
+            return Geometry(self.weight, self.bias, [0, 0], (left, right, top, bottom))
         weight = F.pad(self.weight, (right - left, 0, bottom - top, 0))
-        return Geometry(weight, (bottom, right), None)
+        return Geometry(weight, self.bias, [bottom, right], None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain autograd: what every device but the CPU runs."""
         geometry = self.geometry(*x.shape[-2:])
         if geometry.input_pad:
             x = F.pad(x, geometry.input_pad)
-        y = F.conv2d(x, geometry.weight, self.bias, self.stride, geometry.padding, 1, self.groups)
+        y = F.conv2d(
+            x, geometry.weight, geometry.bias, self.stride, geometry.padding, 1, self.groups
+        )
         return F.hardtanh(y, *self.clamp) if self.clamp else y
 
     def fused(self, x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         """oneDNN with the clamp fused in; `x` already padded by `geometry.input_pad`."""
-        attr, scalars = ("hardtanh", list(self.clamp)) if self.clamp else ("none", [])
-        return torch.ops.mkldnn._convolution_pointwise(
+        attr, scalars = self._post_op
+        return _CONVOLUTION_WITH_CLAMP(
             x,
             geometry.weight,
-            self.bias,
-            list(geometry.padding),
-            list(self.stride),
+            geometry.bias,
+            geometry.padding,
+            self._stride,
             [1, 1],
             self.groups,
             attr,
@@ -113,20 +124,20 @@ class FrozenConv(nn.Module):
         self, grad: torch.Tensor, x: torch.Tensor, geometry: Geometry
     ) -> torch.Tensor:
         """The gradient with respect to the (padded) input `x` of `fused`."""
-        if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.groups == 1:
+        if self._pointwise:
             # A pointwise convolution's input gradient is one matrix product over channels-last
             # pixels, about 15% faster than oneDNN's backward convolution.
             batch, channels, height, width = grad.shape
             pixels = grad.permute(0, 2, 3, 1).reshape(-1, channels)
-            grad_input = pixels.mm(self.weight.reshape(channels, -1))
+            grad_input = pixels.mm(geometry.weight.reshape(channels, -1))
             return grad_input.view(batch, height, width, -1).permute(0, 3, 1, 2)
-        (grad_input, _, _) = torch.ops.aten.convolution_backward(
+        (grad_input, _, _) = _CONVOLUTION_BACKWARD(
             grad,
             x,
             geometry.weight,
             None,
-            list(self.stride),
-            list(geometry.padding),
+            self._stride,
+            geometry.padding,
             [1, 1],
             False,
             [0, 0],
@@ -198,11 +209,9 @@ class _FusedChain(torch.autograd.Function):
             conv, geometry = chain.convs[index], ctx.geometries[index]
             if conv.clamp:
                 if grad is grad_output:  # not ours to overwrite
-                    grad = torch.ops.aten.hardtanh_backward(grad, outputs[index], *conv.clamp)
+                    grad = _CLAMP_BACKWARD(grad, outputs[index], *conv.clamp)
                 else:
-                    torch.ops.aten.hardtanh_backward.grad_input(
-                        grad, outputs[index], *conv.clamp, grad_input=grad
-                    )
+                    _CLAMP_BACKWARD_IN_PLACE(grad, outputs[index], *conv.clamp, grad_input=grad)
             grad = conv.input_gradient(grad, inputs[index], geometry)
             if geometry.input_pad:
                 left, _, top, _ = geometry.input_pad
