@@ -153,6 +153,10 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _onednn_usable() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
 class FrozenConvChain(nn.Module):
     """Convolutions applied one after another, plus the input added back if `skip`.
 
@@ -168,7 +172,7 @@ class FrozenConvChain(nn.Module):
         self.skip = skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_usable():
             return _FusedChain.apply(x, self)
         return self.autograd_forward(x)
 
