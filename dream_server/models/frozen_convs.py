@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _CONVOLUTION_WITH_CLAMP = torch.ops.mkldnn._convolution_pointwise.default
 _CONVOLUTION_BACKWARD = torch.ops.aten.convolution_backward.default
@@ -204,6 +205,7 @@ class _FusedChain(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a dream needs first derivatives only
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
         chain: FrozenConvChain = ctx.chain
         count = len(chain.convs)
