@@ -212,7 +212,8 @@ DREAM_PARAMETERS: tuple[Param, ...] = (
         "int",
         512,
         "Tile size",
-        "Big images are dreamed in tiles of about this many pixels; smaller uses less memory.",
+        "Big images are dreamed in tiles of about this many pixels on a side (0.75 to 1.5 "
+        "times it); smaller uses less memory.",
         minimum=128,
         maximum=4096,
     ),

@@ -88,15 +88,28 @@ def test_fast_cpu_path_dreams_exactly_like_the_plain_network(effnet, size):
     assert (got_gradient - want_gradient).norm() / want_gradient.norm() < 5e-3
 
 
-def test_other_devices_path_matches_the_fast_cpu_path(effnet):
-    block = effnet.stages["block3"]  # stride 2, with a 5x5 depthwise kernel
-    for height, width in [(96, 128), (97, 129), (96, 129)]:
-        x = torch.rand(2, 24, height, width, requires_grad=True)
-        fast, autograd = block(x), block.autograd_forward(x)
-        torch.testing.assert_close(fast, autograd)
-        (fast_gradient,) = torch.autograd.grad(fast.square().sum(), x)
-        (autograd_gradient,) = torch.autograd.grad(autograd.square().sum(), x)
-        torch.testing.assert_close(fast_gradient, autograd_gradient, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("stage", ["stem", "block3", "block4", "head"])
+def test_other_devices_path_matches_the_fast_cpu_path(effnet, stage):
+    # The stem pads its RGB input by a copy, block3 has a stride-2 5x5 depthwise kernel, block4
+    # a skip, the head ends in a clamp.
+    chain = effnet.stages[stage]
+    channels = chain.convs[0].weight.shape[1] * chain.convs[0].groups
+    for height, width in [(32, 48), (33, 49), (32, 49)]:
+        x = torch.rand(2, channels, height, width, requires_grad=True)
+        fast, plain = chain(x), chain.autograd_forward(x)
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+        for score in (torch.Tensor.mean, lambda y: y.square().sum()):  # broadcast, full gradient
+            (fast_gradient,) = torch.autograd.grad(score(fast), x, retain_graph=True)
+            (plain_gradient,) = torch.autograd.grad(score(plain), x, retain_graph=True)
+            torch.testing.assert_close(fast_gradient, plain_gradient, rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_convolutions_use_weights_loaded_after_their_first_use(effnet):
+    chain = copy.deepcopy(effnet.stages["block3"])
+    x = torch.rand(1, 24, 32, 32)
+    chain(x)  # works out and caches the padded kernels for this size
+    chain.load_state_dict({name: value * 0.5 for name, value in chain.state_dict().items()})
+    torch.testing.assert_close(chain(x), chain.autograd_forward(x), rtol=1e-4, atol=1e-4)
 
 
 def test_forward_stops_at_the_deepest_requested_layer(effnet):
