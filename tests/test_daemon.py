@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -381,42 +382,33 @@ def test_the_default_bind_is_loopback_and_the_endpoint_file_is_private(server):
     assert mode == 0o600
 
 
-def test_a_second_server_says_where_the_first_one_is(server):
-    run = subprocess.run(
-        [sys.executable, "-m", "dream_server.daemon"],
+def run_dream_server(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """`dream-server ARGS` with its state in `home`, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "dream_server.daemon", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "DEEPDREAM_HOME": str(server.home)},
+        env={**os.environ, "DEEPDREAM_HOME": str(home)},
         timeout=60,
     )
+
+
+def test_a_second_server_says_where_the_first_one_is(server):
+    run = run_dream_server(server.home)
     assert run.returncode == 1
     assert f"already running at {server.record['endpoint']}" in run.stderr
 
 
 def test_status_prints_endpoint_device_models_and_queue(server):
-    run = subprocess.run(
-        [sys.executable, "-m", "dream_server.daemon", "--status"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DEEPDREAM_HOME": str(server.home)},
-        timeout=60,
-    )
+    run = run_dream_server(server.home, "--status")
     assert run.returncode == 0
     for expected in (server.record["endpoint"], "cpu", "effnet-lite0", "queue", "dream-server.log"):
         assert expected in run.stdout
 
 
 def test_a_public_bind_without_keys_refuses_to_start(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "dream_server.daemon", "--bind", "tcp://0.0.0.0:0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DEEPDREAM_HOME": str(tmp_path)},
-        timeout=60,
-    )
+    run = run_dream_server(tmp_path, "--bind", "tcp://0.0.0.0:0")
     assert run.returncode == 2
     assert "refusing to listen on tcp://0.0.0.0:0 without encryption" in run.stderr
     assert not (tmp_path / "endpoint.json").exists()

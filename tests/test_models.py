@@ -41,9 +41,15 @@ def test_embedded_model_puts_the_right_class_first_on_the_cat_and_the_coffee(eff
     assert top5(effnet, "coffee.png")[0] == "espresso"
 
 
-def test_folding_batch_norm_keeps_the_outputs():
+def embedded_effnet() -> EfficientNetLite0:
+    """The bare network with the embedded weights, batch norm still separate."""
     net = EfficientNetLite0()
     net.load_state_dict(torch.load(_effnet_weights_path(), weights_only=True))
+    return net
+
+
+def test_folding_batch_norm_keeps_the_outputs():
+    net = embedded_effnet()
     plain = FeatureModel("plain", net.named_stages(), normalize_lite, 64)
     folded_net = copy.deepcopy(net)
     assert fold_batchnorm(folded_net) == 49  # stem, head, and every conv of the 16 blocks
@@ -57,8 +63,7 @@ def test_folding_batch_norm_keeps_the_outputs():
 
 def plain_folded_effnet() -> FeatureModel:
     """The embedded model through PyTorch's own autograd: the reference for the fast path."""
-    net = EfficientNetLite0()
-    net.load_state_dict(torch.load(_effnet_weights_path(), weights_only=True))
+    net = embedded_effnet()
     fold_batchnorm(net)
     return FeatureModel("plain", net.named_stages(), normalize_lite, 64)
 

@@ -7,14 +7,12 @@ that it loads strictly.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import GlobalPoolClassifier
-from .frozen_convs import FrozenConv, FrozenConvChain
+from .frozen_convs import FrozenConv, FrozenConvChain, conv2d_same
 
 BN_EPS = 1e-3
 RELU6 = (0.0, 6.0)
@@ -41,20 +39,7 @@ class SameConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == (1, 1):
-            # Odd kernels at stride 1 pad evenly: let the convolution do it, without a copy.
-            padding = (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
-            return F.conv2d(x, self.weight, self.bias, 1, padding, self.dilation, self.groups)
-        height, width = x.shape[-2:]
-        pad_h = _same_padding(height, self.kernel_size[0], self.stride[0])
-        pad_w = _same_padding(width, self.kernel_size[1], self.stride[1])
-        if pad_h or pad_w:
-            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-def _same_padding(size: int, kernel: int, stride: int) -> int:
-    return max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        return conv2d_same(x, self.weight, self.bias, self.stride, self.groups)
 
 
 class MBConvBlock(nn.Module):

@@ -89,14 +89,8 @@ class FrozenConv(nn.Module):
             geometry = self._geometries[key] = self._work_out_geometry(height, width)
         return geometry
 
-    def same_padding(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """TensorFlow's "SAME" padding as (left, right, top, bottom): any odd pixel goes after."""
-        top, bottom = _same_padding(height, self.kernel_size[0], self.stride[0])
-        left, right = _same_padding(width, self.kernel_size[1], self.stride[1])
-        return left, right, top, bottom
-
     def _work_out_geometry(self, height: int, width: int) -> Geometry:
-        left, right, top, bottom = self.same_padding(height, width)
+        left, right, top, bottom = same_padding((height, width), self.kernel_size, self.stride)
         if top == bottom and left == right:
             return Geometry(self.weight, self.bias, [top, left], None)
         if self.weight.shape[1] * self.groups <= THIN_INPUT_CHANNELS:
@@ -107,12 +101,7 @@ class FrozenConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain autograd: what other devices run, with the kernel as trained and a padded copy
         where the padding is uneven (GPUs have bandwidth to spare and fast kernels for it)."""
-        left, right, top, bottom = self.same_padding(*x.shape[-2:])
-        if left == right and top == bottom:
-            y = F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
-        else:
-            x = F.pad(x, (left, right, top, bottom))
-            y = F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
+        y = conv2d_same(x, self.weight, self.bias, self.stride, self.groups)
         return F.hardtanh(y, *self.clamp) if self.clamp else y
 
     def fused(self, x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -159,10 +148,35 @@ class FrozenConv(nn.Module):
         return grad_input
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's "SAME" padding before and after: any odd pixel goes after."""
+def same_padding(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """TensorFlow's "SAME" padding as (left, right, top, bottom): any odd pixel goes after."""
+    (top, bottom), (left, right) = (
+        _same_padding_1d(*dimension) for dimension in zip(size, kernel, stride, strict=True)
+    )
+    return left, right, top, bottom
+
+
+def _same_padding_1d(size: int, kernel: int, stride: int) -> tuple[int, int]:
     total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
+
+
+def conv2d_same(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """A convolution with "SAME" padding: inside the convolution where it is even, else by a
+    padded copy (stride 2 puts the extra pixel on the right and bottom)."""
+    left, right, top, bottom = same_padding(tuple(x.shape[-2:]), tuple(weight.shape[-2:]), stride)
+    if left == right and top == bottom:
+        return F.conv2d(x, weight, bias, stride, (top, left), 1, groups)
+    x = F.pad(x, (left, right, top, bottom))
+    return F.conv2d(x, weight, bias, stride, 0, 1, groups)
 
 
 def _onednn_usable() -> bool:
