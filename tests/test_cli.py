@@ -61,13 +61,13 @@ def test_writes_jpeg_webp_and_tiff(cat_png, tmp_path, suffix):
     assert Image.open(out).size == (192, 128)
 
 
-def test_keeps_alpha_exactly(tmp_path):
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".tif"])
+def test_keeps_alpha_exactly(tmp_path, suffix):
     rgba = np.dstack(
         [photo("chelsea.png", (192, 128)), np.tile(np.arange(192, dtype=np.uint8), (128, 1))]
     )
-    source, out = tmp_path / "cat.png", tmp_path / "dream.webp"
+    source, out = tmp_path / "cat.png", tmp_path / f"dream{suffix}"
     Image.fromarray(rgba).save(source)
-    out = tmp_path / "dream.png"
     assert deepdream(source, "-o", out, *QUICK, "-q").returncode == 0
     dreamed = np.array(Image.open(out))
     assert dreamed.shape == rgba.shape and np.array_equal(dreamed[:, :, 3], rgba[:, :, 3])

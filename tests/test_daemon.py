@@ -17,6 +17,7 @@ import pytest
 import zmq
 from conftest import ROOT, photo, start_server
 
+from dream_server.devices import select_device
 from dream_server.engine import Engine
 from dream_server.params import DreamParams, VisualizeParams
 from gimp_plugin.dream_client import DreamClient, DreamServerError
@@ -27,7 +28,8 @@ LONG = {"octaves": 4, "steps": 200}
 
 @pytest.fixture(scope="module")
 def local_engine() -> Engine:
-    return Engine("cpu")
+    """The engine on the device the server picks by itself, to compare its results with."""
+    return Engine("auto")
 
 
 def cat_pixels(channels: int, dtype: str, size=(96, 64)) -> np.ndarray:
@@ -107,7 +109,7 @@ def test_a_round_trip_gives_what_the_engine_gives(server, local_engine, channels
 def test_hello_describes_models_presets_and_the_parameters(server):
     with DreamClient(server.connection) as client:
         info = client.server_info
-    assert info["device"] == "cpu" and info["v"] == 1
+    assert info["device"] == str(select_device("auto")) and info["v"] == 1
     assert "effnet-lite0" in [model["name"] for model in info["models"]]
     assert info["presets"] == ["strokes", "textures", "patterns", "parts", "animals", "objects"]
     assert "octave-scale" in [param["name"] for param in info["params"]]
@@ -403,7 +405,14 @@ def test_a_second_server_says_where_the_first_one_is(server):
 def test_status_prints_endpoint_device_models_and_queue(server):
     run = run_dream_server(server.home, "--status")
     assert run.returncode == 0
-    for expected in (server.record["endpoint"], "cpu", "effnet-lite0", "queue", "dream-server.log"):
+    device = str(select_device("auto"))
+    for expected in (
+        server.record["endpoint"],
+        device,
+        "effnet-lite0",
+        "queue",
+        "dream-server.log",
+    ):
         assert expected in run.stdout
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -86,7 +88,42 @@ def start_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | Non
         script = Path(shutil.copy(script, scratch / "scenarios.py"))
     command = gimp.batch_command(script, environment)
     with open(scratch / f"gimp-{scenarios[0]['name']}.log", "w") as log:  # not a pipe: GIMP
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # would block on it
+        # A session of its own: the test ends GIMP and everything it started, and nothing else.
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # not a pipe: GIMP would block on it
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, and by those, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            # The command name in field 2 may hold spaces: the parent follows its ")".
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def end_session(process: subprocess.Popen) -> None:
+    """Kill a process started with a session of its own, with all it started, and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def read_reports(workspace, scenarios: list[dict]) -> dict:
@@ -282,7 +319,14 @@ def test_cancelling_kills_the_plug_in_and_leaves_the_image_as_it_was(gimp, works
                 raise AssertionError(f"the dream never started; GIMP said:\n{log}")
             time.sleep(0.1)
         # What GIMP's Cancel button does: the plug-in process is killed outright.
-        subprocess.run(["pkill", "-KILL", "-f", "plug-ins/deepdream/deepdream.py"], check=True)
+        plug_ins = [
+            pid
+            for pid in descendants(process.pid)
+            if "plug-ins/deepdream/deepdream.py" in command_line(pid)
+        ]
+        assert plug_ins, "the plug-in process of this GIMP was not found"
+        for pid in plug_ins:
+            os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         while client.status()["queue"]:
             assert time.monotonic() - killed < 2.0, "the server kept dreaming for nobody"
@@ -358,7 +402,8 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         "DEEPDREAM_TOKEN": server.record["token"],
     }
     xvfb = subprocess.Popen(
-        gimp.command("Xvfb", [display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"], {})
+        gimp.command("Xvfb", [display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"], {}),
+        start_new_session=True,
     )
     time.sleep(1)
     app = subprocess.Popen(
@@ -367,6 +412,7 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     screen = Screen(gimp, display)
     try:
@@ -389,10 +435,5 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         screen.wait_for_window("2 layers)")
         screen.screenshot("6-repeated.png", scratch)
     finally:
-        app.kill()
-        xvfb.kill()
-        app.wait()
-        xvfb.wait()
-        if gimp.root is not None:  # the processes inside the root outlive chroot's own
-            subprocess.run(["pkill", "-f", "gimp-3.0 --no-splash"], check=False)
-            subprocess.run(["pkill", "-f", f"Xvfb {display}"], check=False)
+        end_session(app)
+        end_session(xvfb)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dream_server.cli import build_parser
+from dream_server.cli import build_parser, given_values
 from dream_server.errors import InvalidParameter
 from dream_server.params import DREAM_PARAMETERS, DreamParams, parameter_schema
 
@@ -19,11 +19,19 @@ def test_every_parameter_is_a_flag_of_the_same_name_with_its_help():
         assert first_words in " ".join(help_text.split()), param.name
 
 
-def test_defaults_come_from_the_definition():
-    defaults = DreamParams()
-    for param in DREAM_PARAMETERS:
-        assert getattr(defaults, param.attr) == param.default
-        assert param.validate(param.default) == param.default
+def test_the_defaults_are_the_documented_classic_dream():
+    # README's table of options; an empty request, over the wire or on the command line,
+    # gets exactly these.
+    documented = {
+        "model": "effnet-lite0", "preset": "animals", "layers": "", "octaves": 4,
+        "octave-scale": 1.4, "steps": 10, "step-size": 1.5, "jitter": 32, "smoothness": 0.0,
+        "strength": 1.0, "keep-colors": False, "seed": 0, "max-change": 0.0,
+        "tile-size": 512, "device": "auto",
+    }  # fmt: skip
+    assert DreamParams.from_mapping({}).to_mapping() == documented
+    flags = build_parser().parse_args(["in.png", "-o", "out.png", "--octave-scale", "2"])
+    from_flags = DreamParams.from_mapping(given_values(flags, DREAM_PARAMETERS)).to_mapping()
+    assert from_flags == {**documented, "octave-scale": 2.0}
 
 
 def test_the_schema_is_json_and_leaves_out_machine_settings():
@@ -36,7 +44,7 @@ def test_the_schema_is_json_and_leaves_out_machine_settings():
         "kind": "int",
         "default": 10,
         "label": "Steps",
-        "help": steps["help"],
+        "help": "Gradient-ascent steps per octave.",
         "minimum": 1,
         "maximum": 500,
     }
