@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dream_server.devices import keep_cpu_memory_mapped
-from dream_server.dream import AscentSettings, dream
+from dream_server.dream import dream
 from dream_server.models import FeatureModel, model_spec
 from dream_server.models.efficientnet_lite import EfficientNetLite0
 from dream_server.models.zoo import _effnet_weights_path, load_model
 from dream_server.objectives import layer
+from dream_server.params import DreamParams
 
 LAYER = "block10"
 SAMPLE = Path(__file__).resolve().parent.parent / "dream_server" / "samples" / "coffee.png"
@@ -124,7 +125,7 @@ def main() -> None:
     photo = np.asarray(Image.open(args.photo).convert("RGB").resize((1024, 768), Image.BICUBIC))
     reference = classic_model()
     engine_model = load_model("effnet-lite0")
-    settings = AscentSettings(octaves=4, octave_scale=1.4, steps=10, step_size=1.5, jitter=32)
+    settings = DreamParams(octaves=4, octave_scale=1.4, steps=10, step_size=1.5, jitter=32)
     before = activation_l2(reference, photo)
 
     classic_times, engine_times, network_times = [], [], []

@@ -42,16 +42,38 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def prefers_bfloat16(device: torch.device) -> bool:
-    """Whether to run the network under bf16 autocast on this device.
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""The precisions a dream's network can run in: fp32, or autocast to a 16-bit type."""
 
-    On GPUs with native bf16 (Ampere and later) it halves memory traffic. On CPUs it does not
-    pay: measured on a 2-core AMX machine, tiled fp32 steps were faster than bf16 ones
-    (0.26 s against 0.31 s at 1024x768) while bf16 gradients differed from fp32 by 30% on
-    average. A bf16 forward pass with an fp32 backward did no better: 65 ms against 48 per
-    512x384 tile, with gradients 30-57% off. So the CPU stays in fp32.
+
+def autocast_dtype(requested: str = "auto") -> torch.dtype | None:
+    """The 16-bit type to autocast the network to on `device`, or None for fp32.
+
+    `auto` is fp32 everywhere, by measurement. On an H200 (bench/gpu.py, 1024x768, defaults)
+    both autocasts keep the dream, with activation gains within 1% of fp32's (bf16 0.997x,
+    fp16 0.991x), but neither is faster: 0.27 s (bf16) and 0.33 s (fp16) against 0.22 s. The
+    network is small and its depthwise convolutions move memory rather than multiply, so the
+    casts cost more than the halved traffic saves. fp16 runs with its score scaled so that
+    small gradients survive. On a 2-core AMX CPU tiled fp32 steps were faster than bf16 ones
+    too (0.26 s against 0.31 s at 1024x768), with bf16 gradients 30% off on average.
     """
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if requested == "auto":
+        return None
+    if requested not in PRECISIONS:
+        raise InvalidParameter(
+            f"Unknown precision '{requested}': use auto, {', '.join(PRECISIONS)}."
+        )
+    return PRECISIONS[requested]
+
+
+def tune_for(device: torch.device) -> None:
+    """Settings that make dream steps fast on `device`, set once per process."""
+    if device.type == "cpu":
+        keep_cpu_memory_mapped()
+    elif device.type == "cuda":
+        # A dream runs the same few tile shapes hundreds of times: cuDNN's autotuner times its
+        # algorithms once per shape and keeps the fastest.
+        torch.backends.cudnn.benchmark = True
 
 
 @functools.cache
@@ -82,9 +104,9 @@ def keep_cpu_memory_mapped() -> bool:
 
 
 @contextlib.contextmanager
-def precision(device: torch.device, bfloat16: bool) -> Iterator[None]:
-    if bfloat16:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-    else:
+def precision(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
         yield
+    else:
+        with torch.autocast(device.type, dtype=dtype):
+            yield

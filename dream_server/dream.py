@@ -17,35 +17,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .devices import precision, prefers_bfloat16
+from .devices import precision, tune_for
 from .errors import DreamCancelled, InvalidImage, OutOfMemory
 from .imaging import Pixels, check_mask, keep_colours
 from .models import FeatureModel
 from .objectives import Objective
+from .params import DreamParams
 
 log = logging.getLogger(__name__)
 
 MAX_ENLARGED_SIDE = 8192
 """Images too small for the network are enlarged; a sliver may not become a giant."""
 
+MIN_TILE_SIZE = 128
+MAX_BATCH = 16
+PROBE_SIZE = 256
+"""A probe window this size measures what a window pixel costs in device memory."""
+FULL_SIZE_BUFFERS = 6
+"""Full-size float32 RGB buffers a dream holds at once: the base, the image, its rolled copy,
+the gradient and its rolled copy, and the octave's base."""
+
+FP16_SCORE_SCALE = 2.0**16
+"""Where fp16 gradients start: a tile's mean activation spreads 1/N over N values, below
+fp16's smallest normal number for a 512 px tile; this lifts them well into its range."""
+
 ProgressCallback = Callable[[int, int, float], None]
 """Called after every step with (octave index, step index, fraction of all work done)."""
 StopCheck = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class AscentSettings:
-    """What the loop needs to know; `DreamParams` carries these plus the rest."""
-
-    octaves: int = 4
-    octave_scale: float = 1.4
-    steps: int = 10
-    step_size: float = 1.5
-    jitter: int = 32
-    smoothness: float = 0.0
-    max_change: float = 0.0
-    tile_size: int = 512
-    seed: int = 0
 
 
 def octave_sizes(
@@ -73,6 +71,63 @@ def split_evenly(length: int, tile: int) -> list[tuple[int, int]]:
     return list(zip(edges, edges[1:], strict=False))
 
 
+@dataclass(frozen=True)
+class TilePlan:
+    """How the gradient of a big image is computed: tiles of about `size` pixels on a side,
+    up to `batch` windows of the same shape at once."""
+
+    size: int
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class Window:
+    """One tile of the image, and the larger window around it that the network sees."""
+
+    tile: tuple[slice, slice]
+    window: tuple[slice, slice]
+    inside: tuple[slice, slice]
+    """Where the tile lies within the window."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (
+            self.window[0].stop - self.window[0].start,
+            self.window[1].stop - self.window[1].start,
+        )
+
+
+def tile_windows(height: int, width: int, tile_size: int, halo: int) -> list[Window]:
+    """Tiles that cover every pixel once, each in a window reaching `halo` pixels beyond it.
+
+    All windows have one shape: at the image's border, where there is nothing beyond the tile,
+    a window reaches further inwards instead. So the network runs on one input shape per
+    octave, which cuDNN's autotuner times once, and which batches.
+    """
+    rows, columns = split_evenly(height, tile_size), split_evenly(width, tile_size)
+    window_height = min(height, max(b - a for a, b in rows) + 2 * halo)
+    window_width = min(width, max(b - a for a, b in columns) + 2 * halo)
+    windows = []
+    for top, bottom in rows:
+        window_top = min(max(0, top - halo), height - window_height)
+        for left, right in columns:
+            window_left = min(max(0, left - halo), width - window_width)
+            windows.append(
+                Window(
+                    tile=(slice(top, bottom), slice(left, right)),
+                    window=(
+                        slice(window_top, window_top + window_height),
+                        slice(window_left, window_left + window_width),
+                    ),
+                    inside=(
+                        slice(top - window_top, bottom - window_top),
+                        slice(left - window_left, right - window_left),
+                    ),
+                )
+            )
+    return windows
+
+
 class GradientAscent:
     """Gradient ascent on an image for one objective, on one model and device."""
 
@@ -84,39 +139,45 @@ class GradientAscent:
         self,
         model: FeatureModel,
         objective: Objective,
-        settings: AscentSettings,
+        params: DreamParams,
+        plan: TilePlan | None = None,
+        autocast: torch.dtype | None = None,
         on_progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
-        self.settings = settings
+        self.params = params
+        self.plan = plan or TilePlan(params.tile_size)
+        self.autocast = autocast
         self.on_progress = on_progress
         self.should_stop = should_stop
         self.device = next(model.parameters()).device
-        self.bfloat16 = prefers_bfloat16(self.device)
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        # fp16 gradients of a mean over a whole tile underflow; the step is normalised by the
+        # gradient's mean magnitude, so any constant factor on the score is free to take.
+        self.score_scale = FP16_SCORE_SCALE if autocast == torch.float16 else 1.0
+        self.generator = torch.Generator().manual_seed(params.seed)
 
     def run(self, base: torch.Tensor) -> torch.Tensor:
         """Dream on `base`, (1, 3, H, W) in 0..1 on the model's device; returns the same shape."""
-        s = self.settings
+        p = self.params
         height, width = base.shape[-2:]
-        sizes = octave_sizes(height, width, s.octaves, s.octave_scale, self.model.min_input_size)
-        total_work = sum(h * w for h, w in sizes) * s.steps
+        sizes = octave_sizes(height, width, p.octaves, p.octave_scale, self.model.min_input_size)
+        total_work = sum(h * w for h, w in sizes) * p.steps
         done_work = 0
         detail = torch.zeros_like(base[..., : sizes[0][0], : sizes[0][1]])
         for octave, size in enumerate(sizes):
             octave_base = _resize(base, size)
             # Re-inject the detail dreamed so far, enlarged to this octave.
             image = _resize(detail, size).add_(octave_base).clamp_(0, 1)
-            for step in range(s.steps):
+            for step in range(p.steps):
                 if self.should_stop and self.should_stop():
                     raise DreamCancelled()
                 image = self.step(image)
                 done_work += size[0] * size[1]
                 if self.on_progress:
                     self.on_progress(octave, step, done_work / total_work)
-                if s.max_change and _rms(image - octave_base) >= s.max_change:
+                if p.max_change and _rms(image - octave_base) >= p.max_change:
                     log.info("Stopped at octave %d step %d: max-change reached", octave, step)
                     return (base + _resize(image - octave_base, (height, width))).clamp_(0, 1)
             detail = image.sub_(octave_base)  # the image itself is not needed any more
@@ -124,14 +185,14 @@ class GradientAscent:
 
     def step(self, image: torch.Tensor) -> torch.Tensor:
         """One ascent step; updates `image` in place (big images have no room for copies)."""
-        s = self.settings
+        p = self.params
         height, width = image.shape[-2:]
         shift_y, shift_x = self._random_shift(height), self._random_shift(width)
         rolled_gradient = self.gradient(torch.roll(image, (shift_y, shift_x), (2, 3)))
         gradient = torch.roll(rolled_gradient, (-shift_y, -shift_x), (2, 3))
         del rolled_gradient  # full-size buffers: a 6000x4000 image has 288 MB in each
-        gradient = normalize_scales(gradient, s.smoothness)
-        gradient.mul_((s.step_size / 255.0) / (gradient.abs().mean() + 1e-8))
+        gradient = normalize_scales(gradient, p.smoothness)
+        gradient.mul_((p.step_size / 255.0) / (gradient.abs().mean() + 1e-8))
         return image.add_(gradient).clamp_(0, 1)
 
     def _random_shift(self, length: int) -> int:
@@ -139,7 +200,7 @@ class GradientAscent:
         # halo hides them. Rolling by up to a whole tile (TF's tiled notebook) would bring the
         # roll's wrap-around seam into mid-image, where the network dreams across a false edge:
         # 3% less gain at bench/dream_speed.py's settings (mean of 16 seeds).
-        span = self.settings.jitter
+        span = self.params.jitter
         if span == 0:
             return 0
         return int(torch.randint(-span, span + 1, (1,), generator=self.generator))
@@ -150,30 +211,43 @@ class GradientAscent:
         Every pixel takes its gradient from exactly one tile. Each tile's window reaches `halo`
         pixels into its neighbours, so that the network sees the image around the tile's edge
         rather than zero padding, and its score is weighted by the window's share of the image,
-        so that every tile's gradient has the scale of the whole image's.
+        so that every tile's gradient has the scale of the whole image's. Windows go through
+        the network up to the plan's batch at once.
         """
         height, width = image.shape[-2:]
-        halo = self.halo
         gradient = torch.empty_like(image)
-        for top, bottom in split_evenly(height, self.settings.tile_size):
-            for left, right in split_evenly(width, self.settings.tile_size):
-                if self.should_stop and self.should_stop():  # a big image's step takes a while
-                    raise DreamCancelled()
-                window_top, window_bottom = max(0, top - halo), min(height, bottom + halo)
-                window_left, window_right = max(0, left - halo), min(width, right + halo)
-                window = image[..., window_top:window_bottom, window_left:window_right]
-                window = window.contiguous(memory_format=torch.channels_last)
-                window.requires_grad_(True)
-                share = window.shape[-2] * window.shape[-1] / (height * width)
-                with precision(self.device, self.bfloat16):
-                    score = self.objective(self.model(window, self.objective.layers)) * share
-                (window_gradient,) = torch.autograd.grad(score, window)
-                gradient[..., top:bottom, left:right] = window_gradient[
-                    ...,
-                    top - window_top : bottom - window_top,
-                    left - window_left : right - window_left,
-                ]
+        windows = tile_windows(height, width, self.plan.size, self.halo)
+        window_height, window_width = windows[0].shape
+        share = window_height * window_width / (height * width)
+        # Batches of even size: one input shape for the autotuner, however many windows.
+        batch = math.ceil(len(windows) / math.ceil(len(windows) / self.plan.batch))
+        for first in range(0, len(windows), batch):
+            if self.should_stop and self.should_stop():  # a big image's step takes a while
+                raise DreamCancelled()
+            group = windows[first : first + batch]
+            pixels = torch.cat([image[(..., *w.window)] for w in group])
+            group_gradient = self.window_gradient(pixels, share)
+            for index, w in enumerate(group):
+                gradient[(..., *w.tile)] = group_gradient[(slice(index, index + 1), ..., *w.inside)]
         return gradient
+
+    def window_gradient(self, pixels: torch.Tensor, share: float) -> torch.Tensor:
+        """The gradient of the objective, times `share`, for a batch of windows."""
+        pixels = pixels.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        while True:
+            with precision(self.device, self.autocast):
+                score = self.objective(self.model(pixels, self.objective.layers))
+            (gradient,) = torch.autograd.grad(score * (share * self.score_scale), pixels)
+            if self.score_scale == 1.0:
+                return gradient
+            if bool(torch.isfinite(gradient).all()):
+                return gradient.div_(self.score_scale)
+            if self.score_scale > 1.0:
+                self.score_scale = max(1.0, self.score_scale / 256)
+                log.debug("fp16 gradient overflowed: score scale down to %g", self.score_scale)
+            else:
+                log.warning("fp16 gradients overflow even unscaled: going on in fp32")
+                self.autocast = None
 
 
 def normalize_scales(gradient: torch.Tensor, smoothness: float, levels: int = 4) -> torch.Tensor:
@@ -224,10 +298,9 @@ def dream(
     model: FeatureModel,
     image: np.ndarray,
     objective: Objective,
-    settings: AscentSettings,
-    strength: float = 1.0,
-    keep_colors: bool = False,
+    params: DreamParams,
     mask: np.ndarray | None = None,
+    autocast: torch.dtype | None = None,
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> np.ndarray:
@@ -235,9 +308,10 @@ def dream(
 
     Gray and RGB, with or without alpha, 8/16-bit or float. Alpha comes back bit for bit, and
     where `mask` (H, W, 0..1) is 0 the pixels come back exactly as they were. With strength 0
-    the input itself comes back.
+    the input itself comes back. `params` gives the ascent, the strength and keep-colors; its
+    model and objective fields are the caller's to turn into `model` and `objective`.
     """
-    if strength == 0:  # nothing changes: no float conversion, no copy of a big image
+    if params.strength == 0:  # nothing changes: no float conversion, no copy of a big image
         return Pixels.check_array(image)
     pixels = Pixels.from_array(image)
     height, width = pixels.rgb.shape[:2]
@@ -245,7 +319,8 @@ def dream(
     if weights is not None and not weights.any():
         return pixels.original.copy()
     device = next(model.parameters()).device
-    base = torch.from_numpy(pixels.rgb).permute(2, 0, 1)[None].to(device)
+    tune_for(device)
+    base = _to_device(pixels.rgb, device)
     # Images smaller than the network can see are dreamed enlarged, then shrunk back.
     enlarge = model.min_input_size / min(height, width)
     if enlarge > 1:
@@ -256,20 +331,133 @@ def dream(
                 f"{model.min_input_size} pixels on the short side). Make it wider or taller."
             )
         base = _resize(base, working_size)
-    ascent = GradientAscent(model, objective, settings, on_progress, should_stop)
+    size = tuple(base.shape[-2:])
+    plan = plan_tiles(model, objective, autocast, params.tile_size, size)
+    dreamed = _ascend(model, objective, params, plan, autocast, base, on_progress, should_stop)
+    if dreamed is None and device.type != "cpu":
+        # Free what the failed attempt held, then plan again in what is free now, with half
+        # the tile and half the share of memory.
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        retry = plan_tiles(
+            model, objective, autocast, max(MIN_TILE_SIZE, plan.size // 2), size, 0.5
+        )
+        log.warning(
+            "Out of %s memory with tiles of %d px (%d at once): retrying with %d px (%d at once)",
+            device.type.upper(), plan.size, plan.batch, retry.size, retry.batch,
+        )  # fmt: skip
+        plan = retry
+        dreamed = _ascend(model, objective, params, plan, autocast, base, on_progress, should_stop)
+    if dreamed is None:
+        raise OutOfMemory(
+            f"The {device.type.upper()} ran out of memory dreaming {width}x{height} pixels with "
+            f"tiles of {plan.size}: use a smaller tile size or a smaller image or selection"
+            + (", or close other programs that use the GPU." if device.type != "cpu" else ".")
+        )
+    if enlarge > 1:
+        dreamed = _resize(dreamed, (height, width))
+    dreamed_rgb = _to_host(dreamed)
+    if params.keep_colors:
+        dreamed_rgb = keep_colours(pixels.rgb, dreamed_rgb)
+    return pixels.compose(dreamed_rgb, params.strength, weights)
+
+
+def _ascend(
+    model: FeatureModel,
+    objective: Objective,
+    params: DreamParams,
+    plan: TilePlan,
+    autocast: torch.dtype | None,
+    base: torch.Tensor,
+    on_progress: ProgressCallback | None,
+    should_stop: StopCheck | None,
+) -> torch.Tensor | None:
+    """The dreamed image, or None where the device ran out of memory."""
     try:
-        dreamed = ascent.run(base)
+        ascent = GradientAscent(model, objective, params, plan, autocast, on_progress, should_stop)
+        return ascent.run(base)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
         if not _is_out_of_memory(err):
             raise
-        raise OutOfMemory(
-            f"The {device.type.upper()} ran out of memory dreaming {width}x{height} pixels with "
-            f"tiles of {settings.tile_size}: use a smaller tile size or a smaller image or "
-            "selection."
-        ) from err
-    if enlarge > 1:
-        dreamed = _resize(dreamed, (height, width))
-    dreamed_rgb = dreamed[0].permute(1, 2, 0).float().cpu().numpy()
-    if keep_colors:
-        dreamed_rgb = keep_colours(pixels.rgb, dreamed_rgb)
-    return pixels.compose(dreamed_rgb, strength, weights)
+    # Returning from outside the except clause drops the traceback, and with it the tensors
+    # of the failed attempt, so that their memory can be given back.
+    return None
+
+
+def _to_device(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) float32 on the host to (1, 3, H, W) on `device`, channels last in memory."""
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    if device.type != "cuda":
+        return tensor.to(device)
+    # Page-locked memory lets the copy run by DMA, without a staging copy through the driver.
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _to_host(image: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) on any device to (H, W, 3) float32 on the host."""
+    rgb = image[0].permute(1, 2, 0).float()
+    if rgb.device.type != "cuda":
+        return rgb.cpu().numpy()
+    host = torch.empty(rgb.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(rgb, non_blocking=True)
+    torch.cuda.current_stream(rgb.device).synchronize()
+    return host.numpy()
+
+
+def plan_tiles(
+    model: FeatureModel,
+    objective: Objective,
+    autocast: torch.dtype | None,
+    tile_size: int,
+    image_size: tuple[int, int],
+    headroom: float = 0.8,
+) -> TilePlan:
+    """Tiles that fit the device's free memory, before the dream starts.
+
+    On a CUDA device the memory that one window pixel costs the network (its activations kept
+    for the backward pass) is measured on a small probe; what is free, less the full-size
+    buffers of the dream itself, then sets the largest tile up to `tile_size` and how many
+    windows run at once. Other devices use `tile_size` one window at a time: a CPU gains
+    nothing from batches, and MPS reports no free memory. `headroom` is the share of the free
+    memory a plan may use: the allocator rounds up and fragments.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return TilePlan(tile_size)
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    image_bytes = FULL_SIZE_BUFFERS * 3 * 4 * image_size[0] * image_size[1]
+    budget = (free - image_bytes) * headroom
+    per_pixel = _bytes_per_window_pixel(model, objective, autocast)
+
+    def window_pixels(size: int) -> float:
+        # split_evenly makes tiles up to 1.5x the tile size on a side
+        side = min(1.5 * size, max(image_size)) + 2 * GradientAscent.halo
+        return side * min(side, min(image_size) + 2 * GradientAscent.halo)
+
+    size = tile_size
+    while size > MIN_TILE_SIZE and window_pixels(size) * per_pixel > budget:
+        size = max(MIN_TILE_SIZE, int(size * 0.8))
+    batch = int(max(1, min(MAX_BATCH, budget // (window_pixels(size) * per_pixel))))
+    log.info(
+        "Tiles of %d px, up to %d at once (%.0f MB free, %.0f bytes per window pixel)",
+        size, batch, free / 2**20, per_pixel,
+    )  # fmt: skip
+    return TilePlan(size, batch)
+
+
+def _bytes_per_window_pixel(
+    model: FeatureModel, objective: Objective, autocast: torch.dtype | None
+) -> float:
+    device = next(model.parameters()).device
+    side = PROBE_SIZE
+    probe = torch.rand(1, 3, side, side, device=device)
+    probe = probe.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with precision(device, autocast):
+        score = objective(model(probe, objective.layers))
+    torch.autograd.grad(score, probe)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    return peak / (side * side)

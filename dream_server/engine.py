@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from . import visualize
-from .devices import keep_cpu_memory_mapped, select_device
-from .dream import AscentSettings, ProgressCallback, StopCheck, dream
+from .devices import autocast_dtype, select_device, tune_for
+from .dream import ProgressCallback, StopCheck, dream
 from .errors import InvalidParameter
 from .imaging import Pixels
 from .models import FeatureModel, load_model, model_spec
@@ -39,10 +39,11 @@ class Engine:
         max_models: int = 2,
         weights_files: dict[str, Path] | None = None,
         on_download: DownloadProgress | None = None,
+        precision: str = "auto",
     ) -> None:
         self.device = select_device(device)
-        if self.device.type == "cpu":
-            keep_cpu_memory_mapped()
+        self.autocast = autocast_dtype(precision)
+        tune_for(self.device)
         self.max_models = max_models
         self.weights_files = dict(weights_files or {})
         self.on_download = on_download
@@ -110,10 +111,9 @@ class Engine:
             model,
             image,
             objective,
-            ascent_settings(params),
-            strength=params.strength,
-            keep_colors=params.keep_colors,
+            params,
             mask=mask,
+            autocast=self.autocast,
             on_progress=on_progress,
             should_stop=should_stop,
         )
@@ -139,17 +139,3 @@ class Engine:
             objective = visualize.atlas_objective(params.layer, channels)
         log.info("Visualizing %s on %s", objective.description, params.model)
         return visualize.render(model, objective, params, on_progress, should_stop)
-
-
-def ascent_settings(params: DreamParams) -> AscentSettings:
-    return AscentSettings(
-        octaves=params.octaves,
-        octave_scale=params.octave_scale,
-        steps=params.steps,
-        step_size=params.step_size,
-        jitter=params.jitter,
-        smoothness=params.smoothness,
-        max_change=params.max_change,
-        tile_size=params.tile_size,
-        seed=params.seed,
-    )

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dream_server.models import FeatureModel, load_model
+from dream_server.models import FeatureModel, frozen_convs, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "dream_server" / "samples"
@@ -40,6 +43,27 @@ def _two_threads() -> None:
 @pytest.fixture(scope="session")
 def effnet() -> FeatureModel:
     return load_model("effnet-lite0")
+
+
+PATHS = ["fused", "autograd"]
+"""The ways the engine computes a network: the fused convolution chains of the CPU, and the
+plain autograd that CUDA and Apple's MPS run (forced on the CPU by `computed_through`)."""
+
+
+@contextlib.contextmanager
+def computed_through(path: str) -> Iterator[None]:
+    if path == "fused":
+        yield
+        return
+    with mock.patch.object(frozen_convs, "_onednn_usable", lambda: False):
+        yield
+
+
+@pytest.fixture(params=PATHS)
+def network(request, effnet) -> Iterator[FeatureModel]:
+    """The embedded model, through each path in turn."""
+    with computed_through(request.param):
+        yield effnet
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
+import numerics
 import numpy as np
 import pytest
 import torch
 from conftest import photo
+from numerics import forward64
 
-from dream_server.dream import AscentSettings, dream, octave_sizes, split_evenly
+from dream_server.dream import (
+    GradientAscent,
+    TilePlan,
+    dream,
+    octave_sizes,
+    split_evenly,
+    tile_windows,
+)
 from dream_server.errors import DreamCancelled, InvalidImage
 from dream_server.imaging import LUMA
 from dream_server.objectives import channel, class_logit, layer
+from dream_server.params import DreamParams
 
-FAST = AscentSettings(octaves=2, steps=4)
+FAST = DreamParams(octaves=2, steps=4)
 
 
 def score(model, objective, pixels: np.ndarray) -> float:
@@ -23,49 +34,49 @@ def score(model, objective, pixels: np.ndarray) -> float:
         return float(objective(model(x, objective.layers)))
 
 
-def test_defaults_raise_the_layer_objective_a_lot_on_a_real_photo(effnet, cat):
+def test_defaults_raise_the_layer_objective_a_lot_on_a_real_photo(network, cat):
     objective = layer("block10")
-    result = dream(effnet, cat, objective, AscentSettings())
-    assert score(effnet, objective, result) > 2.5 * score(effnet, objective, cat)
+    result = dream(network, cat, objective, DreamParams())
+    assert score(network, objective, result) > 2.5 * score(network, objective, cat)
 
 
-def test_same_seed_same_dream_and_another_seed_another(effnet, small_cat):
-    first = dream(effnet, small_cat, layer("block6"), FAST)
-    again = dream(effnet, small_cat, layer("block6"), FAST)
-    other = dream(effnet, small_cat, layer("block6"), AscentSettings(octaves=2, steps=4, seed=7))
+def test_same_seed_same_dream_and_another_seed_another(network, small_cat):
+    first = dream(network, small_cat, layer("block6"), FAST)
+    again = dream(network, small_cat, layer("block6"), FAST)
+    other = dream(network, small_cat, layer("block6"), DreamParams(octaves=2, steps=4, seed=7))
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
 
 
-def test_where_the_mask_is_zero_pixels_stay_bit_identical(effnet, small_cat):
+def test_where_the_mask_is_zero_pixels_stay_bit_identical(network, small_cat):
     mask = np.zeros(small_cat.shape[:2], np.float32)
     mask[30:90, 50:140] = 1.0
-    result = dream(effnet, small_cat, layer("block6"), FAST, mask=mask)
+    result = dream(network, small_cat, layer("block6"), FAST, mask=mask)
     outside = mask == 0
     assert np.array_equal(result[outside], small_cat[outside])
     assert np.abs(result[~outside].astype(int) - small_cat[~outside]).mean() > 3
 
 
-def test_a_soft_mask_blends_in_proportion(effnet, small_cat):
+def test_a_soft_mask_blends_in_proportion(network, small_cat):
     ramp = np.tile(np.linspace(0, 1, small_cat.shape[1], dtype=np.float32), (small_cat.shape[0], 1))
-    full = dream(effnet, small_cat, layer("block6"), FAST).astype(float)
-    soft = dream(effnet, small_cat, layer("block6"), FAST, mask=ramp).astype(float)
+    full = dream(network, small_cat, layer("block6"), FAST).astype(float)
+    soft = dream(network, small_cat, layer("block6"), FAST, mask=ramp).astype(float)
     expected = small_cat + (full - small_cat) * ramp[:, :, None]
     assert np.abs(soft - expected).max() <= 1.0  # rounding to 8 bits only
 
 
-def test_strength_blends_with_the_original(effnet, small_cat):
-    full = dream(effnet, small_cat, layer("block6"), FAST).astype(float)
-    half = dream(effnet, small_cat, layer("block6"), FAST, strength=0.5).astype(float)
+def test_strength_blends_with_the_original(network, small_cat):
+    full = dream(network, small_cat, layer("block6"), FAST).astype(float)
+    half = dream(network, small_cat, layer("block6"), replace(FAST, strength=0.5)).astype(float)
     assert np.abs(half - (small_cat + full) / 2).max() <= 1.0
-    none = dream(effnet, small_cat, layer("block6"), FAST, strength=0.0)
+    none = dream(network, small_cat, layer("block6"), replace(FAST, strength=0.0))
     assert np.array_equal(none, small_cat)
 
 
-def test_alpha_passes_through_exactly(effnet, small_cat):
+def test_alpha_passes_through_exactly(network, small_cat):
     alpha = np.random.default_rng(0).integers(0, 256, small_cat.shape[:2], dtype=np.uint8)
     rgba = np.dstack([small_cat, alpha])
-    result = dream(effnet, rgba, layer("block6"), FAST)
+    result = dream(network, rgba, layer("block6"), FAST)
     assert result.shape == rgba.shape and result.dtype == np.uint8
     assert np.array_equal(result[:, :, 3], alpha)
     assert not np.array_equal(result[:, :, :3], small_cat)
@@ -79,25 +90,27 @@ def test_gray_in_gray_out_with_its_alpha(effnet):
     assert np.abs(result[:, :, 0].astype(int) - gray[:, :, 0]).mean() > 3
 
 
-def test_float_images_keep_their_precision(effnet, small_cat):
+def test_float_images_keep_their_precision(network, small_cat):
     # 32-bit float values that no 8-bit image could hold, and 16-bit values beyond 8 bits.
     image = small_cat.astype(np.float32) / 255 + np.float32(1e-4)
     mask = np.zeros(image.shape[:2], np.float32)
     mask[:, :96] = 1
-    result = dream(effnet, image, layer("block6"), FAST, mask=mask)
+    result = dream(network, image, layer("block6"), FAST, mask=mask)
     assert result.dtype == np.float32
     assert np.array_equal(result[:, 96:], image[:, 96:])
     changed = result[:, :96].ravel()
     assert len(np.unique(np.round(changed * 255) - changed * 255)) > 1000  # not quantised
 
     deep = (small_cat.astype(np.uint16) * 257 + 100).astype(np.uint16)
-    result16 = dream(effnet, deep, layer("block6"), FAST, mask=mask)
+    result16 = dream(network, deep, layer("block6"), FAST, mask=mask)
     assert result16.dtype == np.uint16 and np.array_equal(result16[:, 96:], deep[:, 96:])
     assert np.any(result16[:, :96] % 257 != 100)
 
 
 def test_keep_colors_changes_brightness_only(effnet, small_cat):
-    result = dream(effnet, small_cat, layer("block6"), FAST, keep_colors=True).astype(np.float32)
+    result = dream(effnet, small_cat, layer("block6"), replace(FAST, keep_colors=True)).astype(
+        np.float32
+    )
     original = small_cat.astype(np.float32)
     chroma = lambda rgb: rgb - (rgb @ LUMA)[:, :, None]  # noqa: E731
     inside = np.all((result > 2) & (result < 253), axis=2)  # where no channel was clipped
@@ -107,7 +120,7 @@ def test_keep_colors_changes_brightness_only(effnet, small_cat):
 
 def test_max_change_stops_once_the_image_moved_that_far(effnet, small_cat):
     steps = []
-    settings = AscentSettings(octaves=2, steps=20, max_change=0.03)
+    settings = DreamParams(octaves=2, steps=20, max_change=0.03)
     result = dream(
         effnet, small_cat, layer("block6"), settings, on_progress=lambda *args: steps.append(args)
     )
@@ -158,7 +171,7 @@ def test_cancel_stops_between_steps(effnet, cat):
         return len(calls) > 3
 
     with pytest.raises(DreamCancelled):
-        dream(effnet, cat, layer("block10"), AscentSettings(), should_stop=stop_after_three)
+        dream(effnet, cat, layer("block10"), DreamParams(), should_stop=stop_after_three)
     assert len(calls) == 4
 
 
@@ -182,6 +195,40 @@ def test_tiles_cover_every_pixel_once_and_stay_near_the_tile_size():
         assert max(sizes) < 1.5 * tile
         assert min(sizes) >= 0.75 * tile or len(spans) == 1
     assert len(split_evenly(549, 512)) == 1  # not two slivers of 275
+
+
+@pytest.mark.parametrize(("height", "width"), [(700, 1000), (384, 512), (100, 2000), (40, 40)])
+def test_every_window_has_one_shape_and_holds_its_tile_with_context(height, width):
+    halo = GradientAscent.halo
+    windows = tile_windows(height, width, 256, halo)
+    covered = np.zeros((height, width), int)
+    for window in windows:
+        covered[window.tile] += 1
+        assert window.shape == windows[0].shape
+        (rows, columns), (top, left) = window.window, window.tile
+        assert rows.start >= 0 and rows.stop <= height and columns.stop <= width
+        # context on every side that has image beyond the tile
+        assert top.start - rows.start >= min(halo, top.start)
+        assert rows.stop - top.stop >= min(halo, height - top.stop)
+        assert left.start - columns.start >= min(halo, left.start)
+        assert columns.stop - left.stop >= min(halo, width - left.stop)
+    assert (covered == 1).all()
+
+
+def test_windows_dreamed_in_a_batch_get_the_gradient_each_gets_alone(effnet, small_cat):
+    objective = layer("block6")
+    image = torch.from_numpy(small_cat).permute(2, 0, 1)[None].float() / 255
+    windows = [image[..., :96, :96], image[..., 32:128, 96:192], image[..., 16:112, 40:136]]
+    ascent = GradientAscent(effnet, objective, FAST, TilePlan(96, batch=3))
+    batched = ascent.window_gradient(torch.cat(windows), share=1.0)
+    for index, window in enumerate(windows):
+
+        def exact(generator, window=window):  # noqa: ANN001, ANN202
+            leaf = window.clone().requires_grad_(True)
+            score = objective(forward64(effnet, leaf, ["block6"], generator))
+            return torch.autograd.grad(score, leaf)[0]
+
+        numerics.assert_within_rounding(batched[index : index + 1], numerics.estimate(exact), "")
 
 
 BAD_ARRAYS = [

@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, photo
+from conftest import PATHS, ROOT, computed_through, photo
 
-from dream_server.dream import AscentSettings, GradientAscent, dream
+from dream_server.dream import GradientAscent, dream
 from dream_server.objectives import layer
+from dream_server.params import DreamParams
 
 
 def seam_lines(original: np.ndarray, dreamed: np.ndarray, axis: int) -> list[int]:
@@ -42,21 +43,22 @@ def coffee_big() -> np.ndarray:
     return photo("coffee.png", (1000, 700))
 
 
-@pytest.fixture(scope="module")
-def tiled_and_whole(effnet, coffee_big):
-    tiled = dream(
-        effnet, coffee_big, layer("block7"), AscentSettings(octaves=1, steps=8, tile_size=256)
-    )
-    whole = dream(
-        effnet, coffee_big, layer("block7"), AscentSettings(octaves=1, steps=8, tile_size=1024)
-    )
+@pytest.fixture(scope="module", params=PATHS)
+def tiled_and_whole(request, effnet, coffee_big):
+    with computed_through(request.param):
+        tiled = dream(
+            effnet, coffee_big, layer("block7"), DreamParams(octaves=1, steps=8, tile_size=256)
+        )
+        whole = dream(
+            effnet, coffee_big, layer("block7"), DreamParams(octaves=1, steps=8, tile_size=1024)
+        )
     return tiled, whole
 
 
 def dream_in_tiles_that_never_move(effnet, image, monkeypatch, halo: int) -> np.ndarray:
     monkeypatch.setattr(GradientAscent, "_random_shift", lambda self, length: 0)
     monkeypatch.setattr(GradientAscent, "halo", halo)
-    settings = AscentSettings(octaves=1, steps=8, tile_size=256, jitter=0)
+    settings = DreamParams(octaves=1, steps=8, tile_size=256, jitter=0)
     return dream(effnet, image, layer("block7"), settings)
 
 
