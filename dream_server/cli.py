@@ -9,15 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-
-from .engine import Engine
+from . import __version__
+from .catalogue import MODELS, model_spec
 from .errors import DreamError, InvalidImage, InvalidParameter
-from .imagefile import check_writable, read_image, read_mask, write_image
-from .models import MODELS, model_spec
 from .params import DREAM_PARAMETERS, VISUALIZE_PARAMETERS, DreamParams, Param, VisualizeParams
-from .sheets import contact_sheet
-from .visualize import interesting_channels, sample_labels
+
+# The engine, torch and the image libraries are imported where a dream or a visualization
+# starts: --help, --version, --list-models and mistakes in the arguments answer at once.
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
@@ -109,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"deepdream {__version__}")
     return parser
 
 
@@ -181,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dream_file(args: argparse.Namespace) -> int:
+    from .imagefile import check_writable, read_image, read_mask, write_image
+
     params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
     model_spec(params.model)
     image = read_image(args.input)
@@ -189,6 +190,9 @@ def dream_file(args: argparse.Namespace) -> int:
     guide = read_image(args.guide) if args.guide else None
     weights = {params.model: args.weights} if args.weights else None
     with _Progress(enabled=not args.quiet) as progress:
+        progress.starting(f"loading {params.model}")
+        from .engine import Engine
+
         engine = Engine(params.device, weights_files=weights, on_download=progress.download)
         result = engine.dream(
             image, params, mask=mask, guide_image=guide, on_progress=progress.dream
@@ -199,11 +203,19 @@ def dream_file(args: argparse.Namespace) -> int:
 
 
 def visualize_file(args: argparse.Namespace, atlas: bool) -> int:
+    import numpy as np
+
+    from .imagefile import check_writable, read_image, write_image
+
     params = VisualizeParams.from_mapping(given_values(args, VISUALIZE_PARAMETERS))
     if args.output.suffix.lower() != ".png":
         raise InvalidImage("Contact sheets are PNG files: name the output .png.")
     check_writable(args.output, np.zeros((1, 1, 3), np.uint8))
     with _Progress(enabled=not args.quiet) as progress:
+        progress.starting(f"loading {params.model}")
+        from .engine import Engine
+        from .visualize import interesting_channels, sample_labels
+
         engine = Engine(params.device, on_download=progress.download)
         if atlas:
             channels = parse_channels(args.channels) if args.channels else None
@@ -217,6 +229,8 @@ def visualize_file(args: argparse.Namespace, atlas: bool) -> int:
         else:
             images = engine.visualize(params, on_progress=progress.dream)
             labels = sample_labels(params)
+    from .sheets import contact_sheet
+
     sheet, text = contact_sheet(images, labels)
     write_image(args.output, sheet, text)
     print(f"Wrote {args.output}")
@@ -272,7 +286,8 @@ class _Progress:
             )
         self._download_bar.update(done - self._download_bar.n)
 
-    def dream(self, octave: int, step: int, fraction: float) -> None:
+    def starting(self, what: str) -> None:
+        """Show the bar at once, saying what happens before the first step."""
         if not self.enabled:
             return
         if self._dream_bar is None:
@@ -280,9 +295,14 @@ class _Progress:
 
             self._dream_bar = tqdm(
                 total=100,
-                desc="dreaming",
+                desc=what,
                 bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
             )
+
+    def dream(self, octave: int, step: int, fraction: float) -> None:
+        if not self.enabled:
+            return
+        self.starting("dreaming")
         description = f"dreaming (octave {octave + 1})"
         if self._dream_bar.desc != description:
             self._dream_bar.set_description(description, refresh=False)

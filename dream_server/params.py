@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+from .catalogue import DEFAULT_MODEL, MODELS, PRESETS
 from .errors import InvalidParameter
-from .models import DEFAULT_MODEL, MODELS, PRESETS
 
 CUSTOM_PRESET = "custom"
 

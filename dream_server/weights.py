@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
@@ -47,6 +45,8 @@ class WeightsFile:
 
 
 def cache_dir() -> Path:
+    import torch  # here, not above: the model catalogue names weights files without torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 

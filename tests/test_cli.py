@@ -105,6 +105,45 @@ def test_a_guide_image_steers_the_dream(cat_png, tmp_path):
     assert not np.array_equal(np.array(Image.open(guided)), np.array(Image.open(plain)))
 
 
+NO_TORCH = (
+    "import runpy, sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, *args):\n"
+    "        if name.split('.')[0] in ('torch', 'torchvision', 'numpy', 'PIL'):\n"
+    "            raise ImportError(f'{name} was imported')\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "sys.argv = ['deepdream', *sys.argv[1:]]\n"
+    "runpy.run_module('dream_server.cli', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (["--help"], 0, "--octave-scale"),
+        (["--version"], 0, "deepdream 0."),
+        (["--list-models"], 0, "effnet-lite0"),
+        (["--list-layers", "googlenet"], 0, "inception4c"),
+        (["in.png", "-o", "out.png", "--steps", "0"], 2, "'steps' must be a whole number"),
+        (["in.png"], 2, "give an input image and -o OUTPUT"),
+        (["visualize", "--help"], 0, "--diversity"),
+    ],
+)
+def test_quick_answers_come_without_loading_torch(args, code, expected):
+    run = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert run.returncode == code, run.stderr
+    assert expected in run.stdout + run.stderr
+
+
+def test_a_dream_shows_its_progress_bar_before_the_model_has_loaded(cat_png, tmp_path):
+    # Loading torch and the model takes seconds: the bar says so from the start.
+    run = deepdream(cat_png, "-o", tmp_path / "dream.png", "--octaves", "1", "--steps", "1")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.index("loading effnet-lite0") < run.stderr.index("dreaming")
+
+
 def test_lists_models_and_layers():
     models = deepdream("--list-models")
     assert models.returncode == 0
