@@ -1,8 +1,10 @@
 """`dream-server`: keeps models warm and dreams for clients over ZeroMQ.
 
 One ROUTER socket on the main thread talks to every client (docs/PROTOCOL.md); one worker
-thread per device runs the jobs in FIFO order and hands its replies back through an inproc
-socket, because a ZeroMQ socket belongs to one thread. Jobs are cancelled when asked, when
+thread per device, with its own engine, runs one job at a time. The main thread gives each
+free worker the next job, taking the clients in turn, and talks to the workers only through
+messages on inproc sockets: a ZeroMQ socket belongs to one thread, and a job's state belongs to
+the worker that runs it. Jobs are cancelled when asked, when
 their client stops sending heartbeats (GIMP's Cancel kills the plug-in outright), or when the
 daemon stops.
 """
@@ -38,6 +40,7 @@ from gimp_plugin.dream_client import PROTOCOL_VERSION, Connection, DreamClient, 
 from gimp_plugin.locations import ENDPOINT_FILE, log_path, state_dir
 
 from . import __version__
+from .devices import devices
 from .engine import Engine
 from .errors import DreamCancelled, DreamError, OutOfMemory
 from .models import DEFAULT_MODEL, MODELS, PRESETS
@@ -61,98 +64,121 @@ connection is noticed at once, through the socket monitor)."""
 PROGRESS_INTERVAL_S = 0.1
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_QUEUED_JOBS = 32
-INBOX = "inproc://dream-server-worker"
 LOCK_FILE = "daemon.lock"
 
 
 @dataclass
 class Job:
-    submission: Submission | VisualizeRequest
-    client: bytes
-    submitted: float = field(default_factory=time.monotonic)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    running: bool = False
+    """What the socket loop knows of a job; the worker that runs it owns the rest."""
 
-    @property
-    def id(self) -> str:
-        return self.submission.job
+    id: str
+    client: bytes
+    message: list | None
+    """The request's frames until a worker takes them (forwarded without a copy)."""
+    submitted: float = field(default_factory=time.monotonic)
+    worker: Worker | None = None
+    cancelling: bool = False
 
 
 class Worker(threading.Thread):
-    """Runs queued jobs one at a time on the engine; its replies go to the main thread."""
+    """Runs one job at a time on an engine of its own, on its own device.
 
-    def __init__(self, engine: Engine, context: zmq.Context) -> None:
-        super().__init__(name="dream-worker", daemon=True)
+    It owns each job from start to end and talks to the socket loop only through messages on
+    its PAIR socket (frames in brackets):
+      loop to worker: [job, job id, client, header, *pixel frames]  [cancel, job id]  [stop]
+      worker to loop: [update, job id, client, header]  [done, job id, client, header, *frames]
+    A `done` message ends the job whatever happened to it: result, error or cancelled.
+    """
+
+    def __init__(
+        self, index: int, engine: Engine, context: zmq.Context, max_pixels: int, threads: int
+    ) -> None:
+        super().__init__(name=f"dream-worker-{index}", daemon=True)
+        self.index = index
         self.engine = engine
         self.context = context
-        self.queue: collections.deque[Job] = collections.deque()
-        self.ready = threading.Condition()
-        self.current: Job | None = None
-        self.stopping = False
-
-    def submit(self, job: Job) -> int:
-        with self.ready:
-            self.queue.append(job)
-            self.ready.notify()
-            return len(self.queue) + (1 if self.current else 0)
-
-    def remove(self, job_id: str) -> Job | None:
-        with self.ready:
-            for job in self.queue:
-                if job.id == job_id:
-                    self.queue.remove(job)
-                    return job
-        return None
-
-    def stop(self) -> None:
-        with self.ready:
-            self.stopping = True
-            if self.current:
-                self.current.cancel.set()
-            self.ready.notify()
+        self.max_pixels = max_pixels
+        self.threads = threads
+        self.address = f"inproc://dream-worker-{index}"
+        self._stopping = False
 
     def run(self) -> None:
-        outbox = self.context.socket(zmq.PAIR)
-        outbox.connect(INBOX)
+        if self.threads:
+            torch.set_num_threads(self.threads)  # this thread's share of the CPU cores
+        socket = self.context.socket(zmq.PAIR)
+        socket.connect(self.address)
         try:
             self._warm_up()
-            while True:
-                with self.ready:
-                    while not self.queue and not self.stopping:
-                        self.ready.wait()
-                    if self.stopping:
-                        break
-                    job = self.current = self.queue.popleft()
-                    job.running = True
-                try:
-                    self._run(job, outbox)
-                except zmq.ZMQError:
-                    break  # the daemon is shutting down: nobody left to answer
-                except Exception:  # the worker must outlive any one job
-                    log.exception("job %s failed outside the engine", job.id)
-                    outbox.send_multipart([job.client, encode("error", job=job.id,
-                                           code="internal", message="The dream server failed "
-                                           f"on this job. See {log_path()}.")])  # fmt: skip
-                finally:
-                    with self.ready:
-                        self.current = None
+            while not self._stopping:
+                message = socket.recv_multipart(copy=False)
+                kind = message[0].bytes
+                if kind == b"stop":
+                    break
+                if kind == b"job":
+                    job_id, client = message[1].bytes.decode(), message[2].bytes
+                    self._run(socket, job_id, client, message[3].bytes, message[4:])
+                # a cancel for a job that has already ended needs nothing
+        except zmq.ZMQError:
+            pass  # the daemon is shutting down: nobody left to answer
         finally:
-            outbox.close(linger=0)
+            socket.close(linger=0)
 
     def _warm_up(self) -> None:
         """Load the default model while the first client says hello."""
         try:
             self.engine.model(DEFAULT_MODEL)
         except Exception:  # a failed warm-up is not fatal: the first job will say why
-            log.exception("could not load %s at start-up", DEFAULT_MODEL)
+            log.exception("could not load %s at start-up on %s", DEFAULT_MODEL, self.engine.device)
 
-    def _run(self, job: Job, outbox: zmq.Socket) -> None:
-        def reply(header: bytes, *frames: Any) -> None:
-            outbox.send_multipart([job.client, header, *frames], copy=False)
+    def _run(
+        self, socket: zmq.Socket, job_id: str, client: bytes, header_bytes: bytes, frames: list
+    ) -> None:
+        cancelled = False
 
+        def should_stop() -> bool:
+            nonlocal cancelled
+            while not cancelled and socket.poll(0):
+                message = socket.recv_multipart()
+                if message[0] == b"stop":
+                    self._stopping = cancelled = True
+                elif message[0] == b"cancel" and message[1].decode() == job_id:
+                    cancelled = True
+            return cancelled
+
+        def send(kind: bytes, header: bytes, *results: Any) -> None:
+            socket.send_multipart([kind, job_id.encode(), client, header, *results], copy=False)
+
+        try:
+            header = json.loads(header_bytes)
+            parse = parse_submit if header["type"] == "submit" else parse_visualize
+            request = parse(header, frames, self.max_pixels)
+            results, fields = self._dream(request, send, should_stop)
+        except DreamCancelled:
+            send(b"done", encode("cancelled", job=job_id))
+            return
+        except _Failed as failure:
+            send(b"done", failure.header)
+            return
+        except Exception:  # the worker must outlive any one job
+            log.exception("job %s failed", job_id)
+            send(b"done", encode("error", job=job_id, code="internal",
+                                 message="The dream server failed on this job.",
+                                 hint=f"See {log_path()} for details."))  # fmt: skip
+            return
+        frames_out = [np.ascontiguousarray(result) for result in results]
+        send(
+            b"done",
+            encode("result", job=job_id, count=len(frames_out), **frame_meta(frames_out[0]),
+                   **fields),
+            *(memoryview(frame).cast("B") for frame in frames_out),
+        )  # fmt: skip
+
+    def _dream(self, request: Submission | VisualizeRequest, send, should_stop):  # noqa: ANN001, ANN202
+        job_id = request.job
         started = time.monotonic()
         last_sent = 0.0
-        reply(encode("progress", job=job.id, fraction=0.0, octave=0, step=0, seconds_left=None))
+        send(b"update", encode("progress", job=job_id, fraction=0.0, octave=0, step=0,
+                               seconds_left=None))  # fmt: skip
 
         def progress(octave: int, step: int, fraction: float) -> None:
             nonlocal last_sent
@@ -162,57 +188,43 @@ class Worker(threading.Thread):
             last_sent = now
             elapsed = now - started
             left = elapsed * (1 - fraction) / fraction if fraction > 0 else None
-            reply(
+            seconds_left = None if left is None else round(left, 1)
+            send(
+                b"update",
                 encode(
                     "progress",
-                    job=job.id,
+                    job=job_id,
                     fraction=round(fraction, 4),
                     octave=octave,
                     step=step,
-                    seconds_left=None if left is None else round(left, 1),
-                )
+                    seconds_left=seconds_left,
+                ),
             )
 
         try:
-            results, fields = job.submission.run(self.engine, progress, job.cancel.is_set)
+            results, fields = request.run(self.engine, progress, should_stop)
         except DreamCancelled:
-            log.info("job %s cancelled after %.1f s", job.id, time.monotonic() - started)
-            reply(encode("cancelled", job=job.id))
-            return
+            log.info("job %s cancelled after %.1f s", job_id, time.monotonic() - started)
+            raise
         except (OutOfMemory, MemoryError) as err:
             _free_device_memory()
             message = str(err) if isinstance(err, OutOfMemory) else "Out of memory."
-            reply(
-                encode(
-                    "error",
-                    job=job.id,
-                    code="out_of_memory",
-                    message=message,
-                    hint="Dream on a smaller selection, or lower tile-size.",
-                )
-            )
-            return
+            hint = "Dream on a smaller selection, or lower tile-size."
+            raise _Failed(encode("error", job=job_id, code="out_of_memory", message=message,
+                                 hint=hint)) from None  # fmt: skip
         except DreamError as err:
-            reply(encode("error", job=job.id, code=err.code, message=str(err)))
-            return
-        except Exception:
-            log.exception("job %s failed", job.id)
-            reply(
-                encode(
-                    "error",
-                    job=job.id,
-                    code="internal",
-                    message="The dream server failed on this job.",
-                    hint=f"See {log_path()} for details.",
-                )
-            )
-            return
-        frames = [np.ascontiguousarray(result) for result in results]
-        log.info("job %s done in %.1f s", job.id, time.monotonic() - started)
-        reply(
-            encode("result", job=job.id, count=len(frames), **frame_meta(frames[0]), **fields),
-            *(memoryview(frame).cast("B") for frame in frames),
-        )
+            raise _Failed(encode("error", job=job_id, code=err.code, message=str(err))) from None
+        log.info("job %s done in %.1f s on %s", job_id, time.monotonic() - started,
+                 self.engine.device)  # fmt: skip
+        return results, fields
+
+
+class _Failed(Exception):
+    """A job that ends with an error reply (its encoded header)."""
+
+    def __init__(self, header: bytes) -> None:
+        super().__init__()
+        self.header = header
 
 
 def _free_device_memory() -> None:
@@ -221,18 +233,19 @@ def _free_device_memory() -> None:
 
 
 class DreamServer:
-    """The daemon's main loop: one ROUTER socket, requests checked before any work is done."""
+    """The daemon's main loop: one ROUTER socket, requests checked before any work is done,
+    jobs handed to the next free worker, taking the clients in turn."""
 
     def __init__(
         self,
-        engine: Engine,
+        engines: list[Engine],
         bind: str,
         token: str,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         curve_secret: tuple[bytes, bytes] | None = None,
         idle_exit_s: float = 0.0,
     ) -> None:
-        self.engine = engine
+        self.engines = engines
         self.token = token
         self.max_pixels = max_pixels
         self.idle_exit_s = idle_exit_s
@@ -250,51 +263,76 @@ class DreamServer:
         else:
             self.router.bind(bind)
         self.endpoint = bind
-        self.inbox = self.context.socket(zmq.PAIR)
-        self.inbox.bind(INBOX)
-        self.worker = Worker(engine, self.context)
+        cpu_workers = sum(engine.device.type == "cpu" for engine in engines)
+        cpu_threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers > 1 else 0
+        self.workers: list[Worker] = []
+        self.worker_sockets: dict[zmq.Socket, Worker] = {}
+        for index, engine in enumerate(engines):
+            threads = cpu_threads if engine.device.type == "cpu" else 0
+            worker = Worker(index, engine, self.context, max_pixels, threads)
+            socket = self.context.socket(zmq.PAIR)
+            socket.bind(worker.address)
+            self.workers.append(worker)
+            self.worker_sockets[socket] = worker
+        self.sockets = {worker: socket for socket, worker in self.worker_sockets.items()}
+        self.idle: list[Worker] = list(self.workers)
         self.jobs: dict[str, Job] = {}
+        self.waiting: dict[bytes, collections.deque[str]] = {}
+        """Each client's jobs not yet running, in order."""
+        self.last_served: dict[bytes, float] = {}
         self.last_heard: dict[bytes, float] = {}
         self.client_fds: dict[bytes, int] = {}
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
         self.counters = collections.Counter()
 
+    @property
+    def devices(self) -> list[str]:
+        return [str(engine.device) for engine in self.engines]
+
     def serve(self) -> None:
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
         # The monitor reports a closed connection at once (GIMP's Cancel kills the plug-in);
         # heartbeats catch the clients whose disconnection never shows (remote, half-open).
         monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.inbox, zmq.POLLIN)
+        for socket in self.worker_sockets:
+            poller.register(socket, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        log.info("serving on %s with %s", self.endpoint, self.engine.device)
+        log.info("serving on %s with %s", self.endpoint, ", ".join(self.devices))
         try:
             while not self.stopping.is_set():
                 events = dict(poller.poll(100))
-                if self.inbox in events:
-                    self._forward_worker_replies()
+                for socket, worker in self.worker_sockets.items():
+                    if socket in events:
+                        self._forward_worker_replies(socket, worker)
                 if monitor in events:
                     self._cancel_jobs_of_closed_connections(monitor)
                 if self.router in events:
                     self._handle_requests()
                 self._cancel_abandoned_jobs()
-                if not self.worker.is_alive():
-                    log.error("the worker thread died: exiting so that a fresh daemon can start")
+                self._dispatch()
+                if not all(worker.is_alive() for worker in self.workers):
+                    log.error("a worker thread died: exiting so that a fresh daemon can start")
                     break
                 if self._idle_too_long():
                     log.info("idle for %.0f s: exiting", self.idle_exit_s)
                     break
         finally:
-            self.worker.stop()
-            self.worker.join(timeout=10)
+            for socket in self.worker_sockets:
+                with contextlib.suppress(zmq.ZMQError):
+                    socket.send(b"stop", zmq.NOBLOCK)
+            for worker in self.workers:
+                worker.join(timeout=10)
             self.router.disable_monitor()
             monitor.close(linger=0)
             self.router.close(linger=0)
-            self.inbox.close(linger=0)
-            if self.worker.is_alive():  # stuck in a long computation: do not wait for it
-                self.context.destroy(linger=0)
+            for socket in self.worker_sockets:
+                socket.close(linger=0)
+            if any(worker.is_alive() for worker in self.workers):
+                self.context.destroy(linger=0)  # stuck in a long computation: do not wait
             else:
                 self.context.term()
 
@@ -305,7 +343,7 @@ class DreamServer:
             for client in closed:
                 del self.client_fds[client]
                 for job in [j for j in self.jobs.values() if j.client == client]:
-                    if not job.cancel.is_set():
+                    if not job.cancelling:
                         self._stop_job(job, "its client's connection closed")
 
     def _idle_too_long(self) -> bool:
@@ -313,15 +351,32 @@ class DreamServer:
             return False
         return time.monotonic() - self.last_activity > self.idle_exit_s
 
-    def _forward_worker_replies(self) -> None:
-        while self.inbox.poll(0):
-            frames = self.inbox.recv_multipart(copy=False)
-            client, header = frames[0].bytes, frames[1].bytes
-            message = json.loads(header)
-            if message["type"] in ("result", "error", "cancelled"):
-                self.jobs.pop(message["job"], None)
+    def _forward_worker_replies(self, socket: zmq.Socket, worker: Worker) -> None:
+        while socket.poll(0):
+            kind, job_id, client, *reply = socket.recv_multipart(copy=False)
+            if kind.bytes == b"done":
+                self.jobs.pop(job_id.bytes.decode(), None)
+                self.idle.append(worker)
                 self.last_activity = time.monotonic()
-            self.router.send_multipart([client, *frames[1:]], copy=False)
+            self.router.send_multipart([client, *reply], copy=False)
+
+    def _dispatch(self) -> None:
+        """Start waiting jobs on idle workers, one client's job at a time, clients in turn."""
+        while self.idle and self.waiting:
+            # the client served longest ago, or never: one artist's ten jobs do not keep a
+            # second artist waiting behind all ten
+            client = min(self.waiting, key=lambda c: self.last_served.get(c, 0.0))
+            queue = self.waiting[client]
+            job = self.jobs[queue.popleft()]
+            if not queue:
+                del self.waiting[client]
+            self.last_served[client] = time.monotonic()
+            worker = self.idle.pop(0)
+            job.worker = worker
+            message, job.message = job.message, None
+            self.sockets[worker].send_multipart(
+                [b"job", job.id.encode(), job.client, *message], copy=False
+            )
 
     def _handle_requests(self) -> None:
         for _ in range(1000):  # a burst at a time, so worker replies are never starved
@@ -335,7 +390,7 @@ class DreamServer:
             with contextlib.suppress(zmq.ZMQError):
                 self.client_fds[client] = frames[1].get(zmq.SRCFD)
             try:
-                self._handle(client, frames[1].bytes, frames[2:])
+                self._handle(client, frames[1], frames[2:])
             except BadMessage as err:
                 self.counters["refused"] += 1
                 log.debug("refused a message: %s", err)
@@ -350,8 +405,8 @@ class DreamServer:
     def _reply(self, client: bytes, header: bytes, *frames: Any) -> None:
         self.router.send_multipart([client, header, *frames], copy=False)
 
-    def _handle(self, client: bytes, header_bytes: bytes, frames: list) -> None:
-        header = decode_header(header_bytes, self.token)
+    def _handle(self, client: bytes, header_frame: zmq.Frame, frames: list) -> None:
+        header = decode_header(header_frame.bytes, self.token)
         self.last_heard[client] = self.last_activity = time.monotonic()  # only clients count
         kind = header["type"]
         if kind not in ("submit", "visualize") and frames:
@@ -369,22 +424,23 @@ class DreamServer:
         elif kind == "cancel":
             self._cancel(client, header["job"])
         elif kind == "submit":
-            self._queue(client, header, parse_submit(header, frames, self.max_pixels))
+            parse_submit(header, frames, self.max_pixels)  # refused here, before any work
+            self._queue(client, header["job"], [header_frame, *frames])
         elif kind == "visualize":
-            self._queue(client, header, parse_visualize(header, frames, self.max_pixels))
+            parse_visualize(header, frames, self.max_pixels)
+            self._queue(client, header["job"], [header_frame, *frames])
 
-    def _queue(self, client: bytes, header: dict, request: Submission | VisualizeRequest) -> None:
-        job_id = header["job"]
+    def _queue(self, client: bytes, job_id: str, message: list) -> None:
         if job_id in self.jobs:
             raise BadMessage("bad_job", f"Job {job_id!r} is already queued or running.", job_id)
         if len(self.jobs) >= MAX_QUEUED_JOBS:
             raise BadMessage("busy", f"{len(self.jobs)} jobs are waiting already: try again "
                              "when some have finished.", job_id)  # fmt: skip
-        job = Job(request, client)
-        self.jobs[job_id] = job
-        position = self.worker.submit(job)
+        self.jobs[job_id] = Job(job_id, client, message)
+        self.waiting.setdefault(client, collections.deque()).append(job_id)
         self.counters["jobs"] += 1
-        self._reply(client, encode("accepted", job=job_id, position=position))
+        self._reply(client, encode("accepted", job=job_id, position=len(self.jobs)))
+        self._dispatch()
 
     def _cancel(self, client: bytes, job_id: str) -> None:
         job = self.jobs.get(job_id)
@@ -396,26 +452,33 @@ class DreamServer:
 
     def _stop_job(self, job: Job, why: str) -> None:
         log.info("cancelling job %s: %s", job.id, why)
-        if self.worker.remove(job.id) is not None:
-            self.jobs.pop(job.id, None)
+        if job.worker is None:
+            queue = self.waiting.get(job.client)
+            if queue is not None:
+                queue.remove(job.id)
+                if not queue:
+                    del self.waiting[job.client]
+            del self.jobs[job.id]
             self._reply(job.client, encode("cancelled", job=job.id))
-        else:
-            job.cancel.set()  # the worker answers once the engine stops between two steps
+        elif not job.cancelling:
+            job.cancelling = True  # the worker answers once the engine stops between two steps
+            self.sockets[job.worker].send_multipart([b"cancel", job.id.encode()])
 
     def _cancel_abandoned_jobs(self) -> None:
         now = time.monotonic()
         for job in list(self.jobs.values()):
             heard = self.last_heard.get(job.client, job.submitted)
-            if now - heard > HEARTBEAT_TIMEOUT_S and not job.cancel.is_set():
+            if now - heard > HEARTBEAT_TIMEOUT_S and not job.cancelling:
                 self._stop_job(job, f"its client sent nothing for {now - heard:.1f} s")
         for client, heard in list(self.last_heard.items()):
             if now - heard > 60 and not any(job.client == client for job in self.jobs.values()):
                 del self.last_heard[client]
+                self.last_served.pop(client, None)
 
     def describe(self) -> dict[str, Any]:
         return {
             "server": __version__,
-            "device": str(self.engine.device),
+            "device": ",".join(self.devices),
             "models": [
                 {
                     "name": spec.name,
@@ -440,9 +503,19 @@ class DreamServer:
         return {
             "endpoint": self.endpoint,
             "pid": os.getpid(),
-            "device": str(self.engine.device),
-            "loaded_models": self.engine.loaded_models,
-            "queue": [{"job": job.id, "running": job.running} for job in self.jobs.values()],
+            "device": ",".join(self.devices),
+            "workers": [
+                {
+                    "device": str(worker.engine.device),
+                    "job": next((j.id for j in self.jobs.values() if j.worker is worker), None),
+                    "loaded_models": worker.engine.loaded_models,
+                }
+                for worker in self.workers
+            ],
+            "loaded_models": sorted({m for e in self.engines for m in e.loaded_models}),
+            "queue": [
+                {"job": job.id, "running": job.worker is not None} for job in self.jobs.values()
+            ],
             "log": str(log_path()),
             "counters": dict(self.counters),
         }
@@ -504,8 +577,10 @@ def print_status() -> int:
         print(f"dream-server is not answering at {connection.endpoint}: {err}")
         return 1
     print(f"endpoint      {status['endpoint']} (pid {status['pid']})")
-    print(f"device        {status['device']}")
-    print(f"models loaded {', '.join(status['loaded_models']) or 'none yet'}")
+    for index, worker in enumerate(status["workers"]):
+        doing = f"running {worker['job']}" if worker["job"] else "idle"
+        models = ", ".join(worker["loaded_models"]) or "no model loaded yet"
+        print(f"worker {index:<6} {worker['device']}: {doing}; {models}")
     queue = status["queue"]
     print(
         f"queue         {len(queue)} job(s)"
@@ -538,7 +613,14 @@ def main(argv: list[str] | None = None) -> int:
         default="tcp://127.0.0.1:0",
         help="ZeroMQ endpoint to listen on (default: loopback, a free port)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument(
+        "--devices",
+        "--device",
+        default="auto",
+        metavar="LIST",
+        help="where to dream, one worker each: e.g. cuda:0,cuda:1 or cpu,cpu "
+        "(default auto: every CUDA GPU, else Apple's MPS, else the CPU)",
+    )
     parser.add_argument("--max-models", type=int, default=2, help="models kept loaded")
     parser.add_argument(
         "--max-pixels",
@@ -598,9 +680,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(log_path(), args.verbose)
     try:
-        engine = Engine(args.device, max_models=args.max_models)
+        engines = [Engine(device, max_models=args.max_models) for device in devices(args.devices)]
         server = DreamServer(
-            engine, args.bind, secrets.token_hex(16), args.max_pixels, curve, args.idle_exit * 60
+            engines, args.bind, secrets.token_hex(16), args.max_pixels, curve, args.idle_exit * 60
         )
     except (DreamError, zmq.ZMQError) as err:
         log.error("could not start: %s", err)
@@ -620,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stopping.set())
     print(
-        f"dream-server listening on {server.endpoint} ({engine.device}); log: {log_path()}",
+        f"dream-server listening on {server.endpoint} ({', '.join(server.devices)}); "
+        f"log: {log_path()}",
         flush=True,
     )
     try:

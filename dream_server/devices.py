@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from .errors import InvalidParameter
+from .params import DEVICE_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +28,44 @@ def select_device(requested: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    kind, _, index = requested.partition(":")
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available(),
         "mps": torch.backends.mps.is_available(),
     }
-    if requested not in available:
-        raise InvalidParameter(f"Unknown device '{requested}': use auto, cuda, mps or cpu.")
-    if not available[requested]:
+    if kind not in available or (index and (kind != "cuda" or not index.isdigit())):
+        raise InvalidParameter(
+            f"Unknown device '{requested}': use {', '.join(DEVICE_CHOICES)}, or cuda:N."
+        )
+    if not available[kind] or (index and int(index) >= torch.cuda.device_count()):
         raise InvalidParameter(
             f"The device '{requested}' is not available on this machine (PyTorch "
-            f"{torch.__version__} sees none): use --device auto or --device cpu."
+            f"{torch.__version__} sees {_present()}): choose auto or cpu instead."
         )
     return torch.device(requested)
+
+
+def devices(requested: str = "auto") -> list[str]:
+    """The devices of a comma-separated list, one worker each; `auto` is every CUDA GPU, else
+    Apple's MPS, else the CPU."""
+    if requested.strip() == "auto":
+        if torch.cuda.is_available():
+            return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+        return [str(select_device("auto"))]
+    names = [name.strip() for name in requested.split(",") if name.strip()]
+    if not names:
+        raise InvalidParameter("Name at least one device, e.g. --devices cuda:0,cuda:1.")
+    for name in names:
+        select_device(name)
+    return names
+
+
+def _present() -> str:
+    found = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return ", ".join([*found, "cpu"])
 
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

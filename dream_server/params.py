@@ -16,6 +16,7 @@ from .catalogue import DEFAULT_MODEL, MODELS, PRESETS
 from .errors import InvalidParameter
 
 CUSTOM_PRESET = "custom"
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ DREAM_PARAMETERS: tuple[Param, ...] = (
         "auto",
         "Device",
         "Where to compute: auto picks CUDA, then Apple MPS, then the CPU.",
-        choices=("auto", "cuda", "mps", "cpu"),
+        choices=DEVICE_CHOICES,
         cli_only=True,
     ),
 )
@@ -267,7 +268,7 @@ VISUALIZE_PARAMETERS: tuple[Param, ...] = (
           minimum=0, maximum=2**31 - 1),
     Param("device", "choice", "auto", "Device",
           "Where to compute: auto picks CUDA, then Apple MPS, then the CPU.",
-          choices=("auto", "cuda", "mps", "cpu"), cli_only=True),
+          choices=DEVICE_CHOICES, cli_only=True),
 )  # fmt: skip
 
 _PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "choice": str, "string": str}

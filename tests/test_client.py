@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from dream_server.devices import select_device
+from dream_server.devices import devices
 from gimp_plugin.dream_client import DreamClient, DreamServerError
 
 
@@ -52,7 +52,7 @@ def test_with_no_server_running_it_starts_one_from_the_recorded_environment(home
     (home / "daemon.json").write_text(json.dumps({"python": sys.executable}))
     started = time.monotonic()
     with DreamClient() as client:
-        assert client.server_info["device"] == str(select_device("auto"))
+        assert client.server_info["device"] == ",".join(devices("auto"))
         pixels = np.full((64, 64, 3), 128, np.uint8)
         result = client.dream(pixels.tobytes(), 64, 64, 3, {"octaves": 1, "steps": 1})
         assert len(result) == pixels.size

@@ -17,7 +17,7 @@ import pytest
 import zmq
 from conftest import ROOT, photo, start_server
 
-from dream_server.devices import select_device
+from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.params import DreamParams, VisualizeParams
 from gimp_plugin.dream_client import DreamClient, DreamServerError
@@ -109,7 +109,7 @@ def test_a_round_trip_gives_what_the_engine_gives(server, local_engine, channels
 def test_hello_describes_models_presets_and_the_parameters(server):
     with DreamClient(server.connection) as client:
         info = client.server_info
-    assert info["device"] == str(select_device("auto")) and info["v"] == 1
+    assert info["device"] == ",".join(devices("auto")) and info["v"] == 1
     assert "effnet-lite0" in [model["name"] for model in info["models"]]
     assert info["presets"] == ["strokes", "textures", "patterns", "parts", "animals", "objects"]
     assert "octave-scale" in [param["name"] for param in info["params"]]
@@ -405,7 +405,7 @@ def test_a_second_server_says_where_the_first_one_is(server):
 def test_status_prints_endpoint_device_models_and_queue(server):
     run = run_dream_server(server.home, "--status")
     assert run.returncode == 0
-    device = str(select_device("auto"))
+    device = devices("auto")[0]
     for expected in (
         server.record["endpoint"],
         device,
@@ -493,3 +493,123 @@ def test_a_visualize_request_is_checked_like_any_other(server):
     raw.send({"type": "visualize", "job": "v2", "params": {}}, b"unexpected pixels")
     assert raw.wait_for("error")["code"] == "bad_frames"
     raw.close()
+
+
+@pytest.fixture(scope="module")
+def two_cpu_workers(tmp_path_factory):
+    running = start_server(tmp_path_factory.mktemp("two-workers"), "--devices", "cpu,cpu")
+    yield running
+    running.stop()
+
+
+def dream_alone(server, pixels: np.ndarray, params: dict) -> bytes:
+    height, width, channels = pixels.shape
+    with DreamClient(server.connection) as client:
+        return client.dream(pixels.tobytes(), width, height, channels, params)
+
+
+def test_two_workers_dream_at_once_and_each_gives_what_it_gives_alone(two_cpu_workers):
+    server = two_cpu_workers
+    with DreamClient(server.connection) as client:
+        workers = client.status()["workers"]
+    assert [worker["device"] for worker in workers] == ["cpu", "cpu"]
+    jobs = {"cat": cat_pixels(3, "u8"), "coffee": photo("coffee.png", (96, 64))}
+    params = {"octaves": 2, "steps": 8, "preset": "textures"}
+    alone = {name: dream_alone(server, pixels, params) for name, pixels in jobs.items()}
+    raw = Raw(server)
+    try:
+        for name, pixels in jobs.items():
+            raw.submit(name, pixels, params)
+        deadline, running_together = time.monotonic() + 60, False
+        while not running_together and time.monotonic() < deadline:
+            running_together = sum(job["running"] for job in queue_of(server)) == 2
+            time.sleep(0.05)
+        assert running_together, "the two jobs never ran at the same time"
+        results = {}
+        while len(results) < 2:
+            frames = raw.socket.recv_multipart()
+            header = json.loads(frames[0])
+            if header["type"] == "result":
+                results[header["job"]] = frames[1]
+        assert results == alone
+    finally:
+        raw.close()
+
+
+def test_a_second_client_is_served_before_the_first_clients_other_jobs(tmp_path):
+    server = start_server(tmp_path / "home", "--devices", "cpu")
+    first, second = Raw(server), Raw(server)
+    try:
+        pixels = cat_pixels(3, "u8")
+        slow = {"octaves": 1, "steps": 30, "preset": "textures"}
+        for index in range(4):
+            first.submit(f"first-{index}", pixels, slow)
+        first.wait_for("accepted")
+        second.submit("second-0", pixels, slow)
+        second.wait_for("accepted")
+        finished = []
+        deadline = time.monotonic() + 240
+        while len(finished) < 5 and time.monotonic() < deadline:
+            for raw in (first, second):
+                message = raw.receive(0.05)
+                if message and message["type"] == "result":
+                    finished.append(message["job"])
+        assert finished[:2] == ["first-0", "second-0"], finished
+    finally:
+        first.close()
+        second.close()
+        server.stop()
+
+
+def test_a_killed_client_frees_its_worker_while_the_other_keeps_dreaming(two_cpu_workers):
+    server = two_cpu_workers
+    survivor = Raw(server)
+    victim = subprocess.Popen(
+        [sys.executable, "-c", KEEP_DREAMING, server.record["endpoint"], server.record["token"]],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert victim.stdout.readline().strip() == b"accepted"
+        survivor.submit("survivor", cat_pixels(3, "u8"), LONG)
+        survivor.wait_for("accepted")
+        deadline = time.monotonic() + 60
+        while sum(job["running"] for job in queue_of(server)) < 2:
+            assert time.monotonic() < deadline, "the two jobs never ran at the same time"
+            time.sleep(0.05)
+        victim.kill()
+        victim.wait()
+        killed = time.monotonic()
+        while any(job["job"] == "victim" for job in queue_of(server)):
+            assert time.monotonic() - killed < 2.0, "the victim's job kept its worker"
+            time.sleep(0.05)
+        assert [job["job"] for job in queue_of(server)] == ["survivor"]
+        progress = survivor.wait_for("progress")
+        assert progress["job"] == "survivor"
+        survivor.send({"type": "cancel", "job": "survivor"})
+        survivor.wait_for("cancelled")
+    finally:
+        survivor.close()
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+
+
+KEEP_DREAMING = """
+import json, sys, zmq
+socket = zmq.Context().socket(zmq.DEALER)
+socket.connect(sys.argv[1])
+pixels = bytes(96 * 64 * 3)
+header = {"v": 1, "token": sys.argv[2], "type": "submit", "job": "victim",
+          "params": {"octaves": 4, "steps": 200},
+          "image": {"width": 96, "height": 64, "channels": 3, "dtype": "u8"}}
+socket.send_multipart([json.dumps(header).encode(), pixels])
+while json.loads(socket.recv_multipart()[0])["type"] != "accepted":
+    pass
+print("accepted", flush=True)
+while True:
+    socket.send_multipart([json.dumps({"v": 1, "token": sys.argv[2], "type": "ping",
+                                       "job": "victim"}).encode()])
+    socket.poll(500)
+    while socket.poll(0):
+        socket.recv_multipart()
+"""
