@@ -196,13 +196,40 @@ def check(venv_dir: Path, profiles: list[Path]) -> int:
 
 
 def stop_running_server() -> None:
-    """A server started from an older install would not know the new parameters: stop it."""
+    """A server started from an older install would not know the new parameters: stop it.
+
+    The endpoint file may be stale (a server killed outright leaves it) and its process id
+    reused by another program: only a process that is a dream server is stopped.
+    """
     try:
-        pid = json.loads((state_dir() / ENDPOINT_FILE).read_text())["pid"]
-        os.kill(int(pid), signal.SIGTERM)
-        say(f"stopped the running dream server (pid {pid}); the plug-in starts a fresh one")
+        pid = int(json.loads((state_dir() / ENDPOINT_FILE).read_text())["pid"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        return
+    if not is_dream_server(pid):
+        say(f"the endpoint file names process {pid}, which is not a dream server: left alone")
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return
+    say(f"stopped the running dream server (pid {pid}); the plug-in starts a fresh one")
+
+
+def is_dream_server(pid: int) -> bool:
+    """Whether process `pid` runs dream-server, from its command line."""
+    if Path("/proc").is_dir():
+        try:
+            command = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return False
+        text = command.decode(errors="replace")
+    elif os.name == "nt":
+        return False  # no command line to check: never stop what may be another program
+    else:  # macOS and the BSDs
+        ps = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True,
+                            text=True)  # fmt: skip
+        text = ps.stdout
+    return "dream_server.daemon" in text or "dream-server" in text
 
 
 def uninstall(venv_dir: Path, profiles: list[Path]) -> int:
