@@ -98,6 +98,8 @@ def descendants(pid: int) -> list[int]:
     """The processes started by `pid`, and by those, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
             # The command name in field 2 may hold spaces: the parent follows its ")".
             parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
