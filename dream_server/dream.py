@@ -225,7 +225,8 @@ class GradientAscent:
             if self.should_stop and self.should_stop():  # a big image's step takes a while
                 raise DreamCancelled()
             group = windows[first : first + batch]
-            pixels = torch.cat([image[(..., *w.window)] for w in group])
+            views = [image[(..., *w.window)] for w in group]
+            pixels = views[0] if len(views) == 1 else torch.cat(views)
             group_gradient = self.window_gradient(pixels, share)
             for index, w in enumerate(group):
                 gradient[(..., *w.tile)] = group_gradient[(slice(index, index + 1), ..., *w.inside)]
