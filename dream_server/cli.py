@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,8 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+"""Failures to write that are the user's to fix (a full disk, a quota, a read-only disk)."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,13 +36,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _argument_type(param: Param):  # noqa: ANN202 - an argparse type callable
-    python_type = int if param.kind == "int" else float
+    noun = "a whole number" if param.kind == "int" else "a number"
 
     def convert(text: str) -> Any:
         try:
-            value = python_type(text)
+            value = float(text)  # 1e3 is a whole number too
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
         try:
             return param.validate(value)
         except DreamError as err:
@@ -169,6 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("deepdream: interrupted; nothing was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
+        if isinstance(err, OSError) and err.errno in USER_FIXABLE_ERRNOS:
+            print(
+                f"deepdream: {err.strerror} ({err.filename or args.output}): free some space or "
+                "write elsewhere; nothing was written.",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
         if args.debug:
             raise
         print(
@@ -180,11 +191,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dream_file(args: argparse.Namespace) -> int:
-    from .imagefile import check_writable, read_image, read_mask, write_image
+    from .imagefile import (
+        check_writable,
+        frame_count,
+        image_metadata,
+        read_image,
+        read_mask,
+        write_image,
+    )
 
     params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
     model_spec(params.model)
+    for what, source in (("input", args.input), ("mask", args.mask), ("guide", args.guide)):
+        if source is not None and same_file(source, args.output):
+            raise InvalidParameter(
+                f"-o {args.output} is the {what} image itself: the dream would replace it. "
+                "Write the dream to another file."
+            )
     image = read_image(args.input)
+    frames = frame_count(args.input)
+    if frames > 1:
+        print(
+            f"deepdream: {args.input} is animated ({frames} frames): only its first frame is "
+            "dreamed.",
+            file=sys.stderr,
+        )
     check_writable(args.output, image)
     mask = read_mask(args.mask) if args.mask else None
     guide = read_image(args.guide) if args.guide else None
@@ -197,9 +228,17 @@ def dream_file(args: argparse.Namespace) -> int:
         result = engine.dream(
             image, params, mask=mask, guide_image=guide, on_progress=progress.dream
         )
-    write_image(args.output, result)
+    write_image(args.output, result, metadata=image_metadata(args.input))
     print(f"Wrote {args.output}")
     return 0
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file, through links and other spellings."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
 
 
 def visualize_file(args: argparse.Namespace, atlas: bool) -> int:
@@ -270,9 +309,11 @@ class _Progress:
     def __enter__(self) -> _Progress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, error_type: type | None, *exc: object) -> None:
         for bar in (self._download_bar, self._dream_bar):
             if bar is not None:
+                if error_type is not None:
+                    bar.leave = False  # cleared: the error's line is what the user reads
                 bar.close()
 
     def download(self, done: int, total: int | None) -> None:

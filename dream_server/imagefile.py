@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InvalidImage
 from .imaging import MAX_PIXELS
@@ -28,11 +30,20 @@ CAN_STORE_ALPHA = {"PNG", "WEBP", "TIFF"}
 
 def read_image(path: Path) -> np.ndarray:
     """(H, W, C) pixels: uint8, or uint16 for 16-bit gray, or float32 for 32-bit float gray;
-    written back with `write_image`, they keep their depth and layout."""
+    written back with `write_image`, they keep their depth and layout. A photo's EXIF
+    orientation is applied, so that it is upright as every viewer shows it."""
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = opened
+        with warnings.catch_warnings():
+            # The size is known from the header: refuse a huge one before decoding a byte,
+            # with our own message rather than Pillow's warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                if opened.width * opened.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError()
+                _refuse_16_bit_colour(path, opened)
+                opened.load()
+                ImageOps.exif_transpose(opened, in_place=True)
+                image = opened
     except FileNotFoundError:
         raise InvalidImage(f"{path} does not exist: check the path.") from None
     except IsADirectoryError:
@@ -62,6 +73,48 @@ def read_image(path: Path) -> np.ndarray:
         image = image.convert("RGBA" if has_alpha else "RGB")
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+
+def _refuse_16_bit_colour(path: Path, image: Image.Image) -> None:
+    """Pillow reads 16-bit colour PNG and TIFF files as 8 bits: refuse rather than cut them."""
+    if image.format == "PNG":
+        deep = image.mode in ("RGB", "RGBA", "LA") and _png_bit_depth(image) == 16
+    elif image.format == "TIFF":
+        bits = image.tag_v2.get(258, (8,))
+        deep = image.mode in ("RGB", "RGBA", "LA") and max(bits, default=8) > 8
+    else:
+        deep = False
+    if deep:
+        raise InvalidImage(
+            f"{path} has 16 bits per colour channel, which this command cannot keep: convert it "
+            "to 8 bits first (GIMP: Image > Precision > 8 bit integer; ImageMagick: "
+            "`convert IN -depth 8 OUT`), or dream on it in GIMP, which keeps 16 bits."
+        )
+
+
+def _png_bit_depth(image: Image.Image) -> int:
+    header = image.fp
+    position = header.tell()
+    try:
+        header.seek(24)  # signature, IHDR length and type, width, height: then the bit depth
+        return header.read(1)[0]
+    finally:
+        header.seek(position)
+
+
+def image_metadata(path: Path) -> dict[str, Any]:
+    """What a dream of the image should carry over: its ICC colour profile and resolution."""
+    with contextlib.suppress(OSError, ValueError, SyntaxError), Image.open(path) as opened:
+        kept = {key: opened.info[key] for key in ("icc_profile", "dpi") if opened.info.get(key)}
+        return kept
+    return {}
+
+
+def frame_count(path: Path) -> int:
+    """How many frames an animated GIF, WebP or PNG holds (1 for a still image)."""
+    with contextlib.suppress(OSError, ValueError, SyntaxError), Image.open(path) as opened:
+        return getattr(opened, "n_frames", 1)
+    return 1
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -97,16 +150,23 @@ def check_writable(path: Path, pixels: np.ndarray) -> str:
     return image_format
 
 
-def write_image(path: Path, pixels: np.ndarray, text: dict[str, str] | None = None) -> None:
+def write_image(
+    path: Path,
+    pixels: np.ndarray,
+    text: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
     """Write atomically: a temporary file in the same folder, renamed over the target at the end,
     so a failure or an interruption never leaves a half-written image. `text` entries are
-    stored in PNG files."""
+    stored in PNG files; `metadata` (from `image_metadata`) keeps the colour profile and the
+    resolution."""
     image_format = check_writable(path, pixels)
     image = Image.fromarray(pixels if pixels.shape[2] > 1 else pixels[:, :, 0])
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             options: dict = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+            options.update(metadata or {})
             if text and image_format == "PNG":
                 options["pnginfo"] = PngImagePlugin.PngInfo()
                 for key, value in text.items():

@@ -8,6 +8,7 @@ The dream loop and the feature-visualization loop only ever call them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -64,12 +65,13 @@ def layer(name: str) -> Objective:
 
 
 def channel(name: str, index: int) -> Objective:
-    """Excite one channel of a layer: its mean activation."""
-    return Objective(
-        lambda acts: _per_image_mean(acts[name][:, index].float()),
-        frozenset({name}),
-        f"{name}/{index}",
-    )
+    """Excite one channel of a layer: its mean activation (for logits, one class's logit)."""
+
+    def score(acts: Activations) -> torch.Tensor:
+        values = acts[name][:, index].float()
+        return values.sum() if values.ndim == 1 else _per_image_mean(values)
+
+    return Objective(score, frozenset({name}), f"{name}/{index}")
 
 
 def neuron(name: str, index: int, x: int | None = None, y: int | None = None) -> Objective:
@@ -197,9 +199,11 @@ def parse_objective(text: str, model: FeatureModel) -> Objective:
             try:
                 weight = float(weight_text)
             except ValueError:
+                weight = math.nan
+            if not math.isfinite(weight):
                 raise InvalidParameter(
                     f"'{term}': the weight after ':' must be a number, e.g. block10:0.5."
-                ) from None
+                )
         terms.append((_parse_target(target.strip(), model), weight))
     return sum_of(terms)
 

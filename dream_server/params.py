@@ -98,7 +98,9 @@ class Param:
 
 
 def _number(value: float | None) -> str:
-    return f"{value:g}" if value is not None else "?"
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 DREAM_PARAMETERS: tuple[Param, ...] = (

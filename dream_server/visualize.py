@@ -86,6 +86,7 @@ def target(params, model: FeatureModel) -> Objective:  # noqa: ANN001 - Visualiz
     if params.neuron:
         index, x, y = (int(part) for part in params.neuron.split(","))
         _check_channel(model, params.layer, index)
+        _check_position(model, params.layer, params.size, x, y)
         return neuron(params.layer, index, x, y)
     if params.channel >= 0:
         _check_channel(model, params.layer, params.channel)
@@ -97,6 +98,23 @@ def _check_channel(model: FeatureModel, name: str, index: int) -> None:
     count = model.channel_count(name)
     if not 0 <= index < count:
         raise InvalidParameter(f"Layer '{name}' has channels 0 to {count - 1}; got {index}.")
+
+
+def _check_position(model: FeatureModel, name: str, size: int, x: int, y: int) -> None:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        grid = model(torch.zeros(1, 3, size, size, device=device), [name])[name].shape[2:]
+    if len(grid) != 2:
+        raise InvalidParameter(
+            f"Layer '{name}' has no grid of positions: show one of its channels instead "
+            f"(--channel; for logits, a class index)."
+        )
+    height, width = grid
+    if not (0 <= x < width and 0 <= y < height):
+        raise InvalidParameter(
+            f"Layer '{name}' is a grid of {width}x{height} positions for images of {size} px: "
+            f"X goes from 0 to {width - 1} and Y from 0 to {height - 1}; got {x},{y}."
+        )
 
 
 def full_objective(params, model: FeatureModel) -> Objective:  # noqa: ANN001

@@ -20,12 +20,15 @@ QUICK = ["--octaves", "2", "--steps", "3", "--preset", "textures"]
 
 
 def deepdream(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-m", "dream_server.cli", *map(str, args)],
         capture_output=True,
-        text=True,
         timeout=timeout,
         cwd=ROOT,
+    )
+    # Decoded by hand: text mode would turn the progress bar's carriage returns into newlines.
+    return subprocess.CompletedProcess(
+        run.args, run.returncode, run.stdout.decode(), run.stderr.decode()
     )
 
 
@@ -155,7 +158,10 @@ def test_lists_models_and_layers():
     assert "block10" in layers.stdout and "animals" in layers.stdout and "eyes" in layers.stdout
 
 
-def write_zero_width_png(path: Path) -> None:
+def write_png(
+    path: Path, width: int, height: int, bit_depth: int, colour_type: int, rows: bytes = b""
+) -> None:
+    """A PNG written by hand: sizes, depths and contents that Pillow would never write."""
     import struct
     import zlib
 
@@ -164,8 +170,25 @@ def write_zero_width_png(path: Path) -> None:
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    header = struct.pack(">IIBBBBB", 0, 10, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    pixels = chunk(b"IDAT", zlib.compress(rows)) if rows else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b""))
+
+
+def write_16_bit_rgba_png(path: Path) -> None:
+    width, height = 96, 64
+    rgba = np.zeros((height, width, 4), ">u2")
+    rgba[..., :3] = photo("chelsea.png", (width, height)).astype(np.uint16) * 257
+    rgba[..., 3] = 1394  # an alpha that 8 bits cannot hold
+    rows = b"".join(b"\0" + row.tobytes() for row in rgba)  # filter 0 before each row
+    write_png(path, width, height, 16, 6, rows)
+
+
+def on_a_terminal(text: str) -> str:
+    """What a terminal shows of `text`: a carriage return lets the next text overwrite the line,
+    which is how progress bars redraw and clear themselves."""
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
+    return "\n".join(line for line in lines if line)
 
 
 def out(folder: Path) -> Path:
@@ -214,6 +237,37 @@ BAD_INPUTS = {  # case: (arguments, given the folder and the cat photo; what the
         "mask is 10x10",
     ),
     "no output": (lambda d, cat: [cat], "-o OUTPUT"),
+    "output is the input": (lambda d, cat: [cat, "-o", cat], "is the input image itself"),
+    "output is the input spelled otherwise": (
+        lambda d, cat: [cat, "-o", d / ".." / d.name / "." / cat.name],
+        "is the input image itself",
+    ),
+    "output is a link to the input": (
+        lambda d, cat: [cat, "-o", d / "link.png"],
+        "is the input image itself",
+    ),
+    "output is the mask": (
+        lambda d, cat: [cat, "-o", d / "gray.png", "--mask", d / "gray.png"],
+        "is the mask image itself",
+    ),
+    "a weight that is not a number": (
+        lambda d, cat: [cat, "-o", out(d), "--layers", "block10:nan"],
+        "must be a number",
+    ),
+    "an infinite weight": (
+        lambda d, cat: [cat, "-o", out(d), "--layers", "block3:1,block10:-inf"],
+        "must be a number",
+    ),
+    "a fractional whole number": (
+        lambda d, cat: [cat, "-o", out(d), "--steps", "2.5"],
+        "'steps' must be a whole number",
+    ),
+    "a negative seed": (
+        lambda d, cat: [cat, "-o", out(d), "--seed", "-1"],
+        "from 0 to 2147483647",
+    ),
+    "16-bit colour": (lambda d, cat: [d / "rgba16.png", "-o", out(d)], "16 bits per colour"),
+    "decompression bomb": (lambda d, cat: [d / "bomb.png", "-o", out(d)], "megapixels"),
 }
 
 
@@ -222,17 +276,22 @@ def test_bad_input_gets_one_line_that_says_what_to_do_and_leaves_nothing(case, c
     folder = cat_png.parent
     (folder / "notes.png").write_text("shopping list")
     (folder / "truncated.png").write_bytes(cat_png.read_bytes()[:5000])
-    write_zero_width_png(folder / "empty.png")
+    write_png(folder / "empty.png", 0, 10, 8, 2)
+    write_png(folder / "bomb.png", 25_000, 25_000, 1, 0)  # 625 megapixels declared, none sent
+    write_16_bit_rgba_png(folder / "rgba16.png")
     Image.new("RGBA", (10, 10), (1, 2, 3, 4)).save(folder / "alpha.png")
-    before = set(folder.iterdir())
+    Image.new("L", (192, 128), 255).save(folder / "gray.png")
+    (folder / "link.png").symlink_to(cat_png)
+    before = {path: path.read_bytes() for path in folder.iterdir() if path.is_file()}
     make_args, expected = BAD_INPUTS[case]
     run = deepdream(*make_args(folder, cat_png))
     assert run.returncode == 2
-    message = run.stderr.strip()
+    message = on_a_terminal(run.stderr)
     assert "\n" not in message and "Traceback" not in message, message
     assert any(part in message for part in expected.split("|")), message
     assert message.startswith("deepdream: ")
-    assert set(folder.iterdir()) == before  # no output, no temporary file
+    after = {path: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    assert after == before  # nothing written, nothing changed, no temporary file
 
 
 def test_an_interrupted_run_leaves_no_file(tmp_path):
@@ -260,3 +319,57 @@ def test_a_failed_run_leaves_an_existing_output_untouched(cat_png, tmp_path):
     out.write_bytes(b"the user's earlier dream")
     assert deepdream(cat_png, "-o", out, "--layers", "nosuch").returncode == 2
     assert out.read_bytes() == b"the user's earlier dream"
+
+
+def test_a_phone_photo_comes_out_upright_with_its_colour_profile_and_resolution(tmp_path):
+    from PIL import ImageCms
+
+    # Phones store the sensor's pixels and an EXIF tag saying how to turn them (6: a quarter
+    # turn clockwise); every viewer shows the photo turned.
+    sideways = Image.fromarray(photo("chelsea.png", (192, 128)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    source = tmp_path / "phone.jpg"
+    sideways.save(source, exif=exif, icc_profile=profile, dpi=(300, 300), quality=95)
+    for suffix in (".png", ".jpg", ".tif"):
+        out = tmp_path / f"dream{suffix}"
+        assert deepdream(source, "-o", out, *QUICK, "-q").returncode == 0
+        with Image.open(out) as dreamed:
+            assert dreamed.size == (128, 192)  # upright, as the viewer showed it
+            assert dreamed.info.get("icc_profile") == profile
+            assert tuple(round(v) for v in dreamed.info["dpi"]) == (300, 300)
+
+
+def test_an_animated_image_says_that_only_its_first_frame_is_dreamed(tmp_path):
+    frames = [Image.fromarray(photo("chelsea.png", (96, 64))).rotate(angle) for angle in (0, 5, 10)]
+    source = tmp_path / "cat.gif"
+    frames[0].save(source, save_all=True, append_images=frames[1:], duration=100)
+    run = deepdream(source, "-o", tmp_path / "dream.png", *QUICK, "-q")
+    assert run.returncode == 0, run.stderr
+    assert "is animated (3 frames): only its first frame is dreamed" in run.stderr
+
+
+def test_a_channel_of_logits_is_a_class(cat_png, tmp_path):
+    out = tmp_path / "fox.png"
+    run = deepdream(cat_png, "-o", out, "--layers", "logits/277", "--octaves", "1", "-q")
+    assert run.returncode == 0, run.stderr  # 277 is "red fox"
+    sheet = tmp_path / "sheet.png"
+    visualize = ["--layer", "logits", "--channel", "277", "--steps", "4", "--size", "64", "-n", "1"]
+    run = deepdream("visualize", *visualize, "-o", sheet, "-q")
+    assert run.returncode == 0, run.stderr
+
+
+def test_a_neuron_off_the_layers_grid_is_refused(tmp_path):
+    run = deepdream(
+        "visualize", "--layer", "block9", "--neuron", "0,99999,-5", "--size", "64", "-o",
+        tmp_path / "sheet.png",
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "grid of 4x4 positions for images of 64 px" in run.stderr
+    assert not (tmp_path / "sheet.png").exists()
+
+
+def test_whole_numbers_may_be_written_in_exponent_form(cat_png, tmp_path):
+    run = deepdream(cat_png, "-o", tmp_path / "d.png", "--tile-size", "1e3", *QUICK, "-q")
+    assert run.returncode == 0, run.stderr
