@@ -23,7 +23,7 @@ import sys
 import venv
 from pathlib import Path
 
-from gimp_plugin.locations import ENDPOINT_FILE, INSTALL_RECORD, state_dir
+from gimp_plugin.locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, state_dir
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VENV = ROOT / ".venv"
@@ -135,8 +135,7 @@ def ensure_environment(venv_dir: Path, with_tests: bool) -> Path:
 
 def record_environment(python: Path) -> None:
     """Tell the plug-in's client which Python to start the dream server with."""
-    folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_state_dir()
     record = {"python": str(python), "project": str(ROOT)}
     (folder / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     say(f"recorded the environment in {folder / INSTALL_RECORD}")

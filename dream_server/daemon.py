@@ -21,6 +21,7 @@ import logging
 import logging.handlers
 import os
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -37,7 +38,7 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from gimp_plugin.dream_client import PROTOCOL_VERSION, Connection, DreamClient, DreamServerError
-from gimp_plugin.locations import ENDPOINT_FILE, log_path, state_dir
+from gimp_plugin.locations import ENDPOINT_FILE, ensure_state_dir, log_path, state_dir
 
 from . import __version__
 from .devices import devices
@@ -555,9 +556,27 @@ def take_lock(folder: Path):  # noqa: ANN201 - an open file holding the lock
     return handle
 
 
+class PrivateLogFile(logging.handlers.RotatingFileHandler):
+    """A rotating log readable by this user only: it names jobs, files and models."""
+
+    def _open(self):  # noqa: ANN202
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+class OneLinePerRecord(logging.Formatter):
+    """Escapes control characters in messages: a job id with a newline forges no log line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode() for c in record.message
+        )
+        return super().formatMessage(record)
+
+
 def setup_logging(path: Path, verbose: bool) -> None:
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=2_000_000, backupCount=2)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = PrivateLogFile(path, maxBytes=2_000_000, backupCount=2)
+    handler.setFormatter(OneLinePerRecord("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -593,17 +612,70 @@ def print_status() -> int:
     return 0
 
 
-def generate_keys(folder: Path) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    public_file, secret_file = zmq.auth.create_certificates(folder, "server")
-    os.chmod(secret_file, 0o600)
-    public, _ = zmq.auth.load_certificate(public_file)
+def certificate(public: bytes, secret: bytes | None = None) -> str:
+    """A CURVE certificate in the text format zmq.auth reads."""
+    kind = "Secret" if secret else "Public"
+    lines = [f"#   ZeroMQ CURVE {kind} Certificate, made by dream-server --gen-keys"]
+    if secret:
+        lines.append("#   Keep this file private: whoever has it can pose as the server.")
+    lines += ["", "metadata", "curve", f'    public-key = "{public.decode()}"']
+    if secret:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return "\n".join(lines) + "\n"
+
+
+def generate_keys(folder: Path, force: bool) -> int:
+    """A CURVE key pair for a server bound beyond this machine, in the format zmq.auth reads.
+
+    Existing keys are kept unless `force`: every client holds the old public key. The secret
+    key is private from its first byte: created exclusively with mode 0600, never widened.
+    """
+    public_file, secret_file = folder / "server.key", folder / "server.key_secret"
+    existing = [path for path in (public_file, secret_file) if path.exists()]
+    if existing and not force:
+        print(
+            f"dream-server: {existing[0]} exists: clients hold its public key. Keep it, or "
+            "replace both keys with --gen-keys DIR --force.",
+            file=sys.stderr,
+        )
+        return 2
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    public, secret = zmq.curve_keypair()
+    write_new_file(secret_file, certificate(public, secret), 0o600)
+    write_new_file(public_file, certificate(public), 0o644)
     print(f"Wrote {public_file} and {secret_file}.")
-    print(
-        f"Start the server with --curve-dir {folder}; "
-        f"clients set DEEPDREAM_SERVER_KEY={public.decode()}"
-    )
+    print(f"Start the server with --curve-dir {shlex.quote(str(folder))}; clients set")
+    print(f"  export DEEPDREAM_SERVER_KEY={shlex.quote(public.decode())}")
     return 0
+
+
+def write_new_file(path: Path, text: str, mode: int) -> None:
+    """Write a file that nobody can read before its mode applies: created exclusively under a
+    temporary name with `mode`, then renamed over `path`."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def at_least(minimum: float, kind: type):  # noqa: ANN201 - an argparse type callable
+    noun = "a whole number" if kind is int else "a number"
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not value >= minimum:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be {minimum:g} or more, got {text}")
+        return value
+
+    return convert
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,16 +693,18 @@ def main(argv: list[str] | None = None) -> int:
         help="where to dream, one worker each: e.g. cuda:0,cuda:1 or cpu,cpu "
         "(default auto: every CUDA GPU, else Apple's MPS, else the CPU)",
     )
-    parser.add_argument("--max-models", type=int, default=2, help="models kept loaded")
+    parser.add_argument(
+        "--max-models", type=at_least(1, int), default=2, help="models kept loaded per worker"
+    )
     parser.add_argument(
         "--max-pixels",
-        type=int,
+        type=at_least(1, int),
         default=DEFAULT_MAX_PIXELS,
         help="largest image accepted, in pixels",
     )
     parser.add_argument(
         "--idle-exit",
-        type=float,
+        type=at_least(0, float),
         default=0,
         metavar="MINUTES",
         help="exit after this many minutes without work (0: never)",
@@ -639,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         "--curve-dir", type=Path, help="folder with server.key_secret (see --gen-keys)"
     )
     parser.add_argument("--gen-keys", type=Path, metavar="DIR", help="create CURVE keys and exit")
+    parser.add_argument("--force", action="store_true", help="with --gen-keys: replace keys")
     parser.add_argument(
         "--status", action="store_true", help="describe the running server and exit"
     )
@@ -647,10 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         return print_status()
     if args.gen_keys:
-        return generate_keys(args.gen_keys)
+        return generate_keys(args.gen_keys, args.force)
 
-    folder = state_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ensure_state_dir()
     lock = take_lock(folder)
     if lock is None:
         running = Connection.from_endpoint_file()

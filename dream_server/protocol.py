@@ -110,7 +110,7 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
         raise BadMessage(
             "bad_token", "Missing or wrong token: read it from the endpoint file.", job
         )
-    if header.get("v") != PROTOCOL_VERSION:
+    if type(header.get("v")) is not int or header["v"] != PROTOCOL_VERSION:  # not True, not 1.0
         raise BadMessage(
             "bad_version", f"Protocol version {header.get('v')!r} is not {PROTOCOL_VERSION}.", job
         )

@@ -19,9 +19,9 @@ from pathlib import Path
 import zmq
 
 try:
-    from .locations import ENDPOINT_FILE, INSTALL_RECORD, log_path, state_dir
+    from .locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
 except ImportError:  # installed into GIMP's plug-in folder, next to locations.py
-    from locations import ENDPOINT_FILE, INSTALL_RECORD, log_path, state_dir
+    from locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
 
 PROTOCOL_VERSION = 1
 ITEM_SIZES = {"u8": 1, "f32": 4}
@@ -336,7 +336,7 @@ def start_local_server() -> Connection:
             "DeepDream folder."
         ) from None
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    state_dir().mkdir(parents=True, exist_ok=True)
+    ensure_state_dir()
     try:
         with open(log_path(), "a") as log:  # errors before the server's own logging starts
             process = subprocess.Popen(

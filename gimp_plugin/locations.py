@@ -28,5 +28,14 @@ def state_dir() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "deepdream"
 
 
+def ensure_state_dir() -> Path:
+    """The state folder, created private to this user (it holds the server's token)."""
+    folder = state_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "posix" and folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)  # made by an older release, or by hand
+    return folder
+
+
 def log_path() -> Path:
     return state_dir() / LOG_FILE

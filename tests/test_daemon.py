@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+import zmq.auth
 from conftest import ROOT, photo, start_server
 
 from dream_server.devices import devices
@@ -493,6 +495,78 @@ def test_a_visualize_request_is_checked_like_any_other(server):
     raw.send({"type": "visualize", "job": "v2", "params": {}}, b"unexpected pixels")
     assert raw.wait_for("error")["code"] == "bad_frames"
     raw.close()
+
+
+def test_requests_that_would_fail_inside_the_engine_are_refused_at_the_door(server):
+    raw = Raw(server)
+    for job, params in [
+        ("nan", {"layers": "block10:nan"}),
+        ("inf", {"layers": "block3:1,block10:inf"}),
+    ]:
+        raw.submit(job, cat_pixels(3, "u8"), {**QUICK, "preset": "custom", **params})
+        reply = raw.wait_for("error")
+        assert (reply["job"], reply["code"]) == (job, "bad_parameter"), reply
+    raw.send({"type": "visualize", "job": "grid", "params": {"layer": "block9",
+              "neuron": "0,99999,-5", "steps": 2, "size": 64, "samples": 1}})  # fmt: skip
+    reply = raw.wait_for("error")
+    assert reply["code"] == "bad_parameter" and "grid of 4x4" in reply["message"]
+    raw.send({"v": True, "type": "hello"})
+    assert raw.wait_for("error")["code"] == "bad_version"
+    raw.close()
+
+
+def test_a_visualize_job_shows_a_class_as_a_channel_of_logits(server):
+    with DreamClient(server.connection) as client:
+        params = {"layer": "logits", "channel": 999, "steps": 2, "size": 64, "samples": 1}
+        size, [(label, image)] = client.visualize(params)
+    assert size == 64 and len(image) == 64 * 64 * 3
+    assert label.startswith("logits/999")
+
+
+def test_bad_server_options_are_refused_at_start(tmp_path):
+    for option in (["--max-models", "-1"], ["--max-pixels", "-5"], ["--idle-exit", "-1"],
+                   ["--max-models", "two"], ["--devices", "gpu"]):  # fmt: skip
+        run = run_dream_server(tmp_path, *option)
+        assert run.returncode == 2, option
+        assert option[0] in run.stderr or "Unknown device 'gpu'" in run.stderr, run.stderr
+    assert not (tmp_path / "endpoint.json").exists()
+
+
+def test_keys_are_never_replaced_silently_and_the_secret_is_private_from_the_start(tmp_path):
+    keys = tmp_path / "keys"
+    run = run_dream_server(tmp_path, "--gen-keys", str(keys))
+    assert run.returncode == 0, run.stderr
+    secret = keys / "server.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    public, secret_key = zmq.auth.load_certificate(secret)
+    assert secret_key is not None
+    assert f"export DEEPDREAM_SERVER_KEY={shlex.quote(public.decode())}" in run.stdout
+    before = secret.read_bytes()
+    again = run_dream_server(tmp_path, "--gen-keys", str(keys))
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert secret.read_bytes() == before
+    forced = run_dream_server(tmp_path, "--gen-keys", str(keys), "--force")
+    assert forced.returncode == 0 and secret.read_bytes() != before
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_the_state_folder_and_the_log_are_private_and_job_ids_forge_no_log_lines(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)  # as an earlier release left it
+    running = start_server(home)
+    try:
+        raw = Raw(running)
+        raw.submit("evil\n2099-01-01 INFO forged: all is well\x00", cat_pixels(3, "u8"), QUICK)
+        raw.wait_for("result", timeout_s=60)
+        raw.close()
+    finally:
+        running.stop()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    log = home / "dream-server.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    lines = log.read_text().splitlines()
+    assert not any(line.startswith("2099") for line in lines)
+    assert any("evil\\n2099-01-01 INFO forged: all is well\\x00" in line for line in lines)
 
 
 @pytest.fixture(scope="module")
