@@ -63,6 +63,9 @@ HEARTBEAT_TIMEOUT_S = 5.0
 """A client that sent nothing for this long while its job waits or runs has gone away (a closed
 connection is noticed at once, through the socket monitor)."""
 PROGRESS_INTERVAL_S = 0.1
+PROBE_AFTER_DISCONNECT_S = 1.5
+"""How long after a connection closes the clients with jobs are asked whether they are there:
+libzmq may take a moment to retire the closed connection's routing id."""
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_QUEUED_JOBS = 32
 LOCK_FILE = "daemon.lock"
@@ -253,7 +256,9 @@ class DreamServer:
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)  # replies to vanished clients drop quietly
+        # A reply to a client whose connection has closed fails instead of vanishing: that is
+        # how the loop learns which client went, by its routing id (see _send).
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_pixels * 16 + (1 << 20))
         if curve_secret is not None:
             self.router.curve_server = True
@@ -282,7 +287,9 @@ class DreamServer:
         """Each client's jobs not yet running, in order."""
         self.last_served: dict[bytes, float] = {}
         self.last_heard: dict[bytes, float] = {}
-        self.client_fds: dict[bytes, int] = {}
+        self.gone: set[bytes] = set()
+        """Clients whose connection is known to have closed."""
+        self.probe_until = 0.0
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
         self.counters = collections.Counter()
@@ -310,9 +317,10 @@ class DreamServer:
                     if socket in events:
                         self._forward_worker_replies(socket, worker)
                 if monitor in events:
-                    self._cancel_jobs_of_closed_connections(monitor)
+                    self._note_closed_connections(monitor)
                 if self.router in events:
                     self._handle_requests()
+                self._probe_clients_with_jobs()
                 self._cancel_abandoned_jobs()
                 self._dispatch()
                 if not all(worker.is_alive() for worker in self.workers):
@@ -337,15 +345,20 @@ class DreamServer:
             else:
                 self.context.term()
 
-    def _cancel_jobs_of_closed_connections(self, monitor: zmq.Socket) -> None:
+    def _note_closed_connections(self, monitor: zmq.Socket) -> None:
+        """Some connection closed. Which one the event cannot say: its file descriptor number
+        may already belong to a new connection. So the clients with jobs are asked, by routing
+        id, for the next while: a reply to a closed connection fails (see _send)."""
         while monitor.poll(0):
-            event = recv_monitor_message(monitor)
-            closed = [c for c, fd in self.client_fds.items() if fd == event["value"]]
-            for client in closed:
-                del self.client_fds[client]
-                for job in [j for j in self.jobs.values() if j.client == client]:
-                    if not job.cancelling:
-                        self._stop_job(job, "its client's connection closed")
+            recv_monitor_message(monitor)
+            self.probe_until = time.monotonic() + PROBE_AFTER_DISCONNECT_S
+
+    def _probe_clients_with_jobs(self) -> None:
+        if time.monotonic() > self.probe_until:
+            return
+        for client, job_id in {job.client: job.id for job in self.jobs.values()}.items():
+            # a `pong` for its own job: every client takes it as a sign of life, nothing more
+            self._send(client, encode("pong", job=job_id, known=True))
 
     def _idle_too_long(self) -> bool:
         if not self.idle_exit_s or self.jobs:
@@ -359,7 +372,7 @@ class DreamServer:
                 self.jobs.pop(job_id.bytes.decode(), None)
                 self.idle.append(worker)
                 self.last_activity = time.monotonic()
-            self.router.send_multipart([client, *reply], copy=False)
+            self._send(client.bytes, *reply)
 
     def _dispatch(self) -> None:
         """Start waiting jobs on idle workers, one client's job at a time, clients in turn."""
@@ -388,8 +401,6 @@ class DreamServer:
                 self.counters["dropped"] += 1
                 continue
             client = frames[0].bytes
-            with contextlib.suppress(zmq.ZMQError):
-                self.client_fds[client] = frames[1].get(zmq.SRCFD)
             try:
                 self._handle(client, frames[1], frames[2:])
             except BadMessage as err:
@@ -404,7 +415,31 @@ class DreamServer:
                                            f"see {log_path()}."))  # fmt: skip
 
     def _reply(self, client: bytes, header: bytes, *frames: Any) -> None:
-        self.router.send_multipart([client, header, *frames], copy=False)
+        self._send(client, header, *frames)
+
+    def _send(self, client: bytes, *frames: Any) -> None:
+        """Send to one client; a client whose connection has closed loses its jobs."""
+        if client in self.gone:
+            return
+        try:
+            self.router.send_multipart([client, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # Its queue of unread replies is full (ZeroMQ's high-water mark): this reply is
+            # dropped, and the jobs of a client that does not read end here.
+            self._stop_jobs_of(client, "its client does not read its replies")
+        except zmq.ZMQError as err:
+            if err.errno != zmq.EHOSTUNREACH:
+                raise
+            self._client_gone(client, "its client's connection closed")
+
+    def _client_gone(self, client: bytes, why: str) -> None:
+        self.gone.add(client)
+        self._stop_jobs_of(client, why)
+
+    def _stop_jobs_of(self, client: bytes, why: str) -> None:
+        for job in [j for j in self.jobs.values() if j.client == client]:
+            if not job.cancelling:
+                self._stop_job(job, why)
 
     def _handle(self, client: bytes, header_frame: zmq.Frame, frames: list) -> None:
         header = decode_header(header_frame.bytes, self.token)
@@ -475,6 +510,7 @@ class DreamServer:
             if now - heard > 60 and not any(job.client == client for job in self.jobs.values()):
                 del self.last_heard[client]
                 self.last_served.pop(client, None)
+                self.gone.discard(client)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -687,3 +687,24 @@ while True:
     while socket.poll(0):
         socket.recv_multipart()
 """
+
+
+def test_connections_closing_while_others_arrive_cancel_no_one_elses_job(server):
+    # The operating system hands a new connection the number of one that just closed: a
+    # disconnection must end only the jobs of its own connection.
+    tiny = cat_pixels(3, "u8", size=(64, 64))
+    lost = []
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:  # a loaded machine widens the window between a close and its notice
+        for attempt in range(300):
+            with DreamClient(server.connection) as poller:  # what `dream-server --status` does
+                poller.status()
+            try:
+                dream_alone(server, tiny, {"octaves": 1, "steps": 1, "preset": "textures"})
+            except DreamServerError as err:
+                lost.append((attempt, str(err)))
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert lost == []
