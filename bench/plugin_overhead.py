@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +62,7 @@ with open(OUT, "w") as out:
 def main(repeats: int = 5) -> None:
     gimp = find_gimp(build=True)
     scratch = gimp.scratch_dir()
-    home = Path(tempfile.mkdtemp(prefix="dream-bench-"))
+    home = scratch / "server-home"  # its socket file must be where GIMP can see it
     profile = scratch / "profile"
     install = install_plugin(profile, home)
     if install.returncode != 0:
@@ -78,7 +77,7 @@ def main(repeats: int = 5) -> None:
         environment = {
             "HOME": gimp.inside(scratch),
             "GIMP3_DIRECTORY": gimp.inside(profile),
-            "DEEPDREAM_ENDPOINT": connection.endpoint,
+            "DEEPDREAM_ENDPOINT": "ipc://" + gimp.inside(Path(connection.endpoint[6:])),
             "DEEPDREAM_TOKEN": connection.token,
         }
         command = gimp.batch_command(script, environment)

@@ -15,6 +15,7 @@ import argparse
 import collections
 import contextlib
 import fcntl
+import hmac
 import ipaddress
 import json
 import logging
@@ -35,9 +36,16 @@ import numpy as np
 import torch
 import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from gimp_plugin.dream_client import PROTOCOL_VERSION, Connection, DreamClient, DreamServerError
+from gimp_plugin.dream_client import (
+    PROTOCOL_VERSION,
+    Connection,
+    DreamClient,
+    DreamServerError,
+    client_keypair,
+)
 from gimp_plugin.locations import ENDPOINT_FILE, ensure_state_dir, log_path, state_dir
 
 from . import __version__
@@ -69,6 +77,9 @@ libzmq may take a moment to retire the closed connection's routing id."""
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_QUEUED_JOBS = 32
 LOCK_FILE = "daemon.lock"
+SOCKET_FILE = "dream-server.sock"
+MAX_SOCKET_PATH = 104
+"""Bytes in a Unix socket's path, with its terminating NUL (macOS allows 104, Linux 108)."""
 
 
 @dataclass
@@ -236,6 +247,16 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class _OnlyKnownClients:
+    """ZeroMQ's authentication asks this about each CURVE client key at the handshake."""
+
+    def __init__(self, allowed: bytes) -> None:
+        self.allowed = allowed
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return hmac.compare_digest(key, self.allowed)
+
+
 class DreamServer:
     """The daemon's main loop: one ROUTER socket, requests checked before any work is done,
     jobs handed to the next free worker, taking the clients in turn."""
@@ -260,9 +281,19 @@ class DreamServer:
         # how the loop learns which client went, by its routing id (see _send).
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_pixels * 16 + (1 << 20))
-        if curve_secret is not None:
+        self.authenticator = None
+        if not bind.startswith("ipc://"):
+            # Over TCP, even on the loopback, nobody may send a byte without the token: CURVE
+            # with a server key (its own, or one made for this run) and, checked by ZeroMQ's
+            # authentication handler, the one client key that the token gives.
+            self.server_key, secret_key = curve_secret or zmq.curve_keypair()
             self.router.curve_server = True
-            self.router.curve_publickey, self.router.curve_secretkey = curve_secret
+            self.router.curve_publickey, self.router.curve_secretkey = self.server_key, secret_key
+            self.authenticator = ThreadAuthenticator(self.context)
+            self.authenticator.start()
+            self.authenticator.configure_curve_callback(
+                "*", _OnlyKnownClients(client_keypair(token)[0])
+            )
         if bind.endswith(":0"):
             port = self.router.bind_to_random_port(bind.rsplit(":", 1)[0])
             bind = f"{bind.rsplit(':', 1)[0]}:{port}"
@@ -340,6 +371,8 @@ class DreamServer:
             self.router.close(linger=0)
             for socket in self.worker_sockets:
                 socket.close(linger=0)
+            if self.authenticator is not None:
+                self.authenticator.stop()
             if any(worker.is_alive() for worker in self.workers):
                 self.context.destroy(linger=0)  # stuck in a long computation: do not wait
             else:
@@ -558,6 +591,15 @@ class DreamServer:
         }
 
 
+def default_bind(folder: Path) -> str:
+    """A socket file in the private state folder where the system has them: only this user can
+    connect, and nobody else can take its place after a crash. Elsewhere the loopback."""
+    path = folder / SOCKET_FILE
+    if os.name == "posix" and len(str(path).encode()) < MAX_SOCKET_PATH:
+        return f"ipc://{path}"
+    return "tcp://127.0.0.1:0"
+
+
 def is_loopback(bind: str) -> bool:
     if bind.startswith(("ipc://", "inproc://")):
         return True
@@ -718,8 +760,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dream-server", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--bind",
-        default="tcp://127.0.0.1:0",
-        help="ZeroMQ endpoint to listen on (default: loopback, a free port)",
+        help="ZeroMQ endpoint to listen on (default: a socket file in the state folder, which "
+        "only this user can reach; on Windows the loopback, a free port, with CURVE)",
     )
     parser.add_argument(
         "--devices",
@@ -781,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    args.bind = args.bind or default_bind(folder)
     if not is_loopback(args.bind) and curve is None:
         print(
             f"dream-server: refusing to listen on {args.bind} without encryption: create keys "
@@ -806,8 +849,8 @@ def main(argv: list[str] | None = None) -> int:
         "log": str(log_path()),
         "protocol": PROTOCOL_VERSION,
     }
-    if curve is not None:
-        record["server_key"] = curve[0].decode()
+    if server.authenticator is not None:
+        record["server_key"] = server.server_key.decode()
     write_endpoint_file(endpoint_file, record)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stopping.set())

@@ -8,6 +8,7 @@ writes, and starts a server from the environment `install.py` recorded when none
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import zmq
+from zmq.utils import z85
 
 try:
     from .locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
@@ -51,6 +53,14 @@ class DreamServerError(Exception):
 class DreamCancelledError(DreamServerError):
     def __init__(self) -> None:
         super().__init__("The dream was cancelled.", "cancelled")
+
+
+def client_keypair(token: str) -> tuple[bytes, bytes]:
+    """The CURVE key pair of every client that knows `token`: the server lets in this public key
+    and no other, so that a peer without the token is refused before it can send a byte."""
+    seed = hashlib.sha256(b"deepdream client key\0" + token.encode()).digest()
+    secret = z85.encode(seed)
+    return zmq.curve_public(secret), secret
 
 
 class Connection:
@@ -123,9 +133,17 @@ class DreamClient:
     def _connect_and_greet(self, connection: Connection) -> None:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
-        if connection.server_key:
-            public, secret = zmq.curve_keypair()
-            socket.curve_publickey, socket.curve_secretkey = public, secret
+        if not connection.endpoint.startswith("ipc://"):
+            if not connection.server_key:
+                socket.close(linger=0)
+                raise DreamServerError(
+                    f"The dream server at {connection.endpoint} needs its public key: set "
+                    "DEEPDREAM_SERVER_KEY to the `server_key` of its endpoint.json."
+                )
+            # CURVE both ways: only the server holding the key's secret half completes the
+            # handshake, so an impostor on the endpoint hears nothing, not even the token; and
+            # only a client that knows the token has a key the server lets in.
+            socket.curve_publickey, socket.curve_secretkey = client_keypair(connection.token)
             socket.curve_serverkey = connection.server_key.encode()
         socket.connect(connection.endpoint)
         self._socket, self.connection = socket, connection

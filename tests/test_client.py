@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 from conftest import ROOT
 
 from dream_server.devices import devices
@@ -82,6 +83,7 @@ def test_a_server_that_cannot_start_points_at_its_log(home):
 def test_an_explicit_endpoint_that_does_not_answer_is_not_replaced(home, monkeypatch):
     monkeypatch.setenv("DEEPDREAM_ENDPOINT", "tcp://127.0.0.1:9")
     monkeypatch.setenv("DEEPDREAM_TOKEN", "x")
+    monkeypatch.setenv("DEEPDREAM_SERVER_KEY", zmq.curve_keypair()[0].decode())
     with pytest.raises(DreamServerError, match="No dream server answered at tcp://127.0.0.1:9"):
         DreamClient()
     assert not (home / "endpoint.json").exists()

@@ -380,10 +380,89 @@ def test_a_wrong_or_missing_token_is_refused(server):
     assert queue_of(server) == []
 
 
-def test_the_default_bind_is_loopback_and_the_endpoint_file_is_private(server):
-    assert server.record["endpoint"].startswith("tcp://127.0.0.1:")
-    mode = stat.S_IMODE((server.home / "endpoint.json").stat().st_mode)
-    assert mode == 0o600
+def test_the_default_endpoint_is_a_socket_that_only_this_user_can_reach(server):
+    socket_file = server.home / "dream-server.sock"
+    assert server.record["endpoint"] == f"ipc://{socket_file}"
+    assert stat.S_ISSOCK(socket_file.stat().st_mode)
+    assert stat.S_IMODE(server.home.stat().st_mode) == 0o700  # nobody else may enter
+    assert stat.S_IMODE((server.home / "endpoint.json").stat().st_mode) == 0o600
+    assert "server_key" not in server.record
+
+
+@pytest.fixture(scope="module")
+def tcp_server(tmp_path_factory):
+    running = start_server(tmp_path_factory.mktemp("tcp-home"), "--bind", "tcp://127.0.0.1:0")
+    yield running
+    running.stop()
+
+
+def resident_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+        / 1024
+    )
+
+
+def test_over_tcp_nobody_without_the_token_makes_the_server_hold_memory(tcp_server):
+    server = tcp_server
+    assert server.record["endpoint"].startswith("tcp://127.0.0.1:") and server.record["server_key"]
+    assert dream_alone(server, cat_pixels(3, "u8"), QUICK)  # warm: its model is loaded
+    before = resident_mb(server.process.pid)
+    big = bytes(100 << 20)
+    header = json.dumps({"v": 1, "token": "guess", "type": "hello"}).encode()
+    senders = []
+    for mechanism in ("null", "curve with a key of its own"):
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        if mechanism != "null":  # knows the server's public key, which may be shared
+            socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()
+            socket.curve_serverkey = server.record["server_key"].encode()
+        socket.connect(server.record["endpoint"])
+        for _ in range(4):
+            socket.send_multipart([header, big, big], copy=False)
+        senders.append(socket)
+    time.sleep(3)
+    grown = resident_mb(server.process.pid) - before
+    for socket in senders:
+        assert not socket.poll(0), "an unauthenticated peer got an answer"
+        socket.close(linger=0)
+    print(f"800 MB sent by each of two peers without the token: the server grew by {grown:.0f} MB")
+    assert grown < 50
+    assert dream_alone(server, cat_pixels(3, "u8"), QUICK)  # and it serves those who know
+
+
+def test_a_squatter_on_a_dead_servers_endpoint_gets_neither_token_nor_pixels(tmp_path):
+    server = start_server(tmp_path / "home", "--bind", "tcp://127.0.0.1:0")
+    record = server.record
+    server.process.kill()
+    server.process.wait()
+    context = zmq.Context.instance()
+    squatters = []
+    for mechanism in ("null", "curve"):  # whatever the squatter speaks, it hears nothing
+        squatter = context.socket(zmq.ROUTER)
+        squatter.setsockopt(zmq.LINGER, 0)
+        if mechanism == "curve":
+            squatter.curve_server = True
+            squatter.curve_publickey, squatter.curve_secretkey = zmq.curve_keypair()
+        squatters.append(squatter)
+    squatters[0].bind(record["endpoint"])
+    heard = []
+    with pytest.raises(DreamServerError, match="No dream server answered"):
+        DreamClient(server.connection, start_server=False)
+    while squatters[0].poll(100):
+        heard.append(squatters[0].recv_multipart())
+    squatters[0].unbind(record["endpoint"])
+    time.sleep(0.2)
+    squatters[1].bind(record["endpoint"])
+    with pytest.raises(DreamServerError, match="No dream server answered"):
+        DreamClient(server.connection, start_server=False)
+    while squatters[1].poll(100):
+        heard.append(squatters[1].recv_multipart())
+    for squatter in squatters:
+        squatter.close(linger=0)
+    assert heard == []
+    assert not any(record["token"].encode() in frame for message in heard for frame in message)
 
 
 def run_dream_server(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -443,9 +522,12 @@ def test_a_public_bind_with_curve_keys_serves_clients_that_know_the_server_key(t
         with DreamClient(connection) as client:
             pixels = cat_pixels(3, "u8")
             assert len(client.dream(pixels.tobytes(), 96, 64, 3, QUICK)) == pixels.size
-        connection.server_key = None  # plain text against an encrypted server: no answer
-        with pytest.raises(DreamServerError, match="No dream server answered"):
+        connection.server_key = None  # no key: the client says which is missing
+        with pytest.raises(DreamServerError, match="set DEEPDREAM_SERVER_KEY"):
             DreamClient(connection)
+        connection.server_key, connection.token = remote.record["server_key"], "stale"
+        with pytest.raises(DreamServerError, match="No dream server answered"):
+            DreamClient(connection)  # a wrong token: refused at the handshake
     finally:
         remote.stop()
 

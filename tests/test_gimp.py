@@ -59,6 +59,17 @@ def workspace(gimp):
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+def server_for_gimp(gimp: Gimp, server) -> dict[str, str]:  # noqa: ANN001
+    """The variables that point GIMP at the test's server: its socket file as GIMP sees it."""
+    endpoint = server.record["endpoint"]
+    if endpoint.startswith("ipc://"):
+        endpoint = "ipc://" + gimp.inside(Path(endpoint.removeprefix("ipc://")))
+    variables = {"DEEPDREAM_ENDPOINT": endpoint, "DEEPDREAM_TOKEN": server.record["token"]}
+    if "server_key" in server.record:
+        variables["DEEPDREAM_SERVER_KEY"] = server.record["server_key"]
+    return variables
+
+
 def run_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | None = None) -> dict:
     process = start_gimp(gimp, workspace, scenarios, endpoint)
     process.wait(timeout=300)
@@ -79,10 +90,11 @@ def start_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | Non
         "HOME": gimp.inside(scratch / "home"),
         "GIMP3_DIRECTORY": gimp.inside(profile),
         "DEEPDREAM_SCENARIOS": gimp.inside(scratch / "scenarios.json"),
-        "DEEPDREAM_ENDPOINT": endpoint or server.record["endpoint"],
-        "DEEPDREAM_TOKEN": server.record["token"],
+        **server_for_gimp(gimp, server),
         "DEEPDREAM_HOME": gimp.inside(scratch / "home"),
     }
+    if endpoint is not None:
+        environment["DEEPDREAM_ENDPOINT"] = endpoint
     script = ROOT / "tests" / "gimp" / "scenarios.py"
     if gimp.root is not None:  # the root cannot see the project: copy the script in
         script = Path(shutil.copy(script, scratch / "scenarios.py"))
@@ -343,9 +355,10 @@ def test_cancelling_kills_the_plug_in_and_leaves_the_image_as_it_was(gimp, works
 
 def test_an_unreachable_server_gives_a_clear_error_and_changes_nothing(gimp, workspace):
     scenario = {"name": "unreachable", "ellipse": ELLIPSE, "params": QUICK}
-    report = run_gimp(gimp, workspace, [scenario], endpoint="tcp://127.0.0.1:9")["unreachable"]
+    nobody = f"ipc://{gimp.inside(workspace[0])}/nobody.sock"
+    report = run_gimp(gimp, workspace, [scenario], endpoint=nobody)["unreachable"]
     assert report["status"] == "execution-error"
-    assert "No dream server answered at tcp://127.0.0.1:9" in report["message"]
+    assert f"No dream server answered at {nobody}" in report["message"]
     assert report["layers_after"] == report["layers_before"]
 
 
@@ -400,8 +413,7 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         "HOME": gimp.inside(scratch / "home"),
         "DISPLAY": display,
         "GIMP3_DIRECTORY": gimp.inside(profile),
-        "DEEPDREAM_ENDPOINT": server.record["endpoint"],
-        "DEEPDREAM_TOKEN": server.record["token"],
+        **server_for_gimp(gimp, server),
     }
     xvfb = subprocess.Popen(
         gimp.command("Xvfb", [display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"], {}),
