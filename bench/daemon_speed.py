@@ -1,7 +1,8 @@
 """The dream server's own costs, side by side with what they compare to, in one run.
 
 1. Round trip of a 4000x3000 RGBA u8 frame through the server with a no-op job (strength 0),
-   against a plain copy of the same buffer (target: at most 3x the copy).
+   against a plain copy of the same buffer (target: at most 3x the copy): through the default
+   socket file, and through TCP on the loopback, which is encrypted (CURVE).
 2. Cold start: process start to `hello_ok`, with the default model (target: under 5 s).
 3. On a warm server: `submit` to the first `progress` (target: under 0.5 s).
 
@@ -26,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gimp_plugin.dream_client import Connection, DreamClient  # noqa: E402
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen, float, Connection]:
+def start_server(home: Path, *options: str) -> tuple[subprocess.Popen, float, Connection]:
     """Start a server and time it until it answers hello."""
     environment = {**os.environ, "DEEPDREAM_HOME": str(home)}
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dream_server.daemon"],
+        [sys.executable, "-m", "dream_server.daemon", *options],
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -53,12 +54,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    width, height = 4000, 3000
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 4), np.uint8)
+    buffer = pixels.tobytes()
     home = Path(tempfile.mkdtemp(prefix="dream-bench-"))
     process, cold_start, connection = start_server(home)
     try:
-        width, height = 4000, 3000
-        pixels = np.random.default_rng(0).integers(0, 256, (height, width, 4), np.uint8)
-        buffer = pixels.tobytes()
         copies, trips, first_progress = [], [], []
         with DreamClient(connection) as client:
             for _ in range(args.repeats):
@@ -82,19 +83,36 @@ def main() -> None:
                     on_progress=lambda *_, seen=seen: seen.append(time.perf_counter()),
                 )
                 first_progress.append(seen[0] - t0)
-        copy_s, trip_s = statistics.median(copies), statistics.median(trips)
-        latency = statistics.median(first_progress)
-        print(f"median of {args.repeats}")
-        print(
-            f"4000x3000 RGBA u8 ({len(buffer) / 1e6:.0f} MB): plain copy {copy_s * 1000:.1f} ms, "
-            f"round trip through the server {trip_s * 1000:.1f} ms = {trip_s / copy_s:.1f}x "
-            "the copy (target at most 3x)"
-        )
-        print(f"cold start to hello_ok: {cold_start:.2f} s (target under 5 s)")
-        print(f"warm submit to first progress: {latency * 1000:.0f} ms (target under 500 ms)")
     finally:
         process.terminate()
         process.wait()
+    tcp_home = Path(tempfile.mkdtemp(prefix="dream-bench-tcp-"))
+    process, _, connection = start_server(tcp_home, "--bind", "tcp://127.0.0.1:0")
+    try:
+        tcp_trips = []
+        with DreamClient(connection) as client:
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                result = client.dream(buffer, width, height, 4, {"strength": 0.0})
+                tcp_trips.append(time.perf_counter() - t0)
+                assert bytes(result) == buffer
+    finally:
+        process.terminate()
+        process.wait()
+    copy_s, trip_s = statistics.median(copies), statistics.median(trips)
+    tcp_s = statistics.median(tcp_trips)
+    latency = statistics.median(first_progress)
+    print(f"median of {args.repeats}")
+    print(
+        f"4000x3000 RGBA u8 ({len(buffer) / 1e6:.0f} MB): plain copy {copy_s * 1000:.1f} ms, "
+        f"round trip through the server {trip_s * 1000:.1f} ms = {trip_s / copy_s:.1f}x "
+        "the copy (target at most 3x)"
+    )
+    print(
+        f"the same through TCP with CURVE: {tcp_s * 1000:.1f} ms = {tcp_s / copy_s:.1f}x the copy"
+    )
+    print(f"cold start to hello_ok: {cold_start:.2f} s (target under 5 s)")
+    print(f"warm submit to first progress: {latency * 1000:.0f} ms (target under 500 ms)")
 
 
 if __name__ == "__main__":
