@@ -168,6 +168,17 @@ class DreamClient:
             )
         self.server_info = header
 
+    @property
+    def server_log(self) -> str:
+        """Where the server's log is, said so that the reader finds it: on another machine, the
+        path there."""
+        endpoint = self.connection.endpoint
+        host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        where = self.server_info.get("log")
+        if endpoint.startswith("ipc://") or host in ("127.0.0.1", "localhost", "::1"):
+            return where or str(log_path())
+        return f"the dream server's log on {host} ({where or 'in its state folder'} there)"
+
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close(linger=200)  # long enough for a last cancel to leave
@@ -273,13 +284,13 @@ class DreamClient:
                 if now - last_heard > SERVER_SILENCE_S:
                     raise DreamServerError(
                         f"The dream server stopped answering in the middle of the dream: it may "
-                        f"have crashed or been stopped. See {log_path()}, then try again."
+                        f"have crashed or been stopped. See {self.server_log}, then try again."
                     )
                 if now - last_progress > self.inactivity_timeout_s:
                     self.cancel(job)
                     raise DreamServerError(
                         f"The dream made no progress for {self.inactivity_timeout_s:g} s and was "
-                        f"cancelled. See {log_path()}."
+                        f"cancelled. See {self.server_log}."
                     )
                 continue
             last_heard = now
@@ -290,7 +301,7 @@ class DreamClient:
             if kind == "pong" and header.get("known") is False:
                 raise DreamServerError(
                     f"The dream server no longer has this job (it may have been restarted or the "
-                    f"connection was cut): try again. See {log_path()}."
+                    f"connection was cut): try again. See {self.server_log}."
                 )
             if kind == "progress":
                 last_progress = now

@@ -294,7 +294,8 @@ def test_bad_input_gets_one_line_that_says_what_to_do_and_leaves_nothing(case, c
     assert after == before  # nothing written, nothing changed, no temporary file
 
 
-def test_an_interrupted_run_leaves_no_file(tmp_path):
+@pytest.mark.parametrize("when", ["while loading", "while dreaming"])
+def test_an_interrupted_run_says_so_in_one_line_and_leaves_no_file(tmp_path, when):
     source, out = tmp_path / "coffee.png", tmp_path / "dream.png"
     Image.fromarray(photo("coffee.png")).save(source)
     process = subprocess.Popen(
@@ -304,13 +305,18 @@ def test_an_interrupted_run_leaves_no_file(tmp_path):
         cwd=ROOT,
     )
     os.set_blocking(process.stderr.fileno(), False)
+    awaited = b"loading" if when == "while loading" else b"dreaming"
     seen, deadline = b"", time.monotonic() + 120
-    while b"dreaming" not in seen and time.monotonic() < deadline:
+    while awaited not in seen and time.monotonic() < deadline:
         seen += process.stderr.read() or b""
-        time.sleep(0.05)
-    assert b"dreaming" in seen
+        time.sleep(0.01)
+    assert awaited in seen
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
+    os.set_blocking(process.stderr.fileno(), True)
+    said = on_a_terminal((seen + process.stderr.read()).decode())
+    assert said.splitlines()[-1] == "deepdream: interrupted; nothing was written."
+    assert "Traceback" not in said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coffee.png"]
 
 

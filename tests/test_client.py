@@ -92,3 +92,16 @@ def test_an_explicit_endpoint_that_does_not_answer_is_not_replaced(home, monkeyp
 def test_pixels_that_do_not_match_their_size_are_refused_before_sending(server):
     with DreamClient(server.connection) as client, pytest.raises(DreamServerError, match="neither"):
         client.dream(b"12345", 2, 2, 3, {})
+
+
+def test_messages_name_the_log_where_the_server_runs(server):
+    from gimp_plugin.dream_client import Connection
+
+    with DreamClient(server.connection) as client:
+        assert client.server_log == str(server.home / "dream-server.log")
+        client.connection = Connection("tcp://gpu-box:5757", "token", "key")
+        client.server_info = {"log": "/home/artist/.config/deepdream/dream-server.log"}
+        assert client.server_log == (
+            "the dream server's log on gpu-box (/home/artist/.config/deepdream/dream-server.log "
+            "there)"
+        )
