@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -379,3 +380,20 @@ def test_a_neuron_off_the_layers_grid_is_refused(tmp_path):
 def test_whole_numbers_may_be_written_in_exponent_form(cat_png, tmp_path):
     run = deepdream(cat_png, "-o", tmp_path / "d.png", "--tile-size", "1e3", *QUICK, "-q")
     assert run.returncode == 0, run.stderr
+
+
+def test_a_full_disk_is_the_users_to_fix_and_said_so_in_one_line(
+    cat_png, tmp_path, monkeypatch, capsys
+):
+    from dream_server import cli
+
+    def disk_full(*args, **kwargs):  # what Pillow's save meets on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "dream.png"))
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    code = cli.main([str(cat_png), "-o", str(tmp_path / "dream.png"), *QUICK, "-q"])
+    said = capsys.readouterr().err.strip()
+    assert code == 2
+    assert said.startswith("deepdream: No space left on device") and "free some space" in said
+    assert "internal error" not in said and "\n" not in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png"]
