@@ -127,7 +127,7 @@ DREAM_PARAMETERS: tuple[Param, ...] = (
         "Layers",
         "Custom objective: LAYER[:WEIGHT] terms separated by commas; LAYER/CHANNEL excites one "
         "channel, class/NAME an ImageNet class; a negative weight un-dreams "
-        "(e.g. block10:1,block5:0.5). Setting it implies preset 'custom'.",
+        "(e.g. block10:1,block5:0.5). When set, these layers are dreamed, whatever the preset.",
     ),
     Param(
         "octaves",
@@ -307,7 +307,7 @@ class _DreamChecks(_ParamSet):
 
     @staticmethod
     def _complete(checked: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-        if checked.get("layers", "").strip() and "preset" not in given:
+        if checked.get("layers", "").strip():  # layers typed mean those layers
             checked["preset"] = CUSTOM_PRESET
         if checked.get("preset") == CUSTOM_PRESET and not checked.get("layers", "").strip():
             raise InvalidParameter(

@@ -158,9 +158,17 @@ def dream_params(config, parameters):
     return values
 
 
-def layer_name(params):
-    subject = params["layers"] if params["preset"] == "custom" else params["preset"]
-    return "DeepDream: {} ({})".format(subject, params["model"])
+DREAM_LAYER_SUFFIX = " · DeepDream"
+
+
+def layer_name(params, parameters):
+    """What was dreamed, the words that tell dreams apart first: `animals 4x10 · DeepDream`."""
+    subject = params["layers"].strip() or params["preset"]
+    words = [subject, "{}x{}".format(params["octaves"], params["steps"])]
+    default_model = next(p["default"] for p in parameters if p["name"] == "model")
+    if params["model"] != default_model:
+        words.append(params["model"])
+    return " ".join(words) + DREAM_LAYER_SUFFIX
 
 
 def run(procedure, run_mode, image, drawables, config, data):
@@ -189,6 +197,8 @@ def failure(procedure, message):
 
 
 def dream_on(procedure, run_mode, image, drawables, config):
+    if len(drawables) == 1 and isinstance(drawables[0], Gimp.LayerMask):
+        drawables = [Gimp.Layer.from_mask(drawables[0])]  # the mask's layer is what is meant
     if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
         return failure(procedure, "Select exactly one layer to dream on.")
     source = drawables[0]
@@ -235,11 +245,16 @@ def dream_on(procedure, run_mode, image, drawables, config):
     image.undo_group_start()
     layer = None
     try:
-        layer = add_layer(image, source, region, pixels, babl_format, layer_name(params))
+        name = layer_name(params, parameters)
+        layer = add_layer(image, source, region, pixels, babl_format, name)
         if has_selection:
             layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             if selection_mode == "alpha":
                 layer.remove_mask(Gimp.MaskApplyMode.APPLY)
+        # GIMP makes a new mask the active drawable; the layer is, so that Ctrl+F dreams again.
+        if layer.get_mask() is not None:
+            layer.set_edit_mask(False)
+        image.set_selected_layers([layer])
     except Exception:
         if layer is not None and layer.is_valid():  # leave no half-made layer behind
             image.remove_layer(layer)
@@ -255,13 +270,20 @@ def dream_on(procedure, run_mode, image, drawables, config):
 
 
 def add_layer(image, source, region, pixels, babl_format, name):
-    """The new layer directly above the source, covering the selection's bounds."""
+    """The new layer above the source and above the dreams already above it, so that it shows,
+    covering the selection's bounds."""
     x, y, width, height = region.selection
     offset_x, offset_y = source.get_offsets()[1:]
     gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
     kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
     layer = Gimp.Layer.new(image, name, width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
-    if not image.insert_layer(layer, source.get_parent(), image.get_item_position(source)):
+    parent = source.get_parent()
+    siblings = parent.get_children() if parent is not None else image.get_layers()
+    position = image.get_item_position(source)
+    # GIMP numbers repeated names ("... · DeepDream #1")
+    while position > 0 and DREAM_LAYER_SUFFIX in siblings[position - 1].get_name():
+        position -= 1
+    if not image.insert_layer(layer, parent, position):
         raise RuntimeError("GIMP refused to insert the new layer")
     layer.set_offsets(offset_x + x, offset_y + y)
     buffer = layer.get_buffer()

@@ -107,9 +107,12 @@ class DreamClient:
         self._socket: zmq.Socket | None = None
         self.server_info: dict = {}
         self._last_result: dict = {}
-        explicit = connection or Connection.from_environment()
-        if explicit is not None:
-            self._connect_and_greet(explicit)
+        if connection is not None:
+            self._connect_and_greet(connection)
+            return
+        from_environment = Connection.from_environment()
+        if from_environment is not None:
+            self._greet_from_environment(from_environment)
             return
         found = Connection.from_endpoint_file()
         if found is not None and self._try_greet(found):
@@ -121,6 +124,29 @@ class DreamClient:
         self._connect_and_greet(start_local_server())
 
     # -- connecting -------------------------------------------------------------------------
+
+    def _greet_from_environment(self, given: Connection) -> None:
+        """The server the environment names; when it refuses the environment's token (GIMP
+        keeps the environment it started with, and a restarted server has a new token), the
+        token and key of the endpoint file, at the same endpoint, then at the file's."""
+        try:
+            self._connect_and_greet(given)
+            return
+        except DreamServerError as err:
+            refused = err
+        record = Connection.from_endpoint_file()
+        if record is not None:
+            same_place = Connection(given.endpoint, record.token, record.server_key)
+            for candidate in (same_place, record):
+                if self._try_greet(candidate):
+                    return
+        raise DreamServerError(
+            f"{refused} The dream server did not take DEEPDREAM_TOKEN, and "
+            f"{state_dir() / ENDPOINT_FILE} names no server that answers: start `dream-server`, "
+            "then set DEEPDREAM_TOKEN to the token in that file, or unset DEEPDREAM_ENDPOINT and "
+            "DEEPDREAM_TOKEN so that the plug-in finds the server by itself.",
+            refused.code,
+        )
 
     def _try_greet(self, connection: Connection) -> bool:
         try:

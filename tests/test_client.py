@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from conftest import ROOT
+from conftest import ROOT, start_server
 
 from dream_server.devices import devices
 from gimp_plugin.dream_client import DreamClient, DreamServerError
@@ -105,3 +105,19 @@ def test_messages_name_the_log_where_the_server_runs(server):
             "the dream server's log on gpu-box (/home/artist/.config/deepdream/dream-server.log "
             "there)"
         )
+
+
+def test_a_restarted_server_is_found_although_the_environment_has_a_stale_token(home, monkeypatch):
+    # GIMP keeps the environment it was started with; the server restarted with a new token.
+    restarted = start_server(home)
+    try:
+        monkeypatch.setenv("DEEPDREAM_ENDPOINT", restarted.record["endpoint"])
+        monkeypatch.setenv("DEEPDREAM_TOKEN", "the token of the server before")
+        with DreamClient() as client:
+            assert client.connection.token == restarted.record["token"]
+            assert client.ping()
+        monkeypatch.setenv("DEEPDREAM_HOME", str(home / "elsewhere"))  # no endpoint file there
+        with pytest.raises(DreamServerError, match="set DEEPDREAM_TOKEN to the token in"):
+            DreamClient()
+    finally:
+        restarted.stop()

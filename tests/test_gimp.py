@@ -95,6 +95,8 @@ def start_gimp(gimp: Gimp, workspace, scenarios: list[dict], endpoint: str | Non
     }
     if endpoint is not None:
         environment["DEEPDREAM_ENDPOINT"] = endpoint
+    if "token" in scenarios[0]:
+        environment["DEEPDREAM_TOKEN"] = scenarios[0]["token"]
     script = ROOT / "tests" / "gimp" / "scenarios.py"
     if gimp.root is not None:  # the root cannot see the project: copy the script in
         script = Path(shutil.copy(script, scratch / "scenarios.py"))
@@ -156,7 +158,7 @@ def raw(workspace, name: str, file: str, shape: tuple, dtype=np.uint8) -> np.nda
 
 
 SCENARIOS = [
-    {"name": "feathered", "ellipse": ELLIPSE, "feather": FEATHER, "params": QUICK},
+    {"name": "feathered", "ellipse": ELLIPSE, "feather": FEATHER, "params": QUICK, "again": True},
     {
         "name": "alpha-mode",
         "ellipse": ELLIPSE,
@@ -181,6 +183,16 @@ SCENARIOS = [
         "params": {**QUICK, "preset": "custom", "layers": "block3:1,block7/5:0.5"},
     },
     {
+        "name": "layers-with-a-preset",
+        "ellipse": ELLIPSE,
+        "params": {**QUICK, "preset": "objects", "layers": "block5"},
+    },
+    {
+        "name": "layers-with-custom",
+        "ellipse": ELLIPSE,
+        "params": {**QUICK, "preset": "custom", "layers": "block5"},
+    },
+    {
         "name": "selection-misses-layer",
         "offsets": [200, 150],
         "ellipse": [0, 0, 100, 80],
@@ -201,7 +213,7 @@ def new_layer_checks(report: dict) -> dict:
     new = report["returned"]
     assert report["source_position"] == report["returned_position"] + 1  # directly above
     assert report["layers_after"][report["returned_position"]] == new
-    assert new["name"] == "DeepDream: textures (effnet-lite0)"
+    assert new["name"] == "textures 2x3 · DeepDream"
     return new
 
 
@@ -288,7 +300,38 @@ def test_an_indexed_image_is_refused_and_left_alone(reports):
 def test_custom_layers_from_a_script_name_the_new_layer(reports):
     report = reports["custom-layers"]
     assert report["status"] == "success", report
-    assert report["returned"]["name"] == "DeepDream: block3:1,block7/5:0.5 (effnet-lite0)"
+    assert report["returned"]["name"] == "block3:1,block7/5:0.5 2x3 · DeepDream"
+
+
+def test_right_after_a_dream_with_a_feathered_selection_dreaming_again_adds_a_visible_layer(
+    reports,
+):
+    report = reports["feathered"]
+    again = report["again"]
+    assert again["active"] == ["Layer"]  # the new layer, not its mask
+    assert again["status"] == "success", again
+    assert len(again["layers_after"]) == len(report["layers_after"]) + 1
+    assert again["returned_position"] == 0  # above the first dream, where the artist looks
+    dreams = [layer["name"] for layer in again["layers_after"][:2]]
+    assert dreams == ["textures 2x3 · DeepDream #1", "textures 2x3 · DeepDream"]
+
+
+def test_layers_typed_with_a_preset_are_the_layers_dreamed(reports, workspace):
+    typed, custom = reports["layers-with-a-preset"], reports["layers-with-custom"]
+    assert typed["status"] == custom["status"] == "success", (typed, custom)
+    assert typed["returned"]["name"] == "block5 2x3 · DeepDream"
+    shape = (*typed["returned"]["size"][::-1], 4)
+    assert np.array_equal(
+        raw(workspace, "layers-with-a-preset", "layer.raw", shape),
+        raw(workspace, "layers-with-custom", "layer.raw", shape),
+    )
+
+
+def test_a_stale_token_in_gimps_environment_does_not_stop_the_dream(gimp, workspace):
+    # GIMP keeps the environment it started with; the server restarted with a new token.
+    scenario = {"name": "stale-token", "ellipse": ELLIPSE, "params": QUICK, "token": "before"}
+    report = run_gimp(gimp, workspace, [scenario])["stale-token"]
+    assert report["status"] == "success", report
 
 
 def test_feature_visualization_opens_a_new_image_with_a_layer_per_sample(gimp, workspace):
@@ -448,6 +491,9 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         screen.keys(main, "ctrl+f")  # Repeat Last, with the values just used
         screen.wait_for_window("2 layers)")
         screen.screenshot("6-repeated.png", scratch)
+        screen.keys(main, "ctrl+f")  # and again at once, on the dream just made
+        screen.wait_for_window("3 layers)")
+        screen.screenshot("7-repeated-again.png", scratch)
     finally:
         end_session(app)
         end_session(xvfb)

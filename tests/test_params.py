@@ -70,6 +70,11 @@ def test_bad_values_are_refused_with_what_is_allowed(values, message):
         DreamParams.from_mapping(values)
 
 
+def test_layers_typed_beside_a_preset_are_the_layers_dreamed():
+    params = DreamParams.from_mapping({"preset": "objects", "layers": "block5"})
+    assert params.preset == "custom" and params.layers == "block5"
+
+
 def test_giving_layers_implies_the_custom_preset():
     params = DreamParams.from_mapping({"layers": "block3:1", "octave-scale": 2})
     assert params.preset == "custom" and params.octave_scale == 2.0

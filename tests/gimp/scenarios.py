@@ -147,8 +147,32 @@ def run(scenario):
             )
     else:
         report["message"] = str(result.index(1))
+    if scenario.get("again"):
+        report["again"] = dream_again(image, procedure, scenario)
     image.delete()
     return report
+
+
+def dream_again(image, procedure, scenario):
+    """What Filters > Repeat (Ctrl+F) does: the same procedure, on what is active now."""
+    drawables = image.get_selected_drawables()
+    config = procedure.create_config()
+    config.set_property("run-mode", NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", drawables)
+    for name, value in scenario.get("params", {}).items():
+        config.set_property(name, value)
+    result = procedure.run(config)
+    again = {
+        "active": [type(drawable).__name__ for drawable in drawables],
+        "status": result.index(0).value_nick,
+        "layers_after": [describe(item) for item in image.get_layers()],
+    }
+    if result.index(0) == Gimp.PDBStatusType.SUCCESS:
+        again["returned_position"] = image.get_item_position(result.index(1))
+    else:
+        again["message"] = str(result.index(1))
+    return again
 
 
 with open(os.environ["DEEPDREAM_SCENARIOS"]) as listing:
