@@ -71,6 +71,12 @@ HEARTBEAT_TIMEOUT_S = 5.0
 """A client that sent nothing for this long while its job waits or runs has gone away (a closed
 connection is noticed at once, through the socket monitor)."""
 PROGRESS_INTERVAL_S = 0.1
+CLIENT_BACKLOG = 16
+"""Replies ZeroMQ queues for one client beyond what its connection's buffers hold; then they
+wait in the server, counted in bytes."""
+CLIENT_HELD_BYTES = 64 << 20
+"""Replies waiting in the server for one client, at most: a client that leaves more unread
+does not read, and loses its jobs, so that unread results cannot pile up."""
 PROBE_AFTER_DISCONNECT_S = 1.5
 """How long after a connection closes the clients with jobs are asked whether they are there:
 libzmq may take a moment to retire the closed connection's routing id."""
@@ -242,6 +248,10 @@ class _Failed(Exception):
         self.header = header
 
 
+def _size(frames: tuple) -> int:
+    return sum(memoryview(frame).nbytes for frame in frames)
+
+
 def _free_device_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -280,6 +290,7 @@ class DreamServer:
         # A reply to a client whose connection has closed fails instead of vanishing: that is
         # how the loop learns which client went, by its routing id (see _send).
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.SNDHWM, CLIENT_BACKLOG)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_pixels * 16 + (1 << 20))
         self.authenticator = None
         if not bind.startswith("ipc://"):
@@ -319,7 +330,9 @@ class DreamServer:
         self.last_served: dict[bytes, float] = {}
         self.last_heard: dict[bytes, float] = {}
         self.gone: set[bytes] = set()
-        """Clients whose connection is known to have closed."""
+        """Clients whose connection has closed, or who do not read: nothing more is sent."""
+        self.held: dict[bytes, collections.deque[tuple]] = {}
+        self.held_bytes: dict[bytes, int] = {}
         self.probe_until = 0.0
         self.last_activity = time.monotonic()
         self.stopping = threading.Event()
@@ -351,6 +364,7 @@ class DreamServer:
                     self._note_closed_connections(monitor)
                 if self.router in events:
                     self._handle_requests()
+                self._send_held()
                 self._probe_clients_with_jobs()
                 self._cancel_abandoned_jobs()
                 self._dispatch()
@@ -451,19 +465,50 @@ class DreamServer:
         self._send(client, header, *frames)
 
     def _send(self, client: bytes, *frames: Any) -> None:
-        """Send to one client; a client whose connection has closed loses its jobs."""
+        """Send to one client, in order; a client whose connection has closed loses its jobs.
+
+        Replies that its connection has no room for wait here, up to CLIENT_HELD_BYTES: a
+        client that lets more pile up does not read, and loses its jobs and its replies.
+        """
         if client in self.gone:
+            return
+        if client in self.held:  # behind replies that wait already
+            self._hold(client, frames)
             return
         try:
             self.router.send_multipart([client, *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            # Its queue of unread replies is full (ZeroMQ's high-water mark): this reply is
-            # dropped, and the jobs of a client that does not read end here.
-            self._stop_jobs_of(client, "its client does not read its replies")
+            self._hold(client, frames)
         except zmq.ZMQError as err:
             if err.errno != zmq.EHOSTUNREACH:
                 raise
             self._client_gone(client, "its client's connection closed")
+
+    def _hold(self, client: bytes, frames: tuple) -> None:
+        held = self.held.setdefault(client, collections.deque())
+        held.append(frames)
+        self.held_bytes[client] = self.held_bytes.get(client, 0) + _size(frames)
+        if self.held_bytes[client] > CLIENT_HELD_BYTES:
+            del self.held[client], self.held_bytes[client]
+            self._client_gone(client, "its client does not read its replies")
+
+    def _send_held(self) -> None:
+        for client in list(self.held):
+            held = self.held[client]
+            while held:
+                try:
+                    self.router.send_multipart([client, *held[0]], flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as err:
+                    if err.errno != zmq.EHOSTUNREACH:
+                        raise
+                    del self.held[client], self.held_bytes[client]
+                    self._client_gone(client, "its client's connection closed")
+                    break
+                self.held_bytes[client] -= _size(held.popleft())
+            if client in self.held and not held:
+                del self.held[client], self.held_bytes[client]
 
     def _client_gone(self, client: bytes, why: str) -> None:
         self.gone.add(client)

@@ -76,6 +76,26 @@ def small_cat() -> np.ndarray:
     return photo("chelsea.png", (192, 128))
 
 
+def deepdream(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_server.cli", *map(str, args)],
+        capture_output=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    # Decoded by hand: text mode would turn the progress bar's carriage returns into newlines.
+    return subprocess.CompletedProcess(
+        run.args, run.returncode, run.stdout.decode(), run.stderr.decode()
+    )
+
+
+def on_a_terminal(text: str) -> str:
+    """What a terminal shows of `text`: a carriage return lets the next text overwrite the line,
+    which is how progress bars redraw and clear themselves."""
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
+    return "\n".join(line for line in lines if line)
+
+
 class RunningServer:
     """A real `dream-server` process with its own state folder."""
 

@@ -12,25 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, photo
+from conftest import ROOT, deepdream, on_a_terminal, photo
 from PIL import Image
 
 from dream_server.models import MODELS
 
 QUICK = ["--octaves", "2", "--steps", "3", "--preset", "textures"]
-
-
-def deepdream(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    run = subprocess.run(
-        [sys.executable, "-m", "dream_server.cli", *map(str, args)],
-        capture_output=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    # Decoded by hand: text mode would turn the progress bar's carriage returns into newlines.
-    return subprocess.CompletedProcess(
-        run.args, run.returncode, run.stdout.decode(), run.stderr.decode()
-    )
 
 
 @pytest.fixture()
@@ -183,13 +170,6 @@ def write_16_bit_rgba_png(path: Path) -> None:
     rgba[..., 3] = 1394  # an alpha that 8 bits cannot hold
     rows = b"".join(b"\0" + row.tobytes() for row in rgba)  # filter 0 before each row
     write_png(path, width, height, 16, 6, rows)
-
-
-def on_a_terminal(text: str) -> str:
-    """What a terminal shows of `text`: a carriage return lets the next text overwrite the line,
-    which is how progress bars redraw and clear themselves."""
-    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
-    return "\n".join(line for line in lines if line)
 
 
 def out(folder: Path) -> Path:

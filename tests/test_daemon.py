@@ -74,6 +74,13 @@ class Raw:
         meta = {"width": width, "height": height, "channels": channels, "dtype": "u8"}
         self.send({"type": "submit", "job": job, "params": params, "image": meta}, pixels.tobytes())
 
+    def keep_alive(self) -> None:
+        """Ping at most every half second, as a waiting client does (silent ones lose jobs)."""
+        now = time.monotonic()
+        if now - getattr(self, "_last_ping", 0.0) >= 0.5:
+            self.send({"type": "ping"})
+            self._last_ping = now
+
     def close(self) -> None:
         self.socket.close(linger=0)
 
@@ -678,11 +685,15 @@ def test_two_workers_dream_at_once_and_each_gives_what_it_gives_alone(two_cpu_wo
             raw.submit(name, pixels, params)
         deadline, running_together = time.monotonic() + 60, False
         while not running_together and time.monotonic() < deadline:
+            raw.keep_alive()
             running_together = sum(job["running"] for job in queue_of(server)) == 2
             time.sleep(0.05)
         assert running_together, "the two jobs never ran at the same time"
         results = {}
-        while len(results) < 2:
+        while len(results) < 2 and time.monotonic() < deadline + 120:
+            raw.keep_alive()
+            if not raw.socket.poll(100):
+                continue
             frames = raw.socket.recv_multipart()
             header = json.loads(frames[0])
             if header["type"] == "result":
@@ -707,6 +718,7 @@ def test_a_second_client_is_served_before_the_first_clients_other_jobs(tmp_path)
         deadline = time.monotonic() + 240
         while len(finished) < 5 and time.monotonic() < deadline:
             for raw in (first, second):
+                raw.keep_alive()
                 message = raw.receive(0.05)
                 if message and message["type"] == "result":
                     finished.append(message["job"])
@@ -731,6 +743,7 @@ def test_a_killed_client_frees_its_worker_while_the_other_keeps_dreaming(two_cpu
         deadline = time.monotonic() + 60
         while sum(job["running"] for job in queue_of(server)) < 2:
             assert time.monotonic() < deadline, "the two jobs never ran at the same time"
+            survivor.keep_alive()
             time.sleep(0.05)
         victim.kill()
         victim.wait()
@@ -790,3 +803,30 @@ def test_connections_closing_while_others_arrive_cancel_no_one_elses_job(server)
             process.kill()
             process.wait()
     assert lost == []
+
+
+def test_a_client_that_never_reads_cannot_pile_up_results_in_the_server(tmp_path):
+    server = start_server(tmp_path / "home")
+    try:
+        assert dream_alone(server, cat_pixels(3, "u8"), QUICK)  # warm: its model is loaded
+        before = resident_mb(server.process.pid)
+        hoarder = Raw(server)
+        pixels = np.random.default_rng(0).random((1536, 1536, 4), np.float32)
+        meta = {"width": 1536, "height": 1536, "channels": 4, "dtype": "f32"}
+        for index in range(24):  # 24 results of 36 MB each, none of them ever read
+            hoarder.send(
+                {"type": "submit", "job": f"hoard-{index}", "params": {"strength": 0.0},
+                 "image": meta},
+                pixels.tobytes(),
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while queue_of(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert queue_of(server) == [], "the jobs of a client that does not read went on"
+        grown = resident_mb(server.process.pid) - before
+        print(f"24 unread 36 MB results: the server grew by {grown:.0f} MB")
+        assert grown < 200
+        assert dream_alone(server, cat_pixels(3, "u8"), QUICK)  # others are still served
+        hoarder.close()
+    finally:
+        server.stop()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import deepdream, on_a_terminal
 from PIL import Image
 
 from dream_server.errors import InvalidParameter
@@ -128,11 +126,6 @@ def test_the_most_interesting_channels_are_those_real_photos_excite(effnet, cat)
     assert top == means.argsort(descending=True)[:4].tolist()
 
 
-def deepdream(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dream_server.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
-
-
 def test_the_visualize_command_writes_a_labelled_contact_sheet(tmp_path):
     sheet, each = tmp_path / "sheet.png", tmp_path / "each"
     run = deepdream("visualize", "--layer", "block7", "--channel", "5", "-n", "3", "--size", "64",
@@ -169,5 +162,5 @@ def test_visualize_mistakes_get_one_line(tmp_path):
     ):
         run = deepdream("visualize", *args, "-o", tmp_path / "x.png", "--size", "64")
         assert run.returncode == 2 and expected in run.stderr, run.stderr
-        assert "\n" not in run.stderr.strip()
+        assert "\n" not in on_a_terminal(run.stderr)
     assert list(tmp_path.iterdir()) == []
