@@ -32,7 +32,10 @@ SAMPLE_OUTPUT = ROOT / "out" / "coffee-dream.png"
 STAMP = "deepdream-installed"
 PYTEST_NO_TESTS = 5
 PLUGIN_NAME = "deepdream"
-PLUGIN_FILES = ("deepdream.py", "dream_client.py", "locations.py")
+PLUGIN_FILES = ("gimp_plugin/deepdream.py", "gimp_plugin/dream_client.py",
+                "gimp_plugin/locations.py", "dream_wire.py")  # fmt: skip
+"""Copied into the plug-in's folder: the plug-in, its client, and what the client shares with
+the server."""
 
 
 def gimp_profiles() -> list[Path]:
@@ -66,7 +69,8 @@ def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
         target = profile / "plug-ins" / PLUGIN_NAME
         target.mkdir(parents=True, exist_ok=True)
         for name in PLUGIN_FILES:
-            shutil.copy2(ROOT / "gimp_plugin" / name, target / name)
+            # a fresh modification time: GIMP reads the procedures again, new settings and all
+            shutil.copy(ROOT / name, target / Path(name).name)
         for file_name, schema in schemas.items():
             (target / file_name).write_text(schema)
         (target / "deepdream.py").chmod(0o755)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dream_wire import Progress
+
 from . import __version__
 from .catalogue import MODELS, model_spec
 from .errors import DreamError, InvalidImage, InvalidParameter
@@ -340,14 +342,16 @@ class _Progress:
                 bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
             )
 
-    def dream(self, octave: int, step: int, fraction: float) -> None:
+    def dream(self, progress: Progress) -> None:
         if not self.enabled:
             return
         self.starting("dreaming")
-        description = f"dreaming (octave {octave + 1})"
+        description = "dreaming"
+        if progress.octaves > 1:
+            description += f" (octave {progress.octave + 1}/{progress.octaves})"
         if self._dream_bar.desc != description:
             self._dream_bar.set_description(description, refresh=False)
-        self._dream_bar.update(round(fraction * 100, 2) - self._dream_bar.n)
+        self._dream_bar.update(round(progress.fraction * 100, 2) - self._dream_bar.n)
 
 
 def print_models() -> None:

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from gimp_plugin.dream_client import (
-    PROTOCOL_VERSION,
-    Connection,
-    DreamClient,
-    DreamServerError,
-    client_keypair,
-)
+from dream_wire import PROTOCOL_VERSION, Progress
+from gimp_plugin.dream_client import Connection, DreamClient, client_keypair
 from gimp_plugin.locations import ENDPOINT_FILE, ensure_state_dir, log_path, state_dir
 
 from . import __version__
@@ -71,6 +66,8 @@ HEARTBEAT_TIMEOUT_S = 5.0
 """A client that sent nothing for this long while its job waits or runs has gone away (a closed
 connection is noticed at once, through the socket monitor)."""
 PROGRESS_INTERVAL_S = 0.1
+STEADY_PACE_AFTER = 0.05
+"""Time left is said once this share of the work has shown the pace, not before."""
 CLIENT_BACKLOG = 16
 """Replies ZeroMQ queues for one client beyond what its connection's buffers hold; then they
 wait in the server, counted in bytes."""
@@ -198,29 +195,23 @@ class Worker(threading.Thread):
         job_id = request.job
         started = time.monotonic()
         last_sent = 0.0
-        send(b"update", encode("progress", job=job_id, fraction=0.0, octave=0, step=0,
-                               seconds_left=None))  # fmt: skip
+        pace_from: tuple[float, float] | None = None
+        send(b"update", encode("progress", **asdict(Progress(0.0, 0, 1, 0, 1)), job=job_id))
 
-        def progress(octave: int, step: int, fraction: float) -> None:
-            nonlocal last_sent
+        def progress(report: Progress) -> None:
+            nonlocal last_sent, pace_from
             now = time.monotonic()
-            if now - last_sent < PROGRESS_INTERVAL_S and fraction < 1.0:
+            # The pace is taken from the first step on: loading and warming up come before it.
+            pace_from = pace_from or (now, report.fraction)
+            if now - last_sent < PROGRESS_INTERVAL_S and report.fraction < 1.0:
                 return
             last_sent = now
-            elapsed = now - started
-            left = elapsed * (1 - fraction) / fraction if fraction > 0 else None
-            seconds_left = None if left is None else round(left, 1)
-            send(
-                b"update",
-                encode(
-                    "progress",
-                    job=job_id,
-                    fraction=round(fraction, 4),
-                    octave=octave,
-                    step=step,
-                    seconds_left=seconds_left,
-                ),
-            )
+            (since, done_then), left = pace_from, None
+            if report.fraction - done_then >= STEADY_PACE_AFTER:
+                rate = (report.fraction - done_then) / (now - since)
+                left = round((1 - report.fraction) / rate, 1)
+            report = replace(report, fraction=round(report.fraction, 4), seconds_left=left)
+            send(b"update", encode("progress", **asdict(report), job=job_id))
 
         try:
             results, fields = request.run(self.engine, progress, should_stop)
@@ -715,7 +706,7 @@ def print_status() -> int:
     try:
         with DreamClient(connection, start_server=False) as client:
             status = client.status()
-    except DreamServerError as err:
+    except DreamError as err:
         print(f"dream-server is not answering at {connection.endpoint}: {err}")
         return 1
     print(f"endpoint      {status['endpoint']} (pid {status['pid']})")

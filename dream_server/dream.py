@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dream_wire import Progress, ProgressCallback
+
 from .devices import precision, tune_for
 from .errors import DreamCancelled, InvalidImage, OutOfMemory
 from .imaging import Pixels, check_mask, keep_colours
@@ -41,8 +43,6 @@ FP16_SCORE_SCALE = 2.0**16
 """Where fp16 gradients start: a tile's mean activation spreads 1/N over N values, below
 fp16's smallest normal number for a 512 px tile; this lifts them well into its range."""
 
-ProgressCallback = Callable[[int, int, float], None]
-"""Called after every step with (octave index, step index, fraction of all work done)."""
 StopCheck = Callable[[], bool]
 
 
@@ -176,7 +176,8 @@ class GradientAscent:
                 image = self.step(image)
                 done_work += size[0] * size[1]
                 if self.on_progress:
-                    self.on_progress(octave, step, done_work / total_work)
+                    fraction = done_work / total_work
+                    self.on_progress(Progress(fraction, octave, len(sizes), step, p.steps))
                 if p.max_change and _rms(image - octave_base) >= p.max_change:
                     log.info("Stopped at octave %d step %d: max-change reached", octave, step)
                     return (base + _resize(image - octave_base, (height, width))).clamp_(0, 1)

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dream_wire import ProgressCallback
+
 from . import visualize
 from .devices import autocast_dtype, select_device, tune_for
-from .dream import ProgressCallback, StopCheck, dream
+from .dream import StopCheck, dream
 from .errors import InvalidParameter
 from .imaging import Pixels
 from .models import FeatureModel, load_model, model_spec

@@ -4,11 +4,18 @@ Every error the engine raises on purpose is a `DreamError`: its text says what h
 what to do next, so the edges (the CLI, the daemon's replies, the GIMP dialog) show it as is.
 """
 
+from dream_wire import DreamCancelled, DreamError
 
-class DreamError(Exception):
-    """Something the user can fix: the message says what went wrong and what to do."""
-
-    code = "dream_failed"
+__all__ = [
+    "DreamCancelled",
+    "DreamError",
+    "InvalidImage",
+    "InvalidParameter",
+    "OutOfMemory",
+    "UnknownLayer",
+    "UnknownModel",
+    "WeightsUnavailable",
+]
 
 
 class InvalidParameter(DreamError):
@@ -31,13 +38,6 @@ class WeightsUnavailable(DreamError):
     """The weights of a model could not be downloaded, or the file found is not the right one."""
 
     code = "weights_unavailable"
-
-
-class DreamCancelled(DreamError):
-    code = "cancelled"
-
-    def __init__(self, message: str = "The dream was cancelled.") -> None:
-        super().__init__(message)
 
 
 class OutOfMemory(DreamError):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gimp_plugin.dream_client import ITEM_SIZES, PROTOCOL_VERSION
+from dream_wire import ITEM_SIZES, PROTOCOL_VERSION
 
 from .engine import Engine
 from .errors import DreamError

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from dream_wire import Progress, ProgressCallback
+
 from . import transforms
-from .dream import ProgressCallback, StopCheck
+from .dream import StopCheck
 from .errors import DreamCancelled, InvalidParameter
 from .models import FeatureModel
 from .models.base import INPUT
@@ -154,7 +156,7 @@ def render(
         (-objective(activations)).backward()
         optimizer.step()
         if on_progress:
-            on_progress(0, step, (step + 1) / params.steps)
+            on_progress(Progress((step + 1) / params.steps, 0, 1, step, params.steps))
     with torch.no_grad():
         final = image().clamp(0, 1)
     return (final.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)

@@ -19,8 +19,10 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dream_client import DreamClient, DreamServerError  # noqa: E402
+from dream_client import DreamClient  # noqa: E402
 from locations import log_path  # noqa: E402
+
+from dream_wire import DreamError  # noqa: E402
 
 PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
@@ -182,7 +184,7 @@ def run_visualize(procedure, config, data):
 def guarded(procedure, work, *args):
     try:
         return work(*args)
-    except DreamServerError as err:
+    except DreamError as err:
         return failure(procedure, str(err))
     except Exception as err:  # nothing may reach GIMP uncaught: it would show the user nothing
         return failure(
@@ -230,10 +232,10 @@ def dream_on(procedure, run_mode, image, drawables, config):
     context_pixels = read(source, region.context, babl_format)
     with DreamClient() as client:
 
-        def show(fraction, octave, step, seconds_left):
-            Gimp.progress_update(fraction)
-            left = "" if seconds_left is None else f", {seconds_left:.0f} s left"
-            Gimp.progress_set_text(f"DeepDream: octave {octave + 1}{left}")
+        def show(progress):
+            Gimp.progress_update(progress.fraction)
+            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
+            Gimp.progress_set_text(f"DeepDream: {progress.describe()}{left}")
 
         dreamed = client.dream(
             context_pixels, region.context[2], region.context[3], channels, params, on_progress=show
@@ -303,7 +305,12 @@ def visualize(procedure, config):
     params = dream_params(config, load_parameters(VISUALIZE_PARAMETERS_FILE))
     Gimp.progress_init("DeepDream: rendering from noise")
     with DreamClient() as client:
-        size, samples = client.visualize(params, on_progress=lambda f, *_: Gimp.progress_update(f))
+
+        def show(progress):
+            Gimp.progress_update(progress.fraction)
+            Gimp.progress_set_text(f"DeepDream: rendering from noise, {progress.describe()}")
+
+        size, samples = client.visualize(params, on_progress=show)
     image = Gimp.Image.new(size, size, Gimp.ImageBaseType.RGB)
     try:
         image.undo_disable()  # a new image: nothing to undo

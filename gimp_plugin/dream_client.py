@@ -14,19 +14,24 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 from zmq.utils import z85
 
+from dream_wire import (
+    ITEM_SIZES,
+    PROTOCOL_VERSION,
+    DreamCancelled,
+    DreamError,
+    Progress,
+    ProgressCallback,
+)
+
 try:
     from .locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
 except ImportError:  # installed into GIMP's plug-in folder, next to locations.py
     from locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
-
-PROTOCOL_VERSION = 1
-ITEM_SIZES = {"u8": 1, "f32": 4}
 
 HELLO_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 0.5
@@ -37,22 +42,6 @@ IDLE_EXIT_MINUTES = 120
 """A server the plug-in started gives its memory back after two hours without work."""
 ALREADY_RUNNING = 1
 """dream-server's exit code when another one holds the lock."""
-
-ProgressCallback = Callable[[float, int, int, float | None], None]
-"""Called with (fraction done, octave, step, seconds left or None)."""
-
-
-class DreamServerError(Exception):
-    """Something went wrong with the dream server; the message says what to do."""
-
-    def __init__(self, message: str, code: str = "error") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class DreamCancelledError(DreamServerError):
-    def __init__(self) -> None:
-        super().__init__("The dream was cancelled.", "cancelled")
 
 
 def client_keypair(token: str) -> tuple[bytes, bytes]:
@@ -118,7 +107,7 @@ class DreamClient:
         if found is not None and self._try_greet(found):
             return
         if not start_server:
-            raise DreamServerError(
+            raise DreamError(
                 "The dream server is not running. Start it with `dream-server` in a terminal."
             )
         self._connect_and_greet(start_local_server())
@@ -132,7 +121,7 @@ class DreamClient:
         try:
             self._connect_and_greet(given)
             return
-        except DreamServerError as err:
+        except DreamError as err:
             refused = err
         record = Connection.from_endpoint_file()
         if record is not None:
@@ -140,7 +129,7 @@ class DreamClient:
             for candidate in (same_place, record):
                 if self._try_greet(candidate):
                     return
-        raise DreamServerError(
+        raise DreamError(
             f"{refused} The dream server did not take DEEPDREAM_TOKEN, and "
             f"{state_dir() / ENDPOINT_FILE} names no server that answers: start `dream-server`, "
             "then set DEEPDREAM_TOKEN to the token in that file, or unset DEEPDREAM_ENDPOINT and "
@@ -152,7 +141,7 @@ class DreamClient:
         try:
             self._connect_and_greet(connection)
             return True
-        except DreamServerError:
+        except DreamError:
             self.close()
             return False
 
@@ -162,7 +151,7 @@ class DreamClient:
         if not connection.endpoint.startswith("ipc://"):
             if not connection.server_key:
                 socket.close(linger=0)
-                raise DreamServerError(
+                raise DreamError(
                     f"The dream server at {connection.endpoint} needs its public key: set "
                     "DEEPDREAM_SERVER_KEY to the `server_key` of its endpoint.json."
                 )
@@ -177,7 +166,7 @@ class DreamClient:
         reply = self._receive(HELLO_TIMEOUT_S)
         if reply is None:
             self.close()
-            raise DreamServerError(
+            raise DreamError(
                 f"No dream server answered at {connection.endpoint} within {HELLO_TIMEOUT_S:g} s. "
                 f"Start one with `dream-server` (its log: {log_path()})."
             )
@@ -187,7 +176,7 @@ class DreamClient:
             raise _server_error(header)
         if header.get("type") != "hello_ok" or header.get("v") != PROTOCOL_VERSION:
             self.close()
-            raise DreamServerError(
+            raise DreamError(
                 f"The dream server at {connection.endpoint} speaks another protocol version "
                 f"({header.get('v')}, this plug-in speaks {PROTOCOL_VERSION}): run install.py "
                 "again so that both are the same release."
@@ -229,7 +218,7 @@ class DreamClient:
         try:
             header = json.loads(frames[0].bytes)
         except ValueError:
-            raise DreamServerError("The dream server sent a message that is not JSON.") from None
+            raise DreamError("The dream server sent a message that is not JSON.") from None
         return header, frames[1:]
 
     def ping(self) -> bool:
@@ -245,7 +234,7 @@ class DreamClient:
         self._send({"type": "status"})
         reply = self._receive(HELLO_TIMEOUT_S)
         if reply is None:
-            raise DreamServerError("The dream server did not answer a status request.")
+            raise DreamError("The dream server did not answer a status request.")
         return reply[0]
 
     # -- dreaming -----------------------------------------------------------------------------
@@ -266,7 +255,7 @@ class DreamClient:
         (pixels, width, height, channels)."""
         limit = self.server_info.get("max_pixels")
         if limit and width * height > limit:
-            raise DreamServerError(
+            raise DreamError(
                 f"{width}x{height} pixels are more than the dream server accepts ({limit}): "
                 "select a smaller part of the image, or scale it down."
             )
@@ -308,13 +297,13 @@ class DreamClient:
             now = time.monotonic()
             if reply is None:
                 if now - last_heard > SERVER_SILENCE_S:
-                    raise DreamServerError(
+                    raise DreamError(
                         f"The dream server stopped answering in the middle of the dream: it may "
                         f"have crashed or been stopped. See {self.server_log}, then try again."
                     )
                 if now - last_progress > self.inactivity_timeout_s:
                     self.cancel(job)
-                    raise DreamServerError(
+                    raise DreamError(
                         f"The dream made no progress for {self.inactivity_timeout_s:g} s and was "
                         f"cancelled. See {self.server_log}."
                     )
@@ -325,26 +314,22 @@ class DreamClient:
                 continue  # a late reply for an earlier job: not ours to act on
             kind = header.get("type")
             if kind == "pong" and header.get("known") is False:
-                raise DreamServerError(
+                raise DreamError(
                     f"The dream server no longer has this job (it may have been restarted or the "
                     f"connection was cut): try again. See {self.server_log}."
                 )
             if kind == "progress":
                 last_progress = now
                 if on_progress:
-                    on_progress(
-                        header["fraction"],
-                        header["octave"],
-                        header["step"],
-                        header.get("seconds_left"),
-                    )
+                    fields = {name: header[name] for name in Progress.__dataclass_fields__}
+                    on_progress(Progress(**fields))
             elif kind == "accepted":
                 last_progress = now
             elif kind == "result" and frames:
                 self._last_result = header
                 return [frame.buffer for frame in frames]  # the received bytes, not copies
             elif kind == "cancelled":
-                raise DreamCancelledError()
+                raise DreamCancelled()
             elif kind == "error":
                 raise _server_error(header)
 
@@ -358,16 +343,16 @@ def _frame_meta(pixels: bytes | memoryview, width: int, height: int, channels: i
     for dtype, item_size in ITEM_SIZES.items():
         if count and size == count * item_size:
             return {"width": width, "height": height, "channels": channels, "dtype": dtype}
-    raise DreamServerError(
+    raise DreamError(
         f"The {what} has {size} bytes, which is neither 8-bit nor 32-bit float pixels for "
         f"{width}x{height}x{channels}."
     )
 
 
-def _server_error(header: dict) -> DreamServerError:
+def _server_error(header: dict) -> DreamError:
     message = header.get("message", "The dream server reported an error.")
     hint = header.get("hint")
-    return DreamServerError(f"{message} {hint}" if hint else message, header.get("code", "error"))
+    return DreamError(f"{message} {hint}" if hint else message, header.get("code"))
 
 
 def _endpoint_record() -> dict | None:
@@ -385,7 +370,7 @@ def start_local_server() -> Connection:
         record = json.loads(record_path.read_text())
         python = record["python"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise DreamServerError(
+        raise DreamError(
             "The dream server is not running and this computer has no DeepDream environment "
             f"to start it from ({record_path} is missing). Run `python3 install.py` from the "
             "DeepDream folder."
@@ -404,7 +389,7 @@ def start_local_server() -> Connection:
                 close_fds=True,
             )
     except OSError as err:
-        raise DreamServerError(
+        raise DreamError(
             f"Could not start the dream server with {python} ({err}). Run `python3 install.py` "
             "again."
         ) from None
@@ -414,7 +399,7 @@ def start_local_server() -> Connection:
         if exit_code == ALREADY_RUNNING:  # the other server has a few seconds to show up
             deadline = min(deadline, time.monotonic() + 10.0)
         elif exit_code is not None:
-            raise DreamServerError(
+            raise DreamError(
                 f"The dream server could not start (exit code {exit_code}): see "
                 f"{log_path()} for why, or run `dream-server` in a terminal."
             )
@@ -423,7 +408,7 @@ def start_local_server() -> Connection:
         if record and (record.get("pid") == process.pid or exit_code == ALREADY_RUNNING):
             return Connection(record["endpoint"], record["token"], record.get("server_key"))
         time.sleep(0.1)
-    raise DreamServerError(
+    raise DreamError(
         f"The dream server did not come up within {START_TIMEOUT_S:g} s: see {log_path()}, or "
         "run `dream-server` in a terminal."
     )

@@ -15,7 +15,8 @@ import zmq
 from conftest import ROOT, start_server
 
 from dream_server.devices import devices
-from gimp_plugin.dream_client import DreamClient, DreamServerError
+from dream_wire import DreamError
+from gimp_plugin.dream_client import DreamClient
 
 
 @pytest.fixture()
@@ -66,7 +67,7 @@ def test_with_no_server_running_it_starts_one_from_the_recorded_environment(home
 
 
 def test_without_an_installed_environment_it_says_to_run_install(home):
-    with pytest.raises(DreamServerError, match=r"Run `python3 install.py`"):
+    with pytest.raises(DreamError, match=r"Run `python3 install.py`"):
         DreamClient()
 
 
@@ -75,7 +76,7 @@ def test_a_server_that_cannot_start_points_at_its_log(home):
     broken.write_text("#!/bin/sh\necho 'ImportError: no torch here' >&2\nexit 3\n")
     broken.chmod(0o755)
     (home / "daemon.json").write_text(json.dumps({"python": str(broken)}))
-    with pytest.raises(DreamServerError, match="could not start.*dream-server.log"):
+    with pytest.raises(DreamError, match="could not start.*dream-server.log"):
         DreamClient()
     assert "no torch here" in (home / "dream-server.log").read_text()
 
@@ -84,13 +85,13 @@ def test_an_explicit_endpoint_that_does_not_answer_is_not_replaced(home, monkeyp
     monkeypatch.setenv("DEEPDREAM_ENDPOINT", "tcp://127.0.0.1:9")
     monkeypatch.setenv("DEEPDREAM_TOKEN", "x")
     monkeypatch.setenv("DEEPDREAM_SERVER_KEY", zmq.curve_keypair()[0].decode())
-    with pytest.raises(DreamServerError, match="No dream server answered at tcp://127.0.0.1:9"):
+    with pytest.raises(DreamError, match="No dream server answered at tcp://127.0.0.1:9"):
         DreamClient()
     assert not (home / "endpoint.json").exists()
 
 
 def test_pixels_that_do_not_match_their_size_are_refused_before_sending(server):
-    with DreamClient(server.connection) as client, pytest.raises(DreamServerError, match="neither"):
+    with DreamClient(server.connection) as client, pytest.raises(DreamError, match="neither"):
         client.dream(b"12345", 2, 2, 3, {})
 
 
@@ -117,7 +118,7 @@ def test_a_restarted_server_is_found_although_the_environment_has_a_stale_token(
             assert client.connection.token == restarted.record["token"]
             assert client.ping()
         monkeypatch.setenv("DEEPDREAM_HOME", str(home / "elsewhere"))  # no endpoint file there
-        with pytest.raises(DreamServerError, match="set DEEPDREAM_TOKEN to the token in"):
+        with pytest.raises(DreamError, match="set DEEPDREAM_TOKEN to the token in"):
             DreamClient()
     finally:
         restarted.stop()

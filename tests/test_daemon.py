@@ -22,7 +22,8 @@ from conftest import ROOT, photo, start_server
 from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.params import DreamParams, VisualizeParams
-from gimp_plugin.dream_client import DreamClient, DreamServerError
+from dream_wire import DreamError
+from gimp_plugin.dream_client import DreamClient
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
 LONG = {"octaves": 4, "steps": 200}
@@ -124,21 +125,19 @@ def test_hello_describes_models_presets_and_the_parameters(server):
     assert "octave-scale" in [param["name"] for param in info["params"]]
 
 
-def test_progress_arrives_with_time_left(server):
+def test_progress_says_octave_and_step_and_the_time_left_once_the_pace_shows(server):
     reports = []
     pixels = cat_pixels(3, "u8", (192, 128))
     with DreamClient(server.connection) as client:
         client.dream(
-            pixels.tobytes(),
-            192,
-            128,
-            3,
-            {"octaves": 2, "steps": 5},
-            on_progress=lambda *report: reports.append(report),
+            pixels.tobytes(), 192, 128, 3, {"octaves": 2, "steps": 5}, on_progress=reports.append
         )
-    fractions = [fraction for fraction, *_ in reports]
+    fractions = [report.fraction for report in reports]
     assert fractions[0] == 0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
-    assert any(left is not None and left >= 0 for *_, left in reports)
+    assert reports[-1].describe() == "octave 2/2, step 5/5"
+    assert {(report.octaves, report.steps) for report in reports[1:]} == {(2, 5)}
+    assert reports[0].seconds_left is None and reports[1].seconds_left is None  # not yet known
+    assert any(report.seconds_left is not None and report.seconds_left >= 0 for report in reports)
 
 
 def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[bytes]:
@@ -254,7 +253,7 @@ def test_oversized_frames_are_dropped_and_the_server_carries_on(tmp_path):
         with DreamClient(small.connection) as client:
             assert client.ping()
             big = bytes(200 * 200 * 3)
-            with pytest.raises(DreamServerError, match="more than the dream server accepts"):
+            with pytest.raises(DreamError, match="more than the dream server accepts"):
                 client.dream(big, 200, 200, 3, QUICK)  # refused before anything is sent
         raw = Raw(small)
         raw.submit("too-big", np.zeros((200, 200, 3), np.uint8), QUICK)
@@ -370,7 +369,7 @@ def test_a_killed_server_makes_the_client_fail_promptly_and_clearly(tmp_path):
 
     with (
         DreamClient(doomed.connection) as client,
-        pytest.raises(DreamServerError, match="stopped answering") as info,
+        pytest.raises(DreamError, match="stopped answering") as info,
     ):
         client.dream(pixels.tobytes(), 640, 480, 3, LONG, on_progress=kill_on_first_progress)
     assert time.monotonic() - killed_at[0] < 5.0
@@ -455,14 +454,14 @@ def test_a_squatter_on_a_dead_servers_endpoint_gets_neither_token_nor_pixels(tmp
         squatters.append(squatter)
     squatters[0].bind(record["endpoint"])
     heard = []
-    with pytest.raises(DreamServerError, match="No dream server answered"):
+    with pytest.raises(DreamError, match="No dream server answered"):
         DreamClient(server.connection, start_server=False)
     while squatters[0].poll(100):
         heard.append(squatters[0].recv_multipart())
     squatters[0].unbind(record["endpoint"])
     time.sleep(0.2)
     squatters[1].bind(record["endpoint"])
-    with pytest.raises(DreamServerError, match="No dream server answered"):
+    with pytest.raises(DreamError, match="No dream server answered"):
         DreamClient(server.connection, start_server=False)
     while squatters[1].poll(100):
         heard.append(squatters[1].recv_multipart())
@@ -530,10 +529,10 @@ def test_a_public_bind_with_curve_keys_serves_clients_that_know_the_server_key(t
             pixels = cat_pixels(3, "u8")
             assert len(client.dream(pixels.tobytes(), 96, 64, 3, QUICK)) == pixels.size
         connection.server_key = None  # no key: the client says which is missing
-        with pytest.raises(DreamServerError, match="set DEEPDREAM_SERVER_KEY"):
+        with pytest.raises(DreamError, match="set DEEPDREAM_SERVER_KEY"):
             DreamClient(connection)
         connection.server_key, connection.token = remote.record["server_key"], "stale"
-        with pytest.raises(DreamServerError, match="No dream server answered"):
+        with pytest.raises(DreamError, match="No dream server answered"):
             DreamClient(connection)  # a wrong token: refused at the handshake
     finally:
         remote.stop()
@@ -556,7 +555,7 @@ def test_out_of_memory_is_reported_with_advice_and_the_server_stays_healthy(tmp_
         resource.prlimit(starved.process.pid, resource.RLIMIT_AS, (limit, limit))
         big = np.zeros((3000, 4000, 3), np.uint8)
         with DreamClient(starved.connection) as client:
-            with pytest.raises(DreamServerError, match="out of memory.*tile") as info:
+            with pytest.raises(DreamError, match="out of memory.*tile") as info:
                 client.dream(
                     big.tobytes(), 4000, 3000, 3, {"octaves": 1, "steps": 1, "tile-size": 4096}
                 )
@@ -796,7 +795,7 @@ def test_connections_closing_while_others_arrive_cancel_no_one_elses_job(server)
                 poller.status()
             try:
                 dream_alone(server, tiny, {"octaves": 1, "steps": 1, "preset": "textures"})
-            except DreamServerError as err:
+            except DreamError as err:
                 lost.append((attempt, str(err)))
     finally:
         for process in busy:

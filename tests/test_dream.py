@@ -157,9 +157,11 @@ def test_objectives_compose_with_weights(effnet, small_cat):
 
 def test_progress_reports_each_step_and_ends_at_one(effnet, small_cat):
     reports = []
-    dream(effnet, small_cat, layer("block4"), FAST, on_progress=lambda *a: reports.append(a))
-    assert [(o, s) for o, s, _ in reports] == [(o, s) for o in range(2) for s in range(4)]
-    fractions = [f for *_, f in reports]
+    dream(effnet, small_cat, layer("block4"), FAST, on_progress=reports.append)
+    assert [(r.octave, r.step) for r in reports] == [(o, s) for o in range(2) for s in range(4)]
+    assert {(r.octaves, r.steps) for r in reports} == {(2, 4)}
+    assert reports[5].describe() == "octave 2/2, step 2/4"
+    fractions = [r.fraction for r in reports]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
 
 

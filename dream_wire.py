@@ -1,0 +1,60 @@
+"""What the dream server, the `deepdream` command and the GIMP plug-in's client share.
+
+The protocol's version and pixel types, the progress report every long job gives, and the
+errors a person reads. Standard library only: install.py copies this file next to the GIMP
+plug-in, whose Python may have nothing else, and the engine imports it as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+ITEM_SIZES = {"u8": 1, "f32": 4}
+"""Bytes per channel of each pixel type on the wire."""
+
+
+class DreamError(Exception):
+    """Something the user can fix: the message says what went wrong and what to do.
+
+    The engine raises subclasses of it; the server sends their `code` and message; the client
+    raises it again with both, so that every edge shows the same words.
+    """
+
+    code = "dream_failed"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class DreamCancelled(DreamError):
+    code = "cancelled"
+
+    def __init__(self, message: str = "The dream was cancelled.") -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a job is: after each step of the engine, in each `progress` message."""
+
+    fraction: float
+    """Of all the work, 0 to 1."""
+    octave: int
+    """Counted from 0, like `step`."""
+    octaves: int
+    step: int
+    steps: int
+    seconds_left: float | None = None
+    """Known once a few steps have shown the pace; None before."""
+
+    def describe(self) -> str:
+        """`octave 2/4, step 7/10`, or `step 120/256` where there is one octave."""
+        step = f"step {self.step + 1}/{self.steps}"
+        return step if self.octaves == 1 else f"octave {self.octave + 1}/{self.octaves}, {step}"
+
+
+ProgressCallback = Callable[[Progress], None]
