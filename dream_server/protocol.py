@@ -19,6 +19,7 @@ from dream_wire import ITEM_SIZES, PROTOCOL_VERSION
 from .engine import Engine
 from .errors import DreamError
 from .params import DreamParams, VisualizeParams
+from .sheets import contact_sheet
 from .visualize import sample_labels
 
 HEADER_LIMIT = 64 * 1024
@@ -55,14 +56,20 @@ class Submission:
 
 @dataclass(frozen=True)
 class VisualizeRequest:
-    """Feature visualization from noise; its result is one frame per sample."""
+    """Feature visualization from noise; its result is one frame per sample, or with `sheet`
+    one frame with the samples side by side, each labelled."""
 
     job: str
     params: VisualizeParams
+    sheet: bool = False
 
     def run(self, engine: Engine, on_progress, should_stop):  # noqa: ANN001, ANN201
         images = engine.visualize(self.params, on_progress=on_progress, should_stop=should_stop)
-        return list(images), {"labels": sample_labels(self.params)}
+        labels = sample_labels(self.params)
+        if not self.sheet:
+            return list(images), {"labels": labels}
+        sheet, _ = contact_sheet(images, labels)
+        return [sheet], {"labels": [f"{labels[0].split(' #')[0]} · {len(labels)} samples"]}
 
 
 def _checked_params(header: dict[str, Any], kind: type) -> Any:
@@ -84,7 +91,10 @@ def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> Vi
     if checked.samples * checked.size**2 > max_pixels:
         raise BadMessage("too_large", f"{checked.samples} images of {checked.size} px are over "
                          f"this server's limit of {max_pixels} pixels.", job)  # fmt: skip
-    return VisualizeRequest(job, checked)
+    sheet = header.get("sheet", False)
+    if not isinstance(sheet, bool):
+        raise BadMessage("bad_header", f"'sheet' must be true or false; got {sheet!r}.", job)
+    return VisualizeRequest(job, checked, sheet)
 
 
 def decode_header(frame: bytes, token: str) -> dict[str, Any]:

@@ -31,6 +31,10 @@ PARAMETERS_FILE = os.path.join(HERE, "parameters.json")
 VISUALIZE_PARAMETERS_FILE = os.path.join(HERE, "parameters-visualize.json")
 CONTEXT_MARGIN = 64
 """Pixels of the layer around the selection that the network sees, so the edge has context."""
+LAYOUTS = (
+    ("layers", "A layer per sample", "Each sample in a layer of its own, named after it"),
+    ("sheet", "Side by side", "All samples side by side in one layer, each labelled"),
+)
 SELECTION_MODES = (
     ("mask", "Layer mask", "The selection becomes the new layer's mask (editable later)"),
     ("alpha", "Alpha", "The selection is baked into the new layer's transparency"),
@@ -72,18 +76,11 @@ def add_arguments(procedure, parameters):
             procedure.add_string_argument(name, label, help_text, default, FLAGS)
 
 
-def add_selection_mode(procedure):
-    modes = Gimp.Choice.new()
-    for index, (nick, label, help_text) in enumerate(SELECTION_MODES):
-        modes.add(nick, index, label, help_text)
-    procedure.add_choice_argument(
-        "selection-mode",
-        "Selection as",
-        "How the selection shapes the new layer",
-        modes,
-        "mask",
-        FLAGS,
-    )
+def add_described_choice(procedure, name, label, help_text, entries, default):
+    choice = Gimp.Choice.new()
+    for index, (nick, entry_label, entry_help) in enumerate(entries):
+        choice.add(nick, index, entry_label, entry_help)
+    procedure.add_choice_argument(name, label, help_text, choice, default, FLAGS)
 
 
 def choice_of(nicks):
@@ -146,7 +143,9 @@ def confirmed(procedure, config, title):
     """Show the procedure's dialog, built from its arguments; False when cancelled."""
     GimpUi.init(procedure.get_name())
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
-    dialog.fill(None)
+    # The run mode is how a script calls it, nothing an artist chooses.
+    shown = [arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"]
+    dialog.fill(shown)
     answer = dialog.run()
     dialog.destroy()
     return answer
@@ -303,6 +302,7 @@ def visualize(procedure, config):
     if interactive and not confirmed(procedure, config, "DeepDream Feature Visualization"):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters(VISUALIZE_PARAMETERS_FILE))
+    sheet = config.get_property("layout") == "sheet"
     Gimp.progress_init("DeepDream: rendering from noise")
     with DreamClient() as client:
 
@@ -310,17 +310,17 @@ def visualize(procedure, config):
             Gimp.progress_update(progress.fraction)
             Gimp.progress_set_text(f"DeepDream: rendering from noise, {progress.describe()}")
 
-        size, samples = client.visualize(params, on_progress=show)
-    image = Gimp.Image.new(size, size, Gimp.ImageBaseType.RGB)
+        width, height, samples = client.visualize(params, on_progress=show, sheet=sheet)
+    image = Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
     try:
         image.undo_disable()  # a new image: nothing to undo
         for position, (label, pixels) in enumerate(samples):  # the first sample on top
             layer = Gimp.Layer.new(
-                image, label, size, size, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL
+                image, label, width, height, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL
             )
             image.insert_layer(layer, None, position)
             buffer = layer.get_buffer()
-            buffer.set(Gegl.Rectangle.new(0, 0, size, size), "R'G'B' u8", bytes(pixels))
+            buffer.set(Gegl.Rectangle.new(0, 0, width, height), "R'G'B' u8", bytes(pixels))
             buffer.flush()
         image.undo_enable()
     except Exception:
@@ -360,7 +360,14 @@ class DeepDream(Gimp.PlugIn):
         )
         procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
         add_arguments(procedure, load_parameters())
-        add_selection_mode(procedure)
+        add_described_choice(
+            procedure,
+            "selection-mode",
+            "Selection as",
+            "How the selection shapes the new layer",
+            SELECTION_MODES,
+            "mask",
+        )
         procedure.add_layer_return_value("layer", "Layer", "The new dreamed layer", False, FLAGS)
         return procedure
 
@@ -379,6 +386,8 @@ class DeepDream(Gimp.PlugIn):
             "run-mode", "Run mode", "The run mode", Gimp.RunMode, Gimp.RunMode.NONINTERACTIVE, FLAGS
         )
         add_arguments(procedure, load_parameters(VISUALIZE_PARAMETERS_FILE))
+        add_described_choice(procedure, "layout", "Layout", "How the samples are laid out",
+                             LAYOUTS, "layers")  # fmt: skip
         procedure.add_image_return_value("image", "Image", "The new image", False, FLAGS)
         return procedure
 

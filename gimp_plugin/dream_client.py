@@ -278,13 +278,17 @@ class DreamClient:
         self._send(header, frames)
         return self._await_result(header["job"], on_progress)[0]
 
-    def visualize(self, params: dict, on_progress: ProgressCallback | None = None):  # noqa: ANN201
-        """Feature visualizations from noise: (size, [(label, RGB u8 frame)] per sample)."""
+    def visualize(
+        self, params: dict, on_progress: ProgressCallback | None = None, sheet: bool = False
+    ) -> tuple[int, int, list[tuple[str, memoryview]]]:
+        """Feature visualizations from noise: (width, height, [(label, RGB u8 frame)]), a frame
+        per sample, or with `sheet` one frame with the samples side by side, labelled."""
         job = uuid.uuid4().hex
-        self._send({"type": "visualize", "job": job, "params": params})
+        self._send({"type": "visualize", "job": job, "params": params, "sheet": sheet})
         frames = self._await_result(job, on_progress)
         labels = self._last_result.get("labels") or [f"#{i + 1}" for i in range(len(frames))]
-        return self._last_result["width"], list(zip(labels, frames, strict=True))
+        width, height = self._last_result["width"], self._last_result["height"]
+        return width, height, list(zip(labels, frames, strict=True))
 
     def _await_result(self, job: str, on_progress: ProgressCallback | None) -> list[memoryview]:
         last_heard = last_progress = last_ping = time.monotonic()

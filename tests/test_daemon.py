@@ -22,6 +22,7 @@ from conftest import ROOT, photo, start_server
 from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.params import DreamParams, VisualizeParams
+from dream_server.sheets import contact_sheet
 from dream_wire import DreamError
 from gimp_plugin.dream_client import DreamClient
 
@@ -569,11 +570,23 @@ def test_out_of_memory_is_reported_with_advice_and_the_server_stays_healthy(tmp_
 def test_a_visualize_job_returns_the_engines_images_with_their_labels(server, local_engine):
     values = {"layer": "block5", "channel": 2, "samples": 2, "size": 64, "steps": 6}
     with DreamClient(server.connection) as client:
-        size, samples = client.visualize(values)
+        width, height, samples = client.visualize(values)
     expected = local_engine.visualize(VisualizeParams.from_mapping(values))
-    assert size == 64 and [label for label, _ in samples] == ["block5/2 #1", "block5/2 #2"]
+    assert width == height == 64
+    assert [label for label, _ in samples] == ["block5/2 #1", "block5/2 #2"]
     for (_, frame), image in zip(samples, expected, strict=True):
         assert np.array_equal(np.frombuffer(frame, np.uint8).reshape(64, 64, 3), image)
+
+
+def test_a_visualize_job_lays_its_samples_side_by_side_when_asked(server, local_engine):
+    values = {"layer": "block5", "channel": 2, "samples": 2, "size": 64, "steps": 6}
+    with DreamClient(server.connection) as client:
+        width, height, [(label, frame)] = client.visualize(values, sheet=True)
+    images = local_engine.visualize(VisualizeParams.from_mapping(values))
+    expected, _ = contact_sheet(images, ["block5/2 #1", "block5/2 #2"])
+    assert (height, width) == expected.shape[:2] and width > 2 * 64 > height
+    assert np.array_equal(np.frombuffer(frame, np.uint8).reshape(expected.shape), expected)
+    assert label == "block5/2 · 2 samples"
 
 
 def test_a_visualize_request_is_checked_like_any_other(server):
@@ -582,6 +595,8 @@ def test_a_visualize_request_is_checked_like_any_other(server):
     assert "'samples' must be a whole number from 1 to 16" in raw.wait_for("error")["message"]
     raw.send({"type": "visualize", "job": "v2", "params": {}}, b"unexpected pixels")
     assert raw.wait_for("error")["code"] == "bad_frames"
+    raw.send({"type": "visualize", "job": "v3", "params": {}, "sheet": "yes"})
+    assert "'sheet' must be true or false" in raw.wait_for("error")["message"]
     raw.close()
 
 
@@ -606,8 +621,8 @@ def test_requests_that_would_fail_inside_the_engine_are_refused_at_the_door(serv
 def test_a_visualize_job_shows_a_class_as_a_channel_of_logits(server):
     with DreamClient(server.connection) as client:
         params = {"layer": "logits", "channel": 999, "steps": 2, "size": 64, "samples": 1}
-        size, [(label, image)] = client.visualize(params)
-    assert size == 64 and len(image) == 64 * 64 * 3
+        width, height, [(label, image)] = client.visualize(params)
+    assert width == height == 64 and len(image) == 64 * 64 * 3
     assert label.startswith("logits/999")
 
 

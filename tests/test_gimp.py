@@ -334,12 +334,11 @@ def test_a_stale_token_in_gimps_environment_does_not_stop_the_dream(gimp, worksp
     assert report["status"] == "success", report
 
 
+VISUALIZE = {"layer": "block7", "channel": 5, "samples": 3, "size": 96, "steps": 24}
+
+
 def test_feature_visualization_opens_a_new_image_with_a_layer_per_sample(gimp, workspace):
-    scenario = {
-        "name": "visualize",
-        "procedure": "visualize",
-        "params": {"layer": "block7", "channel": 5, "samples": 3, "size": 96, "steps": 24},
-    }
+    scenario = {"name": "visualize", "procedure": "visualize", "params": VISUALIZE}
     report = run_gimp(gimp, workspace, [scenario])["visualize"]
     assert report["status"] == "success", report
     assert report["images_after"] == report["images_before"] + 1
@@ -350,6 +349,23 @@ def test_feature_visualization_opens_a_new_image_with_a_layer_per_sample(gimp, w
     samples = [raw(workspace, "visualize", f"sample-{i}.raw", (96, 96, 3)) for i in range(3)]
     assert all(sample.std() > 10 for sample in samples)  # pictures, not flat grey
     assert not np.array_equal(samples[0], samples[1])
+
+
+def test_feature_visualization_side_by_side_is_one_labelled_layer(gimp, workspace):
+    scenario = {
+        "name": "visualize-sheet",
+        "procedure": "visualize",
+        "params": {**VISUALIZE, "layout": "sheet"},
+    }
+    report = run_gimp(gimp, workspace, [scenario])["visualize-sheet"]
+    assert report["status"] == "success", report
+    [layer] = report["layers"]
+    assert layer["name"] == "block7/5 · 3 samples"
+    width, height = report["size"]
+    assert layer["size"] == [width, height] and width > 2 * 96 and height > 96
+    sheet = raw(workspace, "visualize-sheet", "sample-0.raw", (height, width, 3))
+    label_rows = sheet[96 + 4 : 96 + 4 + 18]  # under the first row of samples: their labels
+    assert (label_rows < 128).any() and (label_rows == 255).mean() > 0.5  # dark text on white
 
 
 def test_a_selection_that_misses_the_layer_says_so(reports):
@@ -494,6 +510,11 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         screen.keys(main, "ctrl+f")  # and again at once, on the dream just made
         screen.wait_for_window("3 layers)")
         screen.screenshot("7-repeated-again.png", scratch)
+        screen.keys(main, "alt+f", "Down", "Right")  # File > Create
+        screen.screenshot("8-file-create.png", scratch)
+        screen.keys(main, "f")  # DeepDream Feature Visualization...
+        screen.wait_for_window("DeepDream Feature Visualization", timeout=30)
+        screen.screenshot("9-visualize-dialog.png", scratch)  # no run mode, plain words
     finally:
         end_session(app)
         end_session(xvfb)
