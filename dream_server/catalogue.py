@@ -16,7 +16,16 @@ from .weights import WeightsFile
 if TYPE_CHECKING:
     from .models.zoo import Network
 
-PRESETS = ("strokes", "textures", "patterns", "parts", "animals", "objects")
+PRESET_LOOKS = {
+    "strokes": "brush strokes and hatching",
+    "textures": "fine textures, like fabric or bark",
+    "patterns": "ornaments, swirls and grids",
+    "parts": "eyes, scales, wheels: parts of things",
+    "animals": "animal faces, eyes and fur",
+    "objects": "whole objects and buildings",
+}
+"""What each preset looks like, the same on every model (each picks its own layers for it)."""
+PRESETS = tuple(PRESET_LOOKS)
 DEFAULT_MODEL = "effnet-lite0"
 RESNET50_BLOCKS = {"layer1": 3, "layer2": 4, "layer3": 6, "layer4": 3}
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
-from .catalogue import DEFAULT_MODEL, MODELS, PRESETS
+from .catalogue import DEFAULT_MODEL, MODELS, PRESET_LOOKS, PRESETS
 from .errors import InvalidParameter
 
 CUSTOM_PRESET = "custom"
@@ -30,6 +30,8 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    choice_help: dict[str, str] = field(default_factory=dict)
+    """A line on what each choice gives, where its name alone does not say."""
     cli_only: bool = False
     """A setting of the machine the engine runs on, not of the dream (e.g. the device)."""
     python_name: str = ""
@@ -94,6 +96,8 @@ class Param:
             entry["maximum"] = self.maximum
         if self.choices:
             entry["choices"] = list(self.choices)
+        if self.choice_help:
+            entry["choice_help"] = dict(self.choice_help)
         return entry
 
 
@@ -117,8 +121,9 @@ DREAM_PARAMETERS: tuple[Param, ...] = (
         "choice",
         "animals",
         "Preset",
-        "What to dream of, from fine to coarse; 'custom' uses the layers below.",
+        "What to dream of, from fine to coarse; 'custom' dreams the layers typed below.",
         choices=(*PRESETS, CUSTOM_PRESET),
+        choice_help={**PRESET_LOOKS, CUSTOM_PRESET: "the layers typed in Layers"},
     ),
     Param(
         "layers",

@@ -69,9 +69,8 @@ def add_arguments(procedure, parameters):
         elif kind == "bool":
             procedure.add_boolean_argument(name, label, help_text, default, FLAGS)
         elif kind == "choice":
-            procedure.add_choice_argument(
-                name, label, help_text, choice_of(param["choices"]), default, FLAGS
-            )
+            choices = choice_of(param["choices"], param.get("choice_help", {}))
+            procedure.add_choice_argument(name, label, help_text, choices, default, FLAGS)
         else:
             procedure.add_string_argument(name, label, help_text, default, FLAGS)
 
@@ -83,10 +82,12 @@ def add_described_choice(procedure, name, label, help_text, entries, default):
     procedure.add_choice_argument(name, label, help_text, choice, default, FLAGS)
 
 
-def choice_of(nicks):
+def choice_of(nicks, help_by_nick):
+    """A choice whose entries say what each gives: "animals: animal faces, eyes and fur"."""
     choice = Gimp.Choice.new()
     for index, nick in enumerate(nicks):
-        choice.add(nick, index, nick, "")
+        help_text = help_by_nick.get(nick, "")
+        choice.add(nick, index, f"{nick}: {help_text}" if help_text else nick, help_text)
     return choice
 
 
@@ -139,13 +140,41 @@ def read(drawable, rectangle, babl_format):
     )
 
 
-def confirmed(procedure, config, title):
-    """Show the procedure's dialog, built from its arguments; False when cancelled."""
+DREAM_DIALOG = (
+    ("what", "What to dream", ("preset", "model", "layers")),
+    ("how-much", "How much", ("strength", "steps", "octaves", "keep-colors")),
+    ("result", "The result", ("selection-mode",)),
+)
+"""The dream dialog's groups; every other argument goes under Advanced, folded."""
+SLIDERS = ("strength", "steps", "octaves", "octave-scale", "step-size", "jitter", "smoothness",
+           "max-change")  # fmt: skip
+
+
+def confirmed(procedure, config, title, groups=()):
+    """Show the procedure's dialog, built from its arguments; False when cancelled.
+
+    With `groups`, those arguments in framed groups and the rest in a folded Advanced group.
+    """
     GimpUi.init(procedure.get_name())
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
     # The run mode is how a script calls it, nothing an artist chooses.
-    shown = [arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"]
-    dialog.fill(shown)
+    names = [arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"]
+    if not groups:
+        dialog.fill(names)
+    else:
+        for name in SLIDERS:
+            if name in names:
+                dialog.get_widget(name, GimpUi.SpinScale.__gtype__)
+        grouped = {name for _, _, members in groups for name in members}
+        advanced = [name for name in names if name not in grouped]
+        containers = []
+        for group_id, group_title, members in (*groups, ("advanced", "Advanced", advanced)):
+            dialog.fill_box(f"{group_id}-box", list(members))
+            dialog.get_label(f"{group_id}-title", group_title, False, False)
+            fill = dialog.fill_expander if group_id == "advanced" else dialog.fill_frame
+            fill(group_id, f"{group_id}-title", False, f"{group_id}-box")
+            containers.append(group_id)
+        dialog.fill(containers)
     answer = dialog.run()
     dialog.destroy()
     return answer
@@ -208,7 +237,8 @@ def dream_on(procedure, run_mode, image, drawables, config):
             procedure,
             "DeepDream needs an RGB or grayscale image: convert it with Image > Mode > RGB first.",
         )
-    if run_mode == Gimp.RunMode.INTERACTIVE and not confirmed(procedure, config, "DeepDream"):
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    if interactive and not confirmed(procedure, config, "DeepDream", DREAM_DIALOG):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     parameters = load_parameters()
