@@ -7,6 +7,7 @@ three always look in the same place.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -32,8 +33,11 @@ def ensure_state_dir() -> Path:
     """The state folder, created private to this user (it holds the server's token)."""
     folder = state_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if os.name == "posix" and folder.stat().st_mode & 0o077:
-        folder.chmod(0o700)  # made by an older release, or by hand
+    if os.name == "posix":
+        info = folder.stat()
+        shared = info.st_mode & stat.S_ISVTX or info.st_uid != os.getuid()  # like /tmp
+        if info.st_mode & 0o077 and not shared:
+            folder.chmod(0o700)  # made by an older release, or by hand
     return folder
 
 
