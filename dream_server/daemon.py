@@ -4,9 +4,9 @@ One ROUTER socket on the main thread talks to every client (docs/PROTOCOL.md); o
 thread per device, with its own engine, runs one job at a time. The main thread gives each
 free worker the next job, taking the clients in turn, and talks to the workers only through
 messages on inproc sockets: a ZeroMQ socket belongs to one thread, and a job's state belongs to
-the worker that runs it. Jobs are cancelled when asked, when
-their client stops sending heartbeats (GIMP's Cancel kills the plug-in outright), or when the
-daemon stops.
+the worker that runs it. Jobs are cancelled when asked, when their client's connection closes
+or it stops sending heartbeats (GIMP's Cancel kills the plug-in outright), when it leaves its
+replies unread, or when the daemon stops.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ log = logging.getLogger("dream_server.daemon")
 
 HEARTBEAT_TIMEOUT_S = 5.0
 """A client that sent nothing for this long while its job waits or runs has gone away (a closed
-connection is noticed at once, through the socket monitor)."""
+connection is noticed sooner: see DreamServer._send)."""
 PROGRESS_INTERVAL_S = 0.1
 STEADY_PACE_AFTER = 0.05
 """Time left is said once this share of the work has shown the pace, not before."""
