@@ -7,8 +7,11 @@ plug-in, whose Python may have nothing else, and the engine imports it as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import ipaddress
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 PROTOCOL_VERSION = 1
 ITEM_SIZES = {"u8": 1, "f32": 4}
@@ -51,6 +54,11 @@ class Progress:
     seconds_left: float | None = None
     """Known once a few steps have shown the pace; None before."""
 
+    @classmethod
+    def from_message(cls, header: Mapping[str, Any]) -> Progress:
+        """The report a `progress` message carries (the server sends its fields by name)."""
+        return cls(**{field.name: header[field.name] for field in fields(cls)})
+
     def describe(self) -> str:
         """`octave 2/4, step 7/10`, or `step 120/256` where there is one octave."""
         step = f"step {self.step + 1}/{self.steps}"
@@ -58,3 +66,22 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+def speaks_curve(endpoint: str) -> bool:
+    """Whether the server at `endpoint` encrypts and authenticates with CURVE: everywhere but on
+    a socket file, which only its user can reach."""
+    return not endpoint.startswith(("ipc://", "inproc://"))
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether `endpoint` stays on this machine."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = urllib.parse.urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

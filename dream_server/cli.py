@@ -193,14 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dream_file(args: argparse.Namespace) -> int:
-    from .imagefile import (
-        check_writable,
-        frame_count,
-        image_metadata,
-        read_image,
-        read_mask,
-        write_image,
-    )
+    from .imagefile import check_writable, load_image, read_image, read_mask, write_image
 
     params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
     model_spec(params.model)
@@ -210,12 +203,12 @@ def dream_file(args: argparse.Namespace) -> int:
                 f"-o {args.output} is the {what} image itself: the dream would replace it. "
                 "Write the dream to another file."
             )
-    image = read_image(args.input)
-    frames = frame_count(args.input)
-    if frames > 1:
+    source = load_image(args.input)
+    image = source.pixels
+    if source.frames > 1:
         print(
-            f"deepdream: {args.input} is animated ({frames} frames): only its first frame is "
-            "dreamed.",
+            f"deepdream: {args.input} is animated ({source.frames} frames): only its first "
+            "frame is dreamed.",
             file=sys.stderr,
         )
     check_writable(args.output, image)
@@ -230,7 +223,7 @@ def dream_file(args: argparse.Namespace) -> int:
         result = engine.dream(
             image, params, mask=mask, guide_image=guide, on_progress=progress.dream
         )
-    write_image(args.output, result, metadata=image_metadata(args.input))
+    write_image(args.output, result, metadata=source.metadata)
     print(f"Wrote {args.output}")
     return 0
 

@@ -16,7 +16,6 @@ import collections
 import contextlib
 import fcntl
 import hmac
-import ipaddress
 import json
 import logging
 import logging.handlers
@@ -27,7 +26,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.parse
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from dream_wire import PROTOCOL_VERSION, Progress
+from dream_wire import PROTOCOL_VERSION, Progress, is_loopback, speaks_curve
 from gimp_plugin.dream_client import Connection, DreamClient, client_keypair
 from gimp_plugin.locations import ENDPOINT_FILE, ensure_state_dir, log_path, state_dir
 
@@ -51,8 +49,6 @@ from .models import DEFAULT_MODEL, MODELS, PRESETS
 from .params import VISUALIZE_PARAMETERS, parameter_schema
 from .protocol import (
     BadMessage,
-    Submission,
-    VisualizeRequest,
     decode_header,
     encode,
     frame_meta,
@@ -166,77 +162,62 @@ class Worker(threading.Thread):
         def send(kind: bytes, header: bytes, *results: Any) -> None:
             socket.send_multipart([kind, job_id.encode(), client, header, *results], copy=False)
 
+        started = time.monotonic()
         try:
             header = json.loads(header_bytes)
             parse = parse_submit if header["type"] == "submit" else parse_visualize
             request = parse(header, frames, self.max_pixels)
-            results, fields = self._dream(request, send, should_stop)
-        except DreamCancelled:
-            send(b"done", encode("cancelled", job=job_id))
-            return
-        except _Failed as failure:
-            send(b"done", failure.header)
-            return
-        except Exception:  # the worker must outlive any one job
-            log.exception("job %s failed", job_id)
-            send(b"done", encode("error", job=job_id, code="internal",
-                                 message="The dream server failed on this job.",
-                                 hint=f"See {log_path()} for details."))  # fmt: skip
-            return
-        frames_out = [np.ascontiguousarray(result) for result in results]
-        send(
-            b"done",
-            encode("result", job=job_id, count=len(frames_out), **frame_meta(frames_out[0]),
-                   **fields),
-            *(memoryview(frame).cast("B") for frame in frames_out),
-        )  # fmt: skip
-
-    def _dream(self, request: Submission | VisualizeRequest, send, should_stop):  # noqa: ANN001, ANN202
-        job_id = request.job
-        started = time.monotonic()
-        last_sent = 0.0
-        pace_from: tuple[float, float] | None = None
-        send(b"update", encode("progress", **asdict(Progress(0.0, 0, 1, 0, 1)), job=job_id))
-
-        def progress(report: Progress) -> None:
-            nonlocal last_sent, pace_from
-            now = time.monotonic()
-            # The pace is taken from the first step on: loading and warming up come before it.
-            pace_from = pace_from or (now, report.fraction)
-            if now - last_sent < PROGRESS_INTERVAL_S and report.fraction < 1.0:
-                return
-            last_sent = now
-            (since, done_then), left = pace_from, None
-            if report.fraction - done_then >= STEADY_PACE_AFTER:
-                rate = (report.fraction - done_then) / (now - since)
-                left = round((1 - report.fraction) / rate, 1)
-            report = replace(report, fraction=round(report.fraction, 4), seconds_left=left)
-            send(b"update", encode("progress", **asdict(report), job=job_id))
-
-        try:
+            progress = _progress_reports(job_id, send)
             results, fields = request.run(self.engine, progress, should_stop)
         except DreamCancelled:
             log.info("job %s cancelled after %.1f s", job_id, time.monotonic() - started)
-            raise
+            ending = encode("cancelled", job=job_id)
         except (OutOfMemory, MemoryError) as err:
             _free_device_memory()
             message = str(err) if isinstance(err, OutOfMemory) else "Out of memory."
             hint = "Dream on a smaller selection, or lower tile-size."
-            raise _Failed(encode("error", job=job_id, code="out_of_memory", message=message,
-                                 hint=hint)) from None  # fmt: skip
+            ending = encode("error", job=job_id, code="out_of_memory", message=message, hint=hint)
         except DreamError as err:
-            raise _Failed(encode("error", job=job_id, code=err.code, message=str(err))) from None
-        log.info("job %s done in %.1f s on %s", job_id, time.monotonic() - started,
-                 self.engine.device)  # fmt: skip
-        return results, fields
+            ending = encode("error", job=job_id, code=err.code, message=str(err))
+        except Exception:  # the worker must outlive any one job
+            log.exception("job %s failed", job_id)
+            ending = encode("error", job=job_id, code="internal",
+                            message="The dream server failed on this job.",
+                            hint=f"See {log_path()} for details.")  # fmt: skip
+        else:
+            log.info("job %s done in %.1f s on %s", job_id, time.monotonic() - started,
+                     self.engine.device)  # fmt: skip
+            frames_out = [np.ascontiguousarray(result) for result in results]
+            meta = frame_meta(frames_out[0])
+            ending = encode("result", job=job_id, count=len(frames_out), **meta, **fields)
+            send(b"done", ending, *(memoryview(frame).cast("B") for frame in frames_out))
+            return
+        send(b"done", ending)
 
 
-class _Failed(Exception):
-    """A job that ends with an error reply (its encoded header)."""
+def _progress_reports(job_id: str, send):  # noqa: ANN001, ANN202 - a ProgressCallback
+    """The engine's progress as `progress` messages, at most every PROGRESS_INTERVAL_S, with the
+    time left once the pace shows; the first one goes out at once."""
+    last_sent = 0.0
+    pace_from: tuple[float, float] | None = None
+    send(b"update", encode("progress", **asdict(Progress(0.0, 0, 1, 0, 1)), job=job_id))
 
-    def __init__(self, header: bytes) -> None:
-        super().__init__()
-        self.header = header
+    def report(progress: Progress) -> None:
+        nonlocal last_sent, pace_from
+        now = time.monotonic()
+        # The pace is taken from the first step on: loading and warming up come before it.
+        pace_from = pace_from or (now, progress.fraction)
+        if now - last_sent < PROGRESS_INTERVAL_S and progress.fraction < 1.0:
+            return
+        last_sent = now
+        (since, done_then), left = pace_from, None
+        if progress.fraction - done_then >= STEADY_PACE_AFTER:
+            rate = (progress.fraction - done_then) / (now - since)
+            left = round((1 - progress.fraction) / rate, 1)
+        progress = replace(progress, fraction=round(progress.fraction, 4), seconds_left=left)
+        send(b"update", encode("progress", **asdict(progress), job=job_id))
+
+    return report
 
 
 def _size(frames: tuple) -> int:
@@ -284,7 +265,7 @@ class DreamServer:
         self.router.setsockopt(zmq.SNDHWM, CLIENT_BACKLOG)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_pixels * 16 + (1 << 20))
         self.authenticator = None
-        if not bind.startswith("ipc://"):
+        if speaks_curve(bind):
             # Over TCP, even on the loopback, nobody may send a byte without the token: CURVE
             # with a server key (its own, or one made for this run) and, checked by ZeroMQ's
             # authentication handler, the one client key that the token gives.
@@ -304,16 +285,14 @@ class DreamServer:
         self.endpoint = bind
         cpu_workers = sum(engine.device.type == "cpu" for engine in engines)
         cpu_threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers > 1 else 0
-        self.workers: list[Worker] = []
-        self.worker_sockets: dict[zmq.Socket, Worker] = {}
+        self.sockets: dict[Worker, zmq.Socket] = {}
+        """The loop's end of each worker's PAIR socket."""
         for index, engine in enumerate(engines):
             threads = cpu_threads if engine.device.type == "cpu" else 0
             worker = Worker(index, engine, self.context, max_pixels, threads)
             socket = self.context.socket(zmq.PAIR)
             socket.bind(worker.address)
-            self.workers.append(worker)
-            self.worker_sockets[socket] = worker
-        self.sockets = {worker: socket for socket, worker in self.worker_sockets.items()}
+            self.sockets[worker] = socket
         self.idle: list[Worker] = list(self.workers)
         self.jobs: dict[str, Job] = {}
         self.waiting: dict[bytes, collections.deque[str]] = {}
@@ -330,6 +309,10 @@ class DreamServer:
         self.counters = collections.Counter()
 
     @property
+    def workers(self) -> list[Worker]:
+        return list(self.sockets)
+
+    @property
     def devices(self) -> list[str]:
         return [str(engine.device) for engine in self.engines]
 
@@ -341,14 +324,14 @@ class DreamServer:
         monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        for socket in self.worker_sockets:
+        for socket in self.sockets.values():
             poller.register(socket, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         log.info("serving on %s with %s", self.endpoint, ", ".join(self.devices))
         try:
             while not self.stopping.is_set():
                 events = dict(poller.poll(100))
-                for socket, worker in self.worker_sockets.items():
+                for worker, socket in self.sockets.items():
                     if socket in events:
                         self._forward_worker_replies(socket, worker)
                 if monitor in events:
@@ -366,7 +349,7 @@ class DreamServer:
                     log.info("idle for %.0f s: exiting", self.idle_exit_s)
                     break
         finally:
-            for socket in self.worker_sockets:
+            for socket in self.sockets.values():
                 with contextlib.suppress(zmq.ZMQError):
                     socket.send(b"stop", zmq.NOBLOCK)
             for worker in self.workers:
@@ -374,7 +357,7 @@ class DreamServer:
             self.router.disable_monitor()
             monitor.close(linger=0)
             self.router.close(linger=0)
-            for socket in self.worker_sockets:
+            for socket in self.sockets.values():
                 socket.close(linger=0)
             if self.authenticator is not None:
                 self.authenticator.stop()
@@ -463,46 +446,40 @@ class DreamServer:
         """
         if client in self.gone:
             return
-        if client in self.held:  # behind replies that wait already
-            self._hold(client, frames)
-            return
+        # behind the replies that wait already, if any: a client's replies keep their order
+        if client in self.held or not self._deliver(client, frames):
+            held = self.held.setdefault(client, collections.deque())
+            held.append(frames)
+            self.held_bytes[client] = self.held_bytes.get(client, 0) + _size(frames)
+            if self.held_bytes[client] > CLIENT_HELD_BYTES:
+                self._client_gone(client, "its client does not read its replies")
+
+    def _deliver(self, client: bytes, frames: tuple) -> bool:
+        """Hand one reply to ZeroMQ; False where the client's connection has no room for it."""
         try:
             self.router.send_multipart([client, *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            self._hold(client, frames)
+            return False
         except zmq.ZMQError as err:
             if err.errno != zmq.EHOSTUNREACH:
                 raise
             self._client_gone(client, "its client's connection closed")
-
-    def _hold(self, client: bytes, frames: tuple) -> None:
-        held = self.held.setdefault(client, collections.deque())
-        held.append(frames)
-        self.held_bytes[client] = self.held_bytes.get(client, 0) + _size(frames)
-        if self.held_bytes[client] > CLIENT_HELD_BYTES:
-            del self.held[client], self.held_bytes[client]
-            self._client_gone(client, "its client does not read its replies")
+        return True
 
     def _send_held(self) -> None:
         for client in list(self.held):
             held = self.held[client]
-            while held:
-                try:
-                    self.router.send_multipart([client, *held[0]], flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                except zmq.ZMQError as err:
-                    if err.errno != zmq.EHOSTUNREACH:
-                        raise
-                    del self.held[client], self.held_bytes[client]
-                    self._client_gone(client, "its client's connection closed")
-                    break
+            while held and client not in self.gone and self._deliver(client, held[0]):
                 self.held_bytes[client] -= _size(held.popleft())
-            if client in self.held and not held:
-                del self.held[client], self.held_bytes[client]
+            if not held:
+                self.held.pop(client, None)
+                self.held_bytes.pop(client, None)
 
     def _client_gone(self, client: bytes, why: str) -> None:
+        """Nothing more is sent to `client` and its jobs end; what waited for it is dropped."""
         self.gone.add(client)
+        self.held.pop(client, None)
+        self.held_bytes.pop(client, None)
         self._stop_jobs_of(client, why)
 
     def _stop_jobs_of(self, client: bytes, why: str) -> None:
@@ -636,27 +613,9 @@ def default_bind(folder: Path) -> str:
     return "tcp://127.0.0.1:0"
 
 
-def is_loopback(bind: str) -> bool:
-    if bind.startswith(("ipc://", "inproc://")):
-        return True
-    host = urllib.parse.urlsplit(bind).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def write_endpoint_file(path: Path, record: dict[str, Any]) -> None:
     """Atomically, readable by this user only: it holds the token."""
-    temporary = path.with_suffix(".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(record, out)
-    os.replace(temporary, path)
+    write_new_file(path, json.dumps(record), 0o600)
 
 
 def take_lock(folder: Path):  # noqa: ANN201 - an open file holding the lock

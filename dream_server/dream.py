@@ -432,10 +432,9 @@ def plan_tiles(
     budget = (free - image_bytes) * headroom
     per_pixel = _bytes_per_window_pixel(model, objective, autocast)
 
-    def window_pixels(size: int) -> float:
-        # split_evenly makes tiles up to 1.5x the tile size on a side
-        side = min(1.5 * size, max(image_size)) + 2 * GradientAscent.halo
-        return side * min(side, min(image_size) + 2 * GradientAscent.halo)
+    def window_pixels(size: int) -> int:
+        height, width = tile_windows(*image_size, size, GradientAscent.halo)[0].shape
+        return height * width
 
     size = tile_size
     while size > MIN_TILE_SIZE and window_pixels(size) * per_pixel > budget:
@@ -451,15 +450,13 @@ def plan_tiles(
 def _bytes_per_window_pixel(
     model: FeatureModel, objective: Objective, autocast: torch.dtype | None
 ) -> float:
+    """What a window pixel costs a step in device memory, measured on one probe window."""
     device = next(model.parameters()).device
-    side = PROBE_SIZE
-    probe = torch.rand(1, 3, side, side, device=device)
-    probe = probe.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    probe = torch.rand(1, 3, PROBE_SIZE, PROBE_SIZE, device=device)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    with precision(device, autocast):
-        score = objective(model(probe, objective.layers))
-    torch.autograd.grad(score, probe)
+    ascent = GradientAscent(model, objective, DreamParams(), autocast=autocast)
+    ascent.window_gradient(probe, share=1.0)
     peak = torch.cuda.max_memory_allocated(device) - before
-    return peak / (side * side)
+    return peak / PROBE_SIZE**2

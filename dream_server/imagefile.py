@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,27 @@ FORMATS = {
     ".tiff": "TIFF",
 }
 CAN_STORE_ALPHA = {"PNG", "WEBP", "TIFF"}
+KEPT_METADATA = ("icc_profile", "dpi")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    pixels: np.ndarray
+    metadata: dict[str, Any]
+    """What a dream of the image should carry over: its ICC colour profile and resolution."""
+    frames: int
+    """How many frames an animated GIF, WebP or PNG holds (1 for a still image)."""
 
 
 def read_image(path: Path) -> np.ndarray:
     """(H, W, C) pixels: uint8, or uint16 for 16-bit gray, or float32 for 32-bit float gray;
     written back with `write_image`, they keep their depth and layout. A photo's EXIF
     orientation is applied, so that it is upright as every viewer shows it."""
+    return load_image(path).pixels
+
+
+def load_image(path: Path) -> LoadedImage:
+    """The pixels as `read_image` gives them, with what else the file says, read once."""
     try:
         with warnings.catch_warnings():
             # The size is known from the header: refuse a huge one before decoding a byte,
@@ -41,9 +57,11 @@ def read_image(path: Path) -> np.ndarray:
                 if opened.width * opened.height > MAX_PIXELS:
                     raise Image.DecompressionBombError()
                 _refuse_16_bit_colour(path, opened)
+                frames = getattr(opened, "n_frames", 1)  # counting seeks: before the pixels load
                 opened.load()
                 ImageOps.exif_transpose(opened, in_place=True)
                 image = opened
+                metadata = {key: opened.info[key] for key in KEPT_METADATA if opened.info.get(key)}
     except FileNotFoundError:
         raise InvalidImage(f"{path} does not exist: check the path.") from None
     except IsADirectoryError:
@@ -62,6 +80,10 @@ def read_image(path: Path) -> np.ndarray:
         raise InvalidImage(f"{path} is damaged or truncated ({err}): re-export it.") from None
     if image.width == 0 or image.height == 0:
         raise InvalidImage(f"{path} is empty ({image.width}x{image.height} pixels).")
+    return LoadedImage(_pixels(image), metadata, frames)
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L"):
         return np.asarray(image, dtype=np.uint16)[:, :, None]
     if image.mode == "I":
@@ -100,21 +122,6 @@ def _png_bit_depth(image: Image.Image) -> int:
         return header.read(1)[0]
     finally:
         header.seek(position)
-
-
-def image_metadata(path: Path) -> dict[str, Any]:
-    """What a dream of the image should carry over: its ICC colour profile and resolution."""
-    with contextlib.suppress(OSError, ValueError, SyntaxError), Image.open(path) as opened:
-        kept = {key: opened.info[key] for key in ("icc_profile", "dpi") if opened.info.get(key)}
-        return kept
-    return {}
-
-
-def frame_count(path: Path) -> int:
-    """How many frames an animated GIF, WebP or PNG holds (1 for a still image)."""
-    with contextlib.suppress(OSError, ValueError, SyntaxError), Image.open(path) as opened:
-        return getattr(opened, "n_frames", 1)
-    return 1
 
 
 def read_mask(path: Path) -> np.ndarray:

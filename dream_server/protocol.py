@@ -20,7 +20,7 @@ from .engine import Engine
 from .errors import DreamError
 from .params import DreamParams, VisualizeParams
 from .sheets import contact_sheet
-from .visualize import sample_labels
+from .visualize import sample_labels, subject
 
 HEADER_LIMIT = 64 * 1024
 JOB_ID_LIMIT = 64
@@ -69,7 +69,7 @@ class VisualizeRequest:
         if not self.sheet:
             return list(images), {"labels": labels}
         sheet, _ = contact_sheet(images, labels)
-        return [sheet], {"labels": [f"{labels[0].split(' #')[0]} · {len(labels)} samples"]}
+        return [sheet], {"labels": [f"{subject(self.params)} · {len(labels)} samples"]}
 
 
 def _checked_params(header: dict[str, Any], kind: type) -> Any:

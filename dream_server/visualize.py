@@ -198,15 +198,18 @@ def interesting_channels(model: FeatureModel, name: str, count: int,
     return totals.argsort(descending=True)[:count].tolist()
 
 
+def subject(params) -> str:  # noqa: ANN001 - VisualizeParams
+    """What the samples show, e.g. `block7/5`, `block9/3,4,4` or `class goldfish`."""
+    if params.class_name:
+        return f"class {params.class_name}"
+    if params.neuron:
+        return f"{params.layer}/{params.neuron.replace(' ', '')}"
+    return f"{params.layer}/{params.channel}" if params.channel >= 0 else params.layer
+
+
 def sample_labels(params) -> list[str]:  # noqa: ANN001 - VisualizeParams
     """What each sample shows, e.g. `block7/5 #2`, for sheets and layer names."""
-    if params.class_name:
-        subject = f"class {params.class_name}"
-    elif params.neuron:
-        subject = f"{params.layer}/{params.neuron.replace(' ', '')}"
-    else:
-        subject = f"{params.layer}/{params.channel}" if params.channel >= 0 else params.layer
-    return [f"{subject} #{i + 1}" for i in range(params.samples)]
+    return [f"{subject(params)} #{i + 1}" for i in range(params.samples)]
 
 
 def grid_shape(count: int) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from dream_wire import (
     DreamError,
     Progress,
     ProgressCallback,
+    is_loopback,
+    speaks_curve,
 )
 
 try:
@@ -148,7 +151,7 @@ class DreamClient:
     def _connect_and_greet(self, connection: Connection) -> None:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
-        if not connection.endpoint.startswith("ipc://"):
+        if speaks_curve(connection.endpoint):
             if not connection.server_key:
                 socket.close(linger=0)
                 raise DreamError(
@@ -188,10 +191,10 @@ class DreamClient:
         """Where the server's log is, said so that the reader finds it: on another machine, the
         path there."""
         endpoint = self.connection.endpoint
-        host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
         where = self.server_info.get("log")
-        if endpoint.startswith("ipc://") or host in ("127.0.0.1", "localhost", "::1"):
+        if is_loopback(endpoint):
             return where or str(log_path())
+        host = urllib.parse.urlsplit(endpoint).hostname
         return f"the dream server's log on {host} ({where or 'in its state folder'} there)"
 
     def close(self) -> None:
@@ -325,8 +328,7 @@ class DreamClient:
             if kind == "progress":
                 last_progress = now
                 if on_progress:
-                    fields = {name: header[name] for name in Progress.__dataclass_fields__}
-                    on_progress(Progress(**fields))
+                    on_progress(Progress.from_message(header))
             elif kind == "accepted":
                 last_progress = now
             elif kind == "result" and frames:
