@@ -51,8 +51,11 @@ class Progress:
     octaves: int
     step: int
     steps: int
+    """0 in a job's first report, before the engine has said how many."""
     seconds_left: float | None = None
     """Known once a few steps have shown the pace; None before."""
+    loading: str | None = None
+    """The model being loaded before the first step (seconds on a first job), or None."""
 
     @classmethod
     def from_message(cls, header: Mapping[str, Any]) -> Progress:
@@ -61,6 +64,10 @@ class Progress:
 
     def describe(self) -> str:
         """`octave 2/4, step 7/10`, or `step 120/256` where there is one octave."""
+        if self.loading:
+            return f"loading model {self.loading}..."
+        if self.steps == 0:
+            return "starting..."
         step = f"step {self.step + 1}/{self.steps}"
         return step if self.octaves == 1 else f"octave {self.octave + 1}/{self.octaves}, {step}"
 

@@ -48,12 +48,11 @@ from .errors import DreamCancelled, DreamError, OutOfMemory
 from .models import DEFAULT_MODEL, MODELS, PRESETS
 from .params import VISUALIZE_PARAMETERS, parameter_schema
 from .protocol import (
+    JOB_PARSERS,
     BadMessage,
     decode_header,
     encode,
     frame_meta,
-    parse_submit,
-    parse_visualize,
 )
 
 log = logging.getLogger("dream_server.daemon")
@@ -165,9 +164,10 @@ class Worker(threading.Thread):
         started = time.monotonic()
         try:
             header = json.loads(header_bytes)
-            parse = parse_submit if header["type"] == "submit" else parse_visualize
-            request = parse(header, frames, self.max_pixels)
-            progress = _progress_reports(job_id, send)
+            request = JOB_PARSERS[header["type"]](header, frames, self.max_pixels)
+            model = request.params.model
+            loading = None if model in self.engine.loaded_models else model
+            progress = _progress_reports(job_id, send, loading)
             results, fields = request.run(self.engine, progress, should_stop)
         except DreamCancelled:
             log.info("job %s cancelled after %.1f s", job_id, time.monotonic() - started)
@@ -188,19 +188,21 @@ class Worker(threading.Thread):
             log.info("job %s done in %.1f s on %s", job_id, time.monotonic() - started,
                      self.engine.device)  # fmt: skip
             frames_out = [np.ascontiguousarray(result) for result in results]
-            meta = frame_meta(frames_out[0])
+            meta = frame_meta(frames_out[0]) if frames_out else {}
             ending = encode("result", job=job_id, count=len(frames_out), **meta, **fields)
             send(b"done", ending, *(memoryview(frame).cast("B") for frame in frames_out))
             return
         send(b"done", ending)
 
 
-def _progress_reports(job_id: str, send):  # noqa: ANN001, ANN202 - a ProgressCallback
-    """The engine's progress as `progress` messages, at most every PROGRESS_INTERVAL_S, with the
-    time left once the pace shows; the first one goes out at once."""
+def _progress_reports(job_id: str, send, loading: str | None):  # noqa: ANN001, ANN202
+    """The engine's progress as `progress` messages (a ProgressCallback), at most every
+    PROGRESS_INTERVAL_S, with the time left once the pace shows; the first one goes out at once
+    and names the model `loading` when the job starts by loading one."""
     last_sent = 0.0
     pace_from: tuple[float, float] | None = None
-    send(b"update", encode("progress", **asdict(Progress(0.0, 0, 1, 0, 1)), job=job_id))
+    first = Progress(0.0, 0, 1, 0, 0, loading=loading)
+    send(b"update", encode("progress", **asdict(first), job=job_id))
 
     def report(progress: Progress) -> None:
         nonlocal last_sent, pace_from
@@ -491,7 +493,7 @@ class DreamServer:
         header = decode_header(header_frame.bytes, self.token)
         self.last_heard[client] = self.last_activity = time.monotonic()  # only clients count
         kind = header["type"]
-        if kind not in ("submit", "visualize") and frames:
+        if kind not in JOB_PARSERS and frames:
             raise BadMessage(
                 "bad_frames", f"A {kind} message has no pixel frames.", header.get("job")
             )
@@ -505,11 +507,8 @@ class DreamServer:
             self._reply(client, encode("status_ok", **self.status()))
         elif kind == "cancel":
             self._cancel(client, header["job"])
-        elif kind == "submit":
-            parse_submit(header, frames, self.max_pixels)  # refused here, before any work
-            self._queue(client, header["job"], [header_frame, *frames])
-        elif kind == "visualize":
-            parse_visualize(header, frames, self.max_pixels)
+        elif kind in JOB_PARSERS:
+            JOB_PARSERS[kind](header, frames, self.max_pixels)  # refused here, before any work
             self._queue(client, header["job"], [header_frame, *frames])
 
     def _queue(self, client: bytes, job_id: str, message: list) -> None:

@@ -24,7 +24,7 @@ from .visualize import sample_labels, subject
 
 HEADER_LIMIT = 64 * 1024
 JOB_ID_LIMIT = 64
-REQUEST_TYPES = {"hello", "submit", "visualize", "cancel", "ping", "status"}
+REQUEST_TYPES = {"hello", "submit", "visualize", "check", "cancel", "ping", "status"}
 DTYPES = {"u8": np.uint8, "f32": np.float32}
 assert set(DTYPES) == set(ITEM_SIZES)
 
@@ -72,6 +72,19 @@ class VisualizeRequest:
         return [sheet], {"labels": [f"{subject(self.params)} · {len(labels)} samples"]}
 
 
+@dataclass(frozen=True)
+class CheckRequest:
+    """Whether dream parameters would be taken, down to the layers text checked against the
+    model (which is loaded for it): a dialog asks before it closes. Its result has no frames."""
+
+    job: str
+    params: DreamParams
+
+    def run(self, engine: Engine, on_progress, should_stop):  # noqa: ANN001, ANN201
+        engine.objective(self.params, engine.model(self.params.model))
+        return [], {}
+
+
 def _checked_params(header: dict[str, Any], kind: type) -> Any:
     """The header's `params`, validated by the engine's parameter definition."""
     params = header.get("params", {})
@@ -95,6 +108,12 @@ def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> Vi
     if not isinstance(sheet, bool):
         raise BadMessage("bad_header", f"'sheet' must be true or false; got {sheet!r}.", job)
     return VisualizeRequest(job, checked, sheet)
+
+
+def parse_check(header: dict[str, Any], frames: list, max_pixels: int) -> CheckRequest:
+    if frames:
+        raise BadMessage("bad_frames", "A check request has no pixel frames.", header["job"])
+    return CheckRequest(header["job"], _checked_params(header, DreamParams))
 
 
 def decode_header(frame: bytes, token: str) -> dict[str, Any]:
@@ -131,7 +150,7 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
             f"known: {', '.join(sorted(REQUEST_TYPES))}.",
             job,
         )
-    if header["type"] in ("submit", "visualize", "cancel") and job is None:
+    if (header["type"] in JOB_PARSERS or header["type"] == "cancel") and job is None:
         raise BadMessage(
             "bad_job", f"'job' must be a non-empty string of at most {JOB_ID_LIMIT} characters."
         )
@@ -212,3 +231,7 @@ def frame_meta(array: np.ndarray) -> dict[str, Any]:
     height, width, channels = array.shape
     dtype = next(name for name, kind in DTYPES.items() if array.dtype == kind)
     return {"width": width, "height": height, "channels": channels, "dtype": dtype}
+
+
+JOB_PARSERS = {"submit": parse_submit, "visualize": parse_visualize, "check": parse_check}
+"""The requests that become jobs, each with the parser that checks it completely."""

@@ -10,6 +10,8 @@ group adds the layer, so one Undo removes it.
 import json
 import os
 import sys
+import threading
+import time
 
 import gi
 
@@ -22,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dream_client import DreamClient  # noqa: E402
 from locations import log_path  # noqa: E402
 
-from dream_wire import DreamError  # noqa: E402
+from dream_wire import DreamCancelled, DreamError  # noqa: E402
 
 PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
@@ -150,34 +152,188 @@ SLIDERS = ("strength", "steps", "octaves", "octave-scale", "step-size", "jitter"
            "max-change")  # fmt: skip
 
 
-def confirmed(procedure, config, title, groups=()):
-    """Show the procedure's dialog, built from its arguments; False when cancelled.
-
-    With `groups`, those arguments in framed groups and the rest in a folded Advanced group.
-    """
+def confirmed(procedure, config, title):
+    """Show the procedure's dialog, built from its arguments; False when cancelled."""
     GimpUi.init(procedure.get_name())
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
     # The run mode is how a script calls it, nothing an artist chooses.
-    names = [arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"]
-    if not groups:
-        dialog.fill(names)
-    else:
-        for name in SLIDERS:
-            if name in names:
-                dialog.get_widget(name, GimpUi.SpinScale.__gtype__)
-        grouped = {name for _, _, members in groups for name in members}
-        advanced = [name for name in names if name not in grouped]
-        containers = []
-        for group_id, group_title, members in (*groups, ("advanced", "Advanced", advanced)):
-            dialog.fill_box(f"{group_id}-box", list(members))
-            dialog.get_label(f"{group_id}-title", group_title, False, False)
-            fill = dialog.fill_expander if group_id == "advanced" else dialog.fill_frame
-            fill(group_id, f"{group_id}-title", False, f"{group_id}-box")
-            containers.append(group_id)
-        dialog.fill(containers)
+    dialog.fill([arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"])
     answer = dialog.run()
     dialog.destroy()
     return answer
+
+
+def dream_dialog(procedure, config, drawable):
+    """The DeepDream dialog: a live preview, the arguments in framed groups and the rest in a
+    folded Advanced group. OK closes it only once the server has taken the settings (a wrong
+    layers text is said in the dialog, in the server's words). False when cancelled."""
+    GimpUi.init(procedure.get_name())
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, "DeepDream")
+    names = [arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"]
+    for name in SLIDERS:
+        dialog.get_widget(name, GimpUi.SpinScale.__gtype__)
+    grouped = {name for _, _, members in DREAM_DIALOG for name in members}
+    advanced = [name for name in names if name not in grouped]
+    containers = []
+    for group_id, group_title, members in (*DREAM_DIALOG, ("advanced", "Advanced", advanced)):
+        dialog.fill_box(f"{group_id}-box", list(members))
+        dialog.get_label(f"{group_id}-title", group_title, False, False)
+        fill = dialog.fill_expander if group_id == "advanced" else dialog.fill_frame
+        fill(group_id, f"{group_id}-title", False, f"{group_id}-box")
+        containers.append(group_id)
+    problem = wrapped(dialog.get_label("problem", "", True, False))
+    preview = DreamPreview(dialog, config, drawable)
+    dialog.fill(["preview", "preview-status", *containers, "problem"])
+    try:
+        while dialog.run():
+            refused = refusal(dream_params(config, load_parameters()))
+            if refused is None:
+                return True
+            problem.set_markup(
+                f'<span foreground="#c01c28">{GLib.markup_escape_text(refused)}</span>'
+            )
+        return False
+    finally:
+        preview.close()
+        dialog.destroy()
+
+
+def wrapped(label):
+    """A label that wraps its lines (a server's message can be long) instead of widening the
+    dialog past the screen."""
+    label.set_line_wrap(True)
+    label.set_max_width_chars(60)
+    label.set_xalign(0.0)
+    return label
+
+
+def refusal(params):
+    """What the server says against these dream parameters, in one line, or None."""
+    try:
+        with DreamClient() as client:
+            client.check(params)
+    except DreamError as err:
+        return str(err)
+    return None
+
+
+PREVIEW_NOTE = "Preview: at full size, as the dream will look here"
+
+
+class DreamPreview:
+    """The dialog's live preview: the dream of the previewed part of the layer at 1:1, with the
+    context around it that the whole dream gives it, so it looks as the result will look there
+    (DeepDream's patterns have a size in pixels: a scaled-down preview would show other ones).
+
+    The server renders in a thread of this plug-in while the dialog stays responsive; GIMP's
+    preview waits for changes to settle before asking again, and a newer request cancels the one
+    under way on the server. The Preview check-box switches it off. The image is never touched.
+    """
+
+    def __init__(self, dialog, config, drawable):
+        self.config = config
+        self.drawable = drawable
+        self.widget = dialog.get_drawable_preview("preview", drawable)
+        self.status = wrapped(dialog.get_label("preview-status", PREVIEW_NOTE, False, False))
+        self.babl_format, self.channels = preview_format(drawable)
+        self._wanted = None
+        self._generation = 0
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._render_requests, daemon=True)
+        self._thread.start()
+        self.widget.connect("invalidated", self._ask)
+        config.connect("notify", lambda *_: self.widget.invalidate())
+
+    def _ask(self, widget):
+        """GIMP wants the preview drawn again: read the pixels here (GIMP's calls belong to
+        this thread) and hand the request to the render thread."""
+        x, y = widget.get_position()
+        width, height = widget.get_size()
+        region = Region(self.drawable, x, y, width, height)
+        pixels = read(self.drawable, region.context, self.babl_format)
+        params = dream_params(self.config, load_parameters())
+        with self._changed:
+            self._generation += 1
+            self._wanted = (self._generation, region, pixels, params)
+            self._changed.notify()
+
+    def _render_requests(self):
+        client = None
+        try:
+            while True:
+                with self._changed:
+                    while self._wanted is None and not self._closed:
+                        self._changed.wait()
+                    if self._closed:
+                        return
+                    (generation, region, pixels, params), self._wanted = self._wanted, None
+                client = client or self._connect(generation)
+                if client is not None:
+                    self._render(client, generation, region, pixels, params)
+        finally:
+            if client is not None:
+                client.close()
+
+    def _connect(self, generation):
+        self._say(generation, "Preview: waiting for the dream server...")
+        try:
+            return DreamClient()
+        except DreamError as err:
+            self._say(generation, f"Preview: {err}")
+            return None
+
+    def _render(self, client, generation, region, pixels, params):
+        def show(progress):
+            self._say(generation, f"Preview: {progress.describe()}")
+
+        started = time.monotonic()
+        try:
+            dreamed = client.dream(pixels, region.context[2], region.context[3], self.channels,
+                                   params, on_progress=show,
+                                   should_stop=lambda: generation != self._generation)  # fmt: skip
+        except DreamCancelled:
+            return
+        except DreamError as err:  # in full under the settings when OK is pressed
+            self._say(generation, f"Preview: {first_sentence(str(err))}")
+            return
+        seconds = time.monotonic() - started
+        shown = region.crop(dreamed, self.channels, 1)
+        GLib.idle_add(self._draw, generation, shown, region.selection[2], seconds)
+
+    def _draw(self, generation, pixels, width, seconds):
+        if generation == self._generation and not self._closed:
+            self.widget.draw_buffer(pixels, width * self.channels)
+            self.status.set_text(f"{PREVIEW_NOTE} ({seconds:.1f} s)")
+        return False
+
+    def _say(self, generation, text):
+        def update():
+            if generation == self._generation and not self._closed:
+                self.status.set_text(text)
+            return False
+
+        GLib.idle_add(update)
+
+    def close(self):
+        """Cancel what is under way and let the render thread end."""
+        with self._changed:
+            self._closed = True
+            self._generation += 1
+            self._changed.notify()
+        self._thread.join(timeout=5)
+
+
+def first_sentence(message):
+    sentence, stop, _ = message.partition(". ")
+    return sentence + stop.strip()
+
+
+def preview_format(drawable):
+    """The 8-bit format of the drawable's own type, which is what GIMP's preview draws."""
+    gray = drawable.is_gray()
+    name = ("Y'" if gray else "R'G'B'") + ("A" if drawable.has_alpha() else "") + " u8"
+    return name, (1 if gray else 3) + (1 if drawable.has_alpha() else 0)
 
 
 def dream_params(config, parameters):
@@ -238,7 +394,7 @@ def dream_on(procedure, run_mode, image, drawables, config):
             "DeepDream needs an RGB or grayscale image: convert it with Image > Mode > RGB first.",
         )
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    if interactive and not confirmed(procedure, config, "DeepDream", DREAM_DIALOG):
+    if interactive and not dream_dialog(procedure, config, source):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     parameters = load_parameters()

@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -40,6 +41,8 @@ HELLO_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 0.5
 SERVER_SILENCE_S = 3.0
 """No reply at all (not even to pings) for this long: the server has gone."""
+STOP_CHECK_S = 0.05
+"""How often a job that can be stopped (a preview) asks whether it should stop."""
 START_TIMEOUT_S = 90.0
 IDLE_EXIT_MINUTES = 120
 """A server the plug-in started gives its memory back after two hours without work."""
@@ -252,10 +255,12 @@ class DreamClient:
         mask: bytes | memoryview | None = None,
         guide: tuple[bytes | memoryview, int, int, int] | None = None,
         on_progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> memoryview:
         """Dream on tightly packed pixels (8-bit, or 32-bit float in 0..1) and return the result
         in the same layout (a read-only buffer). `mask` is one channel of the same size; `guide` is
-        (pixels, width, height, channels)."""
+        (pixels, width, height, channels). When `should_stop` says so (it is asked every
+        STOP_CHECK_S), the job is cancelled on the server and DreamCancelled raised."""
         limit = self.server_info.get("max_pixels")
         if limit and width * height > limit:
             raise DreamError(
@@ -279,7 +284,14 @@ class DreamClient:
             )
             frames.append(guide_pixels)
         self._send(header, frames)
-        return self._await_result(header["job"], on_progress)[0]
+        return self._await_result(header["job"], on_progress, should_stop)[0]
+
+    def check(self, params: dict, on_progress: ProgressCallback | None = None) -> None:
+        """Raise the server's DreamError if it would refuse these dream parameters (the layers
+        text is checked against the model, which the server loads for it)."""
+        job = uuid.uuid4().hex
+        self._send({"type": "check", "job": job, "params": params})
+        self._await_result(job, on_progress)
 
     def visualize(
         self, params: dict, on_progress: ProgressCallback | None = None, sheet: bool = False
@@ -293,14 +305,23 @@ class DreamClient:
         width, height = self._last_result["width"], self._last_result["height"]
         return width, height, list(zip(labels, frames, strict=True))
 
-    def _await_result(self, job: str, on_progress: ProgressCallback | None) -> list[memoryview]:
+    def _await_result(
+        self,
+        job: str,
+        on_progress: ProgressCallback | None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[memoryview]:
         last_heard = last_progress = last_ping = time.monotonic()
+        wait_s = PING_INTERVAL_S if should_stop is None else STOP_CHECK_S
         while True:
+            if should_stop is not None and should_stop():
+                self.cancel(job)
+                raise DreamCancelled()
             now = time.monotonic()
             if now - last_ping >= PING_INTERVAL_S:  # tells the server this client still waits
                 self._send({"type": "ping", "job": job})
                 last_ping = now
-            reply = self._receive(PING_INTERVAL_S)
+            reply = self._receive(wait_s)
             now = time.monotonic()
             if reply is None:
                 if now - last_heard > SERVER_SILENCE_S:
@@ -331,7 +352,7 @@ class DreamClient:
                     on_progress(Progress.from_message(header))
             elif kind == "accepted":
                 last_progress = now
-            elif kind == "result" and frames:
+            elif kind == "result" and len(frames) == header.get("count"):
                 self._last_result = header
                 return [frame.buffer for frame in frames]  # the received bytes, not copies
             elif kind == "cancelled":

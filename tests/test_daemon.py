@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zmq
 import zmq.auth
 from conftest import ROOT, photo, start_server
 
 from dream_server.devices import devices
 from dream_server.engine import Engine
+from dream_server.models import MODELS
 from dream_server.params import DreamParams, VisualizeParams
 from dream_server.sheets import contact_sheet
 from dream_wire import DreamError
@@ -139,6 +141,42 @@ def test_progress_says_octave_and_step_and_the_time_left_once_the_pace_shows(ser
     assert {(report.octaves, report.steps) for report in reports[1:]} == {(2, 5)}
     assert reports[0].seconds_left is None and reports[1].seconds_left is None  # not yet known
     assert any(report.seconds_left is not None and report.seconds_left >= 0 for report in reports)
+
+
+def test_a_check_takes_good_parameters_and_refuses_wrong_layers_in_one_line(server):
+    with DreamClient(server.connection) as client:
+        client.check({"preset": "custom", "layers": "block5/3, block10:0.5"})
+        client.check({"preset": "animals"})
+        with pytest.raises(DreamError, match="block99") as info:
+            client.check({"preset": "custom", "layers": "block99"})
+        assert info.value.code == "unknown_layer" and "\n" not in str(info.value)
+        with pytest.raises(DreamError, match="steps"):
+            client.check({"steps": 0})
+        assert client.status()["queue"] == []  # a check leaves no job behind
+
+
+def test_the_first_job_on_a_model_says_the_model_is_loading(tmp_path, monkeypatch):
+    torch_home = tmp_path / "torch-home"  # weights in place, as after a download
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    spec = MODELS["inception-v1"]
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(
+        spec.build().state_dict(), torch_home / "hub" / "checkpoints" / spec.weights.filename
+    )
+    fresh = start_server(tmp_path / "home")
+    try:
+        with DreamClient(fresh.connection) as client:
+            reports = []
+            client.check({"model": "inception-v1", "preset": "custom", "layers": "mixed4c"},
+                         on_progress=reports.append)  # fmt: skip
+            assert reports[0].loading == "inception-v1"
+            assert reports[0].describe() == "loading model inception-v1..."
+            again = []
+            client.dream(cat_pixels(3, "u8").tobytes(), 96, 64, 3,
+                         {**QUICK, "model": "inception-v1"}, on_progress=again.append)  # fmt: skip
+            assert [report.loading for report in again] == [None] * len(again)
+    finally:
+        fresh.stop()
 
 
 def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[bytes]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, SAMPLES, start_server
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "gimp"))
 from sandbox import Gimp, find_gimp, install_plugin  # noqa: E402
@@ -428,9 +429,10 @@ NO_STARTUP_DIALOGS = "(color-profile-policy keep)\n(show-welcome-dialog no)\n(sh
 class Screen:
     """GIMP's GUI on a virtual X screen, driven with xdotool like a person at the keyboard."""
 
-    def __init__(self, gimp: Gimp, display: str) -> None:
+    def __init__(self, gimp: Gimp, display: str, scratch: Path) -> None:
         self.gimp = gimp
         self.display = display
+        self.scratch = scratch
 
     def tool(self, program: str, *args: str, check: bool = True) -> str:
         command = self.gimp.command(program, list(args), {"DISPLAY": self.display})
@@ -443,11 +445,11 @@ class Screen:
         ids = self.tool("xdotool", "search", "--onlyvisible", "--name", ".", check=False).split()
         return {i: self.tool("xdotool", "getwindowname", i, check=False).strip() for i in ids}
 
-    def wait_for_window(self, pattern: str, timeout: float = 120) -> str:
+    def wait_for_window(self, pattern: str, timeout: float = 120, exact: bool = False) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for window, title in self.window_titles().items():
-                if pattern in title:
+                if title == pattern if exact else pattern in title:
                     return window
             time.sleep(0.5)
         raise AssertionError(f"no window titled '{pattern}' in {timeout} s: {self.window_titles()}")
@@ -458,16 +460,35 @@ class Screen:
             self.tool("xdotool", "key", "--window", window, key)
             time.sleep(0.6)
 
-    def screenshot(self, name: str, scratch: Path) -> None:
-        self.tool("import", "-window", "root", self.gimp.inside(scratch / name))
+    def click(self, window: str, x: int, y: int) -> None:
+        """A left click at (x, y) in the window."""
+        self.tool("xdotool", "mousemove", "--window", window, str(x), str(y), "click", "1")
+        time.sleep(0.6)
+
+    def type(self, window: str, text: str) -> None:
+        self.tool("xdotool", "type", "--window", window, "--delay", "50", text)
+        time.sleep(0.6)
+
+    def screenshot(self, name: str) -> None:
+        self.tool("import", "-window", "root", self.gimp.inside(self.scratch / name))
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(scratch / name, ARTIFACTS / name)
+        shutil.copy(self.scratch / name, ARTIFACTS / name)
+
+    def grab(self, window: str, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The pixels shown in a box (x, y, width, height) of the window."""
+        x, y, width, height = box
+        path = self.scratch / "grab.png"
+        self.tool("import", "-window", window, "-crop", f"{width}x{height}+{x}+{y}", "+repage",
+                  self.gimp.inside(path))  # fmt: skip
+        return np.asarray(Image.open(path).convert("RGB"), np.float32)
 
 
-def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp, workspace):
+@contextlib.contextmanager
+def gimp_gui(gimp: Gimp, workspace, display: str):
+    """GIMP's GUI with the cat open, on a virtual screen of its own, talking to the test's
+    server; everything it started ends with it."""
     scratch, profile, server = workspace
     (profile / "gimprc").write_text(NO_STARTUP_DIALOGS)
-    display = ":97"
     environment = {
         "HOME": gimp.inside(scratch / "home"),
         "DISPLAY": display,
@@ -487,34 +508,115 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    screen = Screen(gimp, display)
+    screen = Screen(gimp, display, scratch)
     try:
-        main = screen.wait_for_window("1 layer)")
-        screen.tool("xdotool", "mousemove", "1590", "990")  # no tooltips over the menus
-        screen.screenshot("1-opened.png", scratch)
-        screen.keys(main, "alt+r", "a")  # Filters > Artistic, by their mnemonics
-        screen.screenshot("2-filters-artistic.png", scratch)
-        screen.keys(main, "d")  # DeepDream...
-        dialog = screen.wait_for_window("DeepDream", timeout=30)
-        assert screen.window_titles()[dialog] == "DeepDream"
-        screen.screenshot("3-dialog.png", scratch)
-        screen.keys(dialog, "Return")
-        screen.wait_for_window("2 layers)")
-        screen.screenshot("4-dreamed.png", scratch)
-        screen.keys(main, "ctrl+z")
-        screen.wait_for_window("1 layer)", timeout=20)
-        screen.screenshot("5-undone.png", scratch)
-        screen.keys(main, "ctrl+f")  # Repeat Last, with the values just used
-        screen.wait_for_window("2 layers)")
-        screen.screenshot("6-repeated.png", scratch)
-        screen.keys(main, "ctrl+f")  # and again at once, on the dream just made
-        screen.wait_for_window("3 layers)")
-        screen.screenshot("7-repeated-again.png", scratch)
-        screen.keys(main, "alt+f", "Down", "Right")  # File > Create
-        screen.screenshot("8-file-create.png", scratch)
-        screen.keys(main, "f")  # DeepDream Feature Visualization...
-        screen.wait_for_window("DeepDream Feature Visualization", timeout=30)
-        screen.screenshot("9-visualize-dialog.png", scratch)  # no run mode, plain words
+        yield screen
     finally:
         end_session(app)
         end_session(xvfb)
+
+
+def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp, workspace):
+    with gimp_gui(gimp, workspace, ":97") as screen:
+        main = screen.wait_for_window("1 layer)")
+        screen.tool("xdotool", "mousemove", "1590", "990")  # no tooltips over the menus
+        screen.screenshot("1-opened.png")
+        screen.keys(main, "alt+r", "a")  # Filters > Artistic, by their mnemonics
+        screen.screenshot("2-filters-artistic.png")
+        screen.keys(main, "d")  # DeepDream...
+        dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
+        screen.screenshot("3-dialog.png")
+        screen.keys(dialog, "Return")
+        screen.wait_for_window("2 layers)")
+        screen.screenshot("4-dreamed.png")
+        screen.keys(main, "ctrl+z")
+        screen.wait_for_window("1 layer)", timeout=20)
+        screen.screenshot("5-undone.png")
+        screen.keys(main, "ctrl+f")  # Repeat Last, with the values just used
+        screen.wait_for_window("2 layers)")
+        screen.screenshot("6-repeated.png")
+        screen.keys(main, "ctrl+f")  # and again at once, on the dream just made
+        screen.wait_for_window("3 layers)")
+        screen.screenshot("7-repeated-again.png")
+        screen.keys(main, "alt+f", "Down", "Right")  # File > Create
+        screen.screenshot("8-file-create.png")
+        screen.keys(main, "f")  # DeepDream Feature Visualization...
+        screen.wait_for_window("DeepDream Feature Visualization", timeout=30)
+        screen.screenshot("9-visualize-dialog.png")  # no run mode, plain words
+
+
+# Where things are in the DeepDream dialog, in its window's pixels (GIMP 3.0's default theme).
+PREVIEW_AREA = (30, 30, 160, 160)
+PREVIEW_TOGGLE = (24, 241)
+PRESET_CHOICE = (300, 314)
+LAYERS_ENTRY = (300, 386)
+
+
+def jobs_done(server) -> int:  # noqa: ANN001
+    """How many jobs the server has taken, once none is queued or running."""
+    with DreamClient(server.connection) as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = client.status()
+            if not status["queue"]:
+                return status["counters"].get("jobs", 0)
+            time.sleep(0.2)
+    raise AssertionError("the server's queue did not empty within 60 s")
+
+
+def wait_for_a_new_job(server, done_before: int) -> int:  # noqa: ANN001
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = jobs_done(server)
+        if done > done_before:
+            time.sleep(1.0)  # the preview draws what came back
+            return done
+        time.sleep(0.3)
+    raise AssertionError("the dialog sent the server no job within 60 s")
+
+
+def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gimp, workspace):
+    server = workspace[2]
+    with gimp_gui(gimp, workspace, ":96") as screen:
+        main = screen.wait_for_window("1 layer)")
+        done = jobs_done(server)
+        screen.keys(main, "alt+r", "a", "d")  # Filters > Artistic > DeepDream...
+        dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
+        done = wait_for_a_new_job(server, done)  # the dialog opens with a preview
+        screen.screenshot("preview-1-animals.png")
+        animals = screen.grab(dialog, PREVIEW_AREA)
+
+        screen.click(dialog, *PREVIEW_TOGGLE)  # the preview off: the layer as it is
+        screen.screenshot("preview-2-off.png")
+        original = screen.grab(dialog, PREVIEW_AREA)
+        # A dream moves pixels by about 10 levels in 255 on average; the same pixels by 0.
+        assert np.abs(animals - original).mean() > 5
+
+        screen.click(dialog, *PRESET_CHOICE)
+        screen.keys(dialog, "Down", "Return")  # animals -> objects
+        time.sleep(2)
+        assert jobs_done(server) == done  # no preview asked for while it is off
+        assert np.array_equal(screen.grab(dialog, PREVIEW_AREA), original)
+
+        screen.click(dialog, *PREVIEW_TOGGLE)  # on again: the objects' dream
+        done = wait_for_a_new_job(server, done)
+        screen.screenshot("preview-3-objects.png")
+        objects = screen.grab(dialog, PREVIEW_AREA)
+        assert np.abs(objects - original).mean() > 5
+        assert np.abs(objects - animals).mean() > 3  # another look
+
+        screen.click(dialog, *LAYERS_ENTRY)
+        screen.type(dialog, "block99")
+        screen.keys(dialog, "alt+o")  # OK: the server refuses the layers, the dialog stays
+        time.sleep(3)
+        screen.screenshot("preview-4-wrong-layers.png")
+        assert screen.window_titles().get(dialog) == "DeepDream"
+        assert any(title.endswith("1 layer) 451x300 – GIMP") or "1 layer)" in title
+                   for title in screen.window_titles().values())  # fmt: skip
+
+        screen.click(dialog, *LAYERS_ENTRY)
+        screen.keys(dialog, "ctrl+a", "BackSpace", "alt+o")  # mended: OK dreams
+        screen.wait_for_window("2 layers)")
+        screen.screenshot("preview-5-dreamed.png")
+        screen.keys(main, "ctrl+z")
+        screen.wait_for_window("1 layer)", timeout=20)
