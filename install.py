@@ -79,24 +79,69 @@ def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
     return installed
 
 
-def check_gimp_python() -> bool:
-    """GIMP runs Python plug-ins with the system's python3: it needs gi and pyzmq."""
-    probe = (
-        "import gi; gi.require_version('Gimp', '3.0'); from gi.repository import Gimp; import zmq"
-    )
-    system_python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else None
-    if system_python is None:
-        return True
-    result = subprocess.run([system_python, "-c", probe], capture_output=True, text=True)
+FLATPAK_GIMP = "org.gimp.GIMP"
+INTERPRETER_FOLDERS = (
+    "/usr/lib/gimp/3.0/interpreters", "/usr/lib/x86_64-linux-gnu/gimp/3.0/interpreters",
+    "/usr/lib/aarch64-linux-gnu/gimp/3.0/interpreters",
+    "/Applications/GIMP.app/Contents/Resources/lib/gimp/3.0/interpreters",
+    os.path.expandvars(r"%ProgramFiles%\GIMP 3\lib\gimp\3.0\interpreters"),
+)  # fmt: skip
+GIMP_PYTHON_PROBE = (
+    "import sys; print(sys.version.split()[0], flush=True); import gi; "
+    "gi.require_version('Gimp', '3.0'); from gi.repository import Gimp; import zmq"
+)
+
+
+def gimp_python(profile: Path) -> list[str] | None:
+    """The command of the Python that the GIMP owning `profile` runs the plug-in with: Flatpak
+    GIMP's own; else the one an `.interp` file of GIMP maps `python3` to (the Windows and macOS
+    bundles); else the `python3` that the plug-in's `#!/usr/bin/env python3` finds."""
+    if f"app/{FLATPAK_GIMP}/" in profile.as_posix():
+        flatpak = shutil.which("flatpak")
+        return [flatpak, "run", "--command=python3", FLATPAK_GIMP] if flatpak else None
+    for folder in map(Path, INTERPRETER_FOLDERS):
+        for interp in sorted(folder.glob("*.interp")) if folder.is_dir() else ():
+            for line in interp.read_text(errors="replace").splitlines():
+                name, _, program = line.strip().partition("=")
+                if name in ("python3", "python") and Path(program).exists():
+                    return [program]
+    found = shutil.which("python3")
+    return [found] if found else None
+
+
+def check_gimp_python(profile: Path) -> bool:
+    """Whether the Python that this profile's GIMP runs plug-ins with can run the plug-in (it
+    needs GIMP's bindings and pyzmq); says what it found, and what to do."""
+    where = f"GIMP of {profile}"
+    command = gimp_python(profile)
+    if command is None:
+        say(f"{where}: found no Python that it would run plug-ins with")
+        return False
+    try:
+        result = subprocess.run([*command, "-c", GIMP_PYTHON_PROBE], capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as err:
+        say(f"{where}: could not run {' '.join(command)} ({err})")
+        return False
+    version = result.stdout.strip() or "?"
+    runs = f"{where}: runs plug-ins with {' '.join(command)} (Python {version})"
     if result.returncode == 0:
-        say("GIMP's Python has gi and pyzmq")
+        say(f"{runs}: it has GIMP's bindings and pyzmq")
         return True
-    missing = "pyzmq" if "zmq" in result.stderr else "GIMP's Python bindings (gi, Gimp 3.0)"
-    package = "python3-zmq" if missing == "pyzmq" else "gir1.2-gimp-3.0 python3-gi"
-    say(
-        f"GIMP's Python lacks {missing}: install it with `sudo apt install {package}` "
-        "(Flatpak and macOS/Windows GIMPs bundle their own Python; see README)."
-    )
+    failure = (result.stderr.strip().splitlines() or [""])[-1]
+    if "zmq" in failure:
+        bundled = command[0] != shutil.which("python3")
+        advice = (
+            "this GIMP bundles its own Python, in which the plug-in does not load yet (see README)"
+            if bundled
+            else "install it with `sudo apt install python3-zmq`"
+        )
+        say(f"{runs}: it lacks pyzmq: {advice}")
+    else:
+        say(
+            f"{runs}: it lacks GIMP's Python bindings (gi with Gimp 3.0): install them with "
+            "`sudo apt install gir1.2-gimp-3.0 python3-gi`, or check that this is GIMP 3"
+        )
     return False
 
 
@@ -173,6 +218,7 @@ def check(venv_dir: Path, profiles: list[Path]) -> int:
         plugin = profile / "plug-ins" / PLUGIN_NAME / "deepdream.py"
         if profile.exists():
             say(f"plug-in in {profile}: {'installed' if plugin.exists() else 'missing'}")
+            check_gimp_python(profile)
     python = venv_python(venv_dir)
     if python.exists():
         status = subprocess.run([str(python), "-m", "dream_server.daemon", "--status"],
@@ -287,8 +333,8 @@ def main() -> int:
         if not found and gimp_installed():
             found = profiles[:1]
         if found:
-            install_plugin(python, found)
-            check_gimp_python()
+            for profile in install_plugin(python, found):
+                check_gimp_python(profile.parent.parent)
         else:
             say("no GIMP 3 found: skipped the plug-in (install GIMP 3, then run this again)")
         if not args.no_sample:

@@ -96,11 +96,11 @@ def choice_of(nicks, help_by_nick):
 class Region:
     """The part of the layer to dream on: the selection's bounds plus context, in layer pixels."""
 
-    def __init__(self, drawable, x, y, width, height):
+    def __init__(self, drawable, x, y, width, height, margin=CONTEXT_MARGIN):
         self.selection = (x, y, width, height)
-        left, top = max(0, x - CONTEXT_MARGIN), max(0, y - CONTEXT_MARGIN)
-        right = min(drawable.get_width(), x + width + CONTEXT_MARGIN)
-        bottom = min(drawable.get_height(), y + height + CONTEXT_MARGIN)
+        left, top = max(0, x - margin), max(0, y - margin)
+        right = min(drawable.get_width(), x + width + margin)
+        bottom = min(drawable.get_height(), y + height + margin)
         self.context = (left, top, right - left, bottom - top)
 
     def crop(self, pixels, channels, item_size):
@@ -218,6 +218,10 @@ def refusal(params):
 
 
 PREVIEW_NOTE = "Preview: at full size, as the dream will look here"
+PREVIEW_CONTEXT = 32
+"""Pixels around the previewed area that the network sees: enough for its edges to look like
+the dream's there, half the dream's margin so that an update takes under a second on 2 cores."""
+SETTLE_MS = 50
 
 
 class DreamPreview:
@@ -242,15 +246,29 @@ class DreamPreview:
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._render_requests, daemon=True)
         self._thread.start()
-        self.widget.connect("invalidated", self._ask)
-        config.connect("notify", lambda *_: self.widget.invalidate())
+        self._settling = None
+        self.widget.connect("invalidated", self._ask)  # opened, scrolled, switched on
+        config.connect("notify", self._setting_changed)
+
+    def _setting_changed(self, *_):
+        """Ask again once the settings have been still for SETTLE_MS (a dragged slider changes
+        them many times a second); sooner than GIMP's own 200 ms wait for invalidated previews."""
+        if self._settling is not None:
+            GLib.source_remove(self._settling)
+        self._settling = GLib.timeout_add(SETTLE_MS, self._settled)
+
+    def _settled(self):
+        self._settling = None
+        if self.widget.get_update():  # the Preview check-box is on
+            self._ask(self.widget)
+        return False
 
     def _ask(self, widget):
         """GIMP wants the preview drawn again: read the pixels here (GIMP's calls belong to
         this thread) and hand the request to the render thread."""
         x, y = widget.get_position()
         width, height = widget.get_size()
-        region = Region(self.drawable, x, y, width, height)
+        region = Region(self.drawable, x, y, width, height, PREVIEW_CONTEXT)
         pixels = read(self.drawable, region.context, self.babl_format)
         params = dream_params(self.config, load_parameters())
         with self._changed:
@@ -317,6 +335,8 @@ class DreamPreview:
 
     def close(self):
         """Cancel what is under way and let the render thread end."""
+        if self._settling is not None:
+            GLib.source_remove(self._settling)
         with self._changed:
             self._closed = True
             self._generation += 1

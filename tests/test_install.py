@@ -42,3 +42,24 @@ def test_a_running_dream_server_is_stopped(tmp_path):
         assert server.process.wait(timeout=30) == 0
     finally:
         server.stop()
+
+
+def test_it_checks_the_python_that_gimp_runs_the_plug_in_with_and_says_what_it_lacks(tmp_path):
+    # GIMP starts the plug-in through `#!/usr/bin/env python3`: the python3 on its PATH, here one
+    # without GIMP's bindings (this environment's).
+    first_on_path = tmp_path / "bin"
+    first_on_path.mkdir()
+    (first_on_path / "python3").symlink_to(sys.executable)
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    run = subprocess.run(
+        [sys.executable, ROOT / "install.py", "--check", "--venv", tmp_path / "no-venv",
+         "--gimp-dir", profile],
+        env={**os.environ, "PATH": f"{first_on_path}{os.pathsep}{os.environ['PATH']}",
+             "DEEPDREAM_HOME": str(tmp_path / "home")},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    version = ".".join(map(str, sys.version_info[:3]))
+    said = f"GIMP of {profile}: runs plug-ins with {first_on_path / 'python3'} (Python {version})"
+    assert f"{said}: it lacks GIMP's Python bindings" in run.stdout, run.stdout
+    assert "sudo apt install gir1.2-gimp-3.0 python3-gi" in run.stdout
