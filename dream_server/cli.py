@@ -16,7 +16,15 @@ from dream_wire import Progress
 from . import __version__
 from .catalogue import MODELS, model_spec
 from .errors import DreamError, InvalidImage, InvalidParameter
-from .params import DREAM_PARAMETERS, VISUALIZE_PARAMETERS, DreamParams, Param, VisualizeParams
+from .params import (
+    DREAM_PARAMETERS,
+    VISUALIZE_PARAMETERS,
+    ZOOM_PARAMETERS,
+    DreamParams,
+    Param,
+    VisualizeParams,
+    ZoomParams,
+)
 
 # The engine, torch and the image libraries are imported where a dream or a visualization
 # starts: --help, --version, --list-models and mistakes in the arguments answer at once.
@@ -85,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="deepdream",
         description="Dream on an image with a pretrained network (DeepDream). "
-        "`deepdream visualize` and `deepdream atlas` show what a network's units look for.",
+        "`deepdream visualize` and `deepdream atlas` show what a network's units look for; "
+        "`deepdream zoom` dreams an endless zoom.",
         epilog="Example: deepdream photo.jpg -o dream.png --preset animals",
     )
     parser.add_argument(
@@ -147,16 +156,47 @@ def build_visualize_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def build_zoom_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="deepdream zoom",
+        description="Dream an endless zoom: each frame is dreamed on the last one, moved a "
+        "little closer (and turned or drifted, if asked).",
+        epilog="Example: deepdream zoom photo.jpg -o zoom.mp4 --frames 60 --preset animals",
+    )
+    parser.add_argument("input", type=Path, help="the image the zoom starts from")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True,
+        help="a .gif, .webp or .mp4 file, or a folder for numbered PNGs",
+    )  # fmt: skip
+    add_parameter_flags(parser, ZOOM_PARAMETERS)
+    add_parameter_flags(parser, DREAM_PARAMETERS, exclusive=("preset", "layers"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the frames already in the output folder")  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return parser
+
+
+SUBCOMMANDS = {
+    "visualize": lambda: build_visualize_parser("visualize"),
+    "atlas": lambda: build_visualize_parser("atlas"),
+    "zoom": build_zoom_parser,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in ("visualize", "atlas") else None
-    parser = build_visualize_parser(command) if command else build_parser()
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parser = SUBCOMMANDS[command]() if command else build_parser()
     args = parser.parse_args(argv[1:] if command else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if command == "zoom":
+            return zoom_file(args)
         if command:
             return visualize_file(args, atlas=command == "atlas")
         if args.list_models:
@@ -225,6 +265,70 @@ def dream_file(args: argparse.Namespace) -> int:
         )
     write_image(args.output, result, metadata=source.metadata)
     print(f"Wrote {args.output}")
+    return 0
+
+
+def zoom_file(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .animation import FrameFolder, frame_writer
+    from .imagefile import load_image, rgb8
+
+    params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
+    zoom = ZoomParams.from_mapping(given_values(args, ZOOM_PARAMETERS))
+    model_spec(params.model)
+    if same_file(args.input, args.output):
+        raise InvalidParameter(f"-o {args.output} is the input image itself: write elsewhere.")
+    first = rgb8(load_image(args.input).pixels)
+    writer = frame_writer(args.output, zoom.fps)
+    start, previous = 0, None
+    if isinstance(writer, FrameFolder):
+        start = writer.written()
+        if any(writer.folder.iterdir()) and not args.resume:
+            raise InvalidParameter(
+                f"{args.output} is not empty: add --resume to continue the frames in it, or "
+                "name an empty folder."
+            )
+        previous = writer.frame(start - 1) if start else None
+    elif args.resume:
+        raise InvalidParameter("--resume continues a folder of frames: name a folder as -o.")
+    if start >= zoom.frames:
+        print(f"{args.output} has all {zoom.frames} frames already.")
+        return 0
+
+    def frame_params(index: int) -> DreamParams:
+        if index == 0:
+            return params
+        return replace(params, steps=zoom.steps_per_frame, seed=(params.seed + index) % 2**31)
+
+    from .motion import CameraMove, zoom_sequence
+
+    done = start
+    with _Progress(enabled=not args.quiet) as progress:
+        progress.starting(f"loading {params.model}")
+        from .engine import Engine
+
+        engine = Engine(params.device, on_download=progress.download)
+
+        def dream(image: np.ndarray, index: int) -> np.ndarray:
+            return engine.dream(image, frame_params(index),
+                                on_progress=progress.frame(index, zoom.frames))  # fmt: skip
+
+        try:
+            for frame in zoom_sequence(first, CameraMove.of(zoom), zoom.frames, dream, start,
+                                       previous):  # fmt: skip
+                writer.write(frame)
+                done += 1
+        except KeyboardInterrupt:
+            writer.close()
+            print(f"deepdream: interrupted; {done} finished frames are in {args.output}"
+                  + (" (--resume continues them)." if isinstance(writer, FrameFolder) else "."),
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_INTERRUPTED
+    writer.close()
+    print(f"Wrote {zoom.frames} frames to {args.output}")
     return 0
 
 
@@ -334,6 +438,21 @@ class _Progress:
                 desc=what,
                 bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
             )
+
+    def frame(self, index: int, frames: int):  # noqa: ANN201 - a ProgressCallback
+        """The progress of frame `index` as part of all the frames."""
+
+        def report(progress: Progress) -> None:
+            if not self.enabled:
+                return
+            self.starting("dreaming")
+            description = f"frame {index + 1}/{frames}"
+            if self._dream_bar.desc != description:
+                self._dream_bar.set_description(description, refresh=False)
+            overall = (index + progress.fraction) / frames
+            self._dream_bar.update(round(overall * 100, 2) - self._dream_bar.n)
+
+        return report
 
     def dream(self, progress: Progress) -> None:
         if not self.enabled:

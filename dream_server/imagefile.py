@@ -83,6 +83,17 @@ def load_image(path: Path) -> LoadedImage:
     return LoadedImage(_pixels(image), metadata, frames)
 
 
+def rgb8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit RGB, what animations and video frames are made of: gray spread to the three
+    channels, alpha dropped, 16-bit and float scaled."""
+    if pixels.dtype == np.uint16:
+        pixels = np.rint(pixels / 257.0).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        pixels = np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+    colour = pixels[:, :, :3] if pixels.shape[2] >= 3 else np.repeat(pixels[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(colour)
+
+
 def _pixels(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L"):
         return np.asarray(image, dtype=np.uint16)[:, :, None]

@@ -284,6 +284,26 @@ VISUALIZE_PARAMETERS: tuple[Param, ...] = (
           choices=DEVICE_CHOICES, cli_only=True),
 )  # fmt: skip
 
+ZOOM_PARAMETERS: tuple[Param, ...] = (
+    Param("frames", "int", 30, "Frames", "How many frames the zoom has.",
+          minimum=1, maximum=10000),
+    Param("zoom", "float", 1.05, "Zoom per frame",
+          "How much closer each frame comes: 1.05 is 5% a frame; under 1 moves away.",
+          minimum=0.5, maximum=2.0),
+    Param("rotate", "float", 0.0, "Turn per frame", "Degrees the picture turns each frame, "
+          "clockwise; negative turns it the other way.", minimum=-45.0, maximum=45.0),
+    Param("shift-x", "float", 0.0, "Drift right", "Pixels the picture drifts right each frame "
+          "(negative: left).", minimum=-1000.0, maximum=1000.0),
+    Param("shift-y", "float", 0.0, "Drift down", "Pixels the picture drifts down each frame "
+          "(negative: up).", minimum=-1000.0, maximum=1000.0),
+    Param("steps-per-frame", "int", 5, "Steps per frame",
+          "Steps per octave on each frame after the first: the picture already carries the "
+          "dream, so a few add to it.", minimum=1, maximum=500),
+    Param("fps", "float", 12.0, "Frames per second", "How fast the animation plays.",
+          minimum=1.0, maximum=120.0),
+)  # fmt: skip
+"""How the camera moves through an endless zoom, and how fast it plays; with the dream's."""
+
 _PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "choice": str, "string": str}
 
 
@@ -359,6 +379,10 @@ DreamParams = _parameter_class(
     "DreamParams", _DreamChecks,
     "Validated dream settings, one attribute per parameter (`octave_scale` for "
     "`octave-scale`); build with `DreamParams.from_mapping`.",
+)  # fmt: skip
+ZoomParams = _parameter_class(
+    "ZoomParams", type("_ZoomChecks", (_ParamSet,), {"PARAMETERS": ZOOM_PARAMETERS}),
+    "Validated zoom settings; build with `ZoomParams.from_mapping`.",
 )  # fmt: skip
 VisualizeParams = _parameter_class(
     "VisualizeParams", _VisualizeChecks,
