@@ -7,13 +7,13 @@ PyAV, whose wheels carry ffmpeg (H.264 through libx264): nothing else to install
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import InvalidImage
+from .video import Mp4
 
 ANIMATED_SUFFIXES = (".gif", ".webp")
 VIDEO_SUFFIXES = (".mp4",)
@@ -72,37 +72,6 @@ class AnimatedImage:
         options = {"lossless": True} if self.path.suffix.lower() == ".webp" else {}
         first.save(self.path, save_all=True, append_images=rest, duration=self.duration_ms,
                    loop=0, **options)  # fmt: skip
-
-
-class Mp4:
-    """H.264 in an MP4, frame by frame, at a constant frame rate."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        import av
-
-        self.path = path
-        self.fps = Fraction(fps).limit_denominator(1001)
-        self._container = av.open(str(path), "w")
-        self._stream = None
-
-    def write(self, frame: np.ndarray) -> None:
-        import av
-
-        height, width = frame.shape[:2]
-        if self._stream is None:
-            self._stream = self._container.add_stream("libx264", rate=self.fps)
-            self._stream.width, self._stream.height = width - width % 2, height - height % 2
-            self._stream.pix_fmt = "yuv420p"  # what every player plays
-            self._stream.options = {"crf": "18"}
-        even = np.ascontiguousarray(frame[: self._stream.height, : self._stream.width, :3])
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(even, format="rgb24")):
-            self._container.mux(packet)
-
-    def close(self) -> None:
-        if self._stream is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-        self._container.close()
 
 
 def frame_writer(path: Path, fps: float) -> FrameFolder | AnimatedImage | Mp4:

@@ -18,10 +18,12 @@ from .catalogue import MODELS, model_spec
 from .errors import DreamError, InvalidImage, InvalidParameter
 from .params import (
     DREAM_PARAMETERS,
+    VIDEO_PARAMETERS,
     VISUALIZE_PARAMETERS,
     ZOOM_PARAMETERS,
     DreamParams,
     Param,
+    VideoParams,
     VisualizeParams,
     ZoomParams,
 )
@@ -178,10 +180,32 @@ def build_zoom_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_video_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="deepdream video",
+        description="Dream on a video with steady frames: each frame's dream moves on to the "
+        "next one with the picture (optical flow) instead of flickering.",
+        epilog="Example: deepdream video clip.mp4 -o dream.mp4 --start 5 --duration 4",
+    )
+    parser.add_argument("input", type=Path, help="the video (MP4, MOV, MKV, WebM)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="the dreamed video (.mp4, with the input's audio), or a folder "
+                        "for the frames as numbered PNGs")  # fmt: skip
+    add_parameter_flags(parser, VIDEO_PARAMETERS)
+    add_parameter_flags(parser, DREAM_PARAMETERS, exclusive=("preset", "layers"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the frames an interrupted run left")  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return parser
+
+
 SUBCOMMANDS = {
     "visualize": lambda: build_visualize_parser("visualize"),
     "atlas": lambda: build_visualize_parser("atlas"),
     "zoom": build_zoom_parser,
+    "video": build_video_parser,
 }
 
 
@@ -197,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "zoom":
             return zoom_file(args)
+        if command == "video":
+            return video_file(args)
         if command:
             return visualize_file(args, atlas=command == "atlas")
         if args.list_models:
@@ -329,6 +355,89 @@ def zoom_file(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
     writer.close()
     print(f"Wrote {zoom.frames} frames to {args.output}")
+    return 0
+
+
+def video_file(args: argparse.Namespace) -> int:
+    import itertools
+    import shutil
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .animation import FrameFolder, is_folder_output
+    from .motion import Carry, steady_sequence
+    from .video import VIDEO_OUTPUT_SUFFIXES, Mp4, read_frames, video_info
+
+    params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
+    video = VideoParams.from_mapping(given_values(args, VIDEO_PARAMETERS))
+    model_spec(params.model)
+    to_folder = is_folder_output(args.output)
+    if not to_folder and args.output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+        raise InvalidImage(
+            f"Cannot write a video to {args.output.name}: name it .mp4, or name a folder for "
+            "the frames as PNGs."
+        )
+    if same_file(args.input, args.output):
+        raise InvalidParameter(f"-o {args.output} is the input video itself: write elsewhere.")
+    duration = video.duration or None
+    info = video_info(args.input, video.start, duration)
+    # The frames go into a folder first, the output itself or one beside the MP4: an
+    # interrupted run leaves every finished frame there, and --resume carries on from them.
+    parts = args.output if to_folder else args.output.with_name(args.output.name + ".frames")
+    if parts.exists() and any(parts.iterdir()) and not args.resume:
+        unfinished = "is not empty" if to_folder else "holds the frames of an unfinished run"
+        raise InvalidParameter(
+            f"{parts} {unfinished}: add --resume to continue it, or "
+            f"{'name an empty folder' if to_folder else 'delete that folder to start again'}."
+        )
+    folder = FrameFolder(parts, float(info.fps))
+    done = folder.written()
+    sources = read_frames(args.input, video.start, duration)
+    previous = None
+    if done:
+        skipped = list(itertools.islice(sources, done))
+        if len(skipped) < done:
+            raise InvalidParameter(f"{parts} holds more frames than the chosen part has: "
+                                   "delete it and start again.")  # fmt: skip
+        previous = (skipped[-1], folder.frame(done - 1))
+    carry = Carry(video.blend, video.flow)
+    total = max(info.frames, done + 1)
+
+    with _Progress(enabled=not args.quiet) as progress:
+        progress.starting(f"loading {params.model}")
+        from .engine import Engine
+
+        engine = Engine(params.device, on_download=progress.download)
+
+        def dream(image: np.ndarray, index: int) -> np.ndarray:
+            frame_params = params if index == 0 else replace(params, steps=video.steps_per_frame)
+            return engine.dream(image, frame_params,
+                                on_progress=progress.frame(index, total))  # fmt: skip
+
+        try:
+            for dreamed in steady_sequence(sources, carry, dream, done, previous):
+                folder.write(dreamed)
+                done += 1
+        except KeyboardInterrupt:
+            print(f"deepdream: interrupted; {done} finished frames are in {parts} "
+                  "(--resume continues them).", file=sys.stderr)  # fmt: skip
+            return EXIT_INTERRUPTED
+    if done == 0:
+        shutil.rmtree(parts, ignore_errors=True)  # empty: made by this run
+        raise InvalidImage(f"{args.input} has no frames from {video.start:g} s on: choose an "
+                           "earlier --start.")  # fmt: skip
+    if to_folder:
+        print(f"Wrote {done} frames ({float(info.fps):g} fps) to {args.output}")
+        return 0
+    partial = args.output.with_name(args.output.name + ".partial.mp4")
+    encoder = Mp4(partial, info.fps, args.input, video.start, duration)
+    for index in range(done):
+        encoder.write(folder.frame(index))
+    encoder.close()
+    partial.replace(args.output)  # whole, or not there
+    shutil.rmtree(parts)
+    print(f"Wrote {done} frames at {float(info.fps):g} fps to {args.output}")
     return 0
 
 

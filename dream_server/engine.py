@@ -120,6 +120,16 @@ class Engine:
             should_stop=should_stop,
         )
 
+    def activation(self, image: np.ndarray, params: DreamParams) -> float:
+        """How strongly the image excites what `params` dream of: a dream raises it, and its
+        ratio to the undreamed image's is the dream's activation gain."""
+        model = self.model(params.model)
+        objective = self.objective(params, model)
+        rgb = Pixels.from_array(image).rgb
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(self.device)
+        with torch.no_grad():
+            return float(objective(model(tensor, objective.layers)))
+
     def visualize(
         self,
         params: VisualizeParams,

@@ -8,7 +8,7 @@ so this module knows nothing of models, files or progress bars.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,3 +91,82 @@ def zoom_sequence(
     for index in range(start, frames):
         frame = dream(first if index == 0 else move.apply(frame), index)
         yield frame
+
+
+@dataclass(frozen=True)
+class Carry:
+    """How a video's dreamed frame passes its dream on to the next source frame.
+
+    With `flow`, the previous frame's dream (dreamed minus source) is moved along the optical
+    flow between the two source frames and added to the next one, `weight` of it, except where
+    the flow is not to be trusted (what comes into view, what moves behind something): the
+    forward and backward flows disagree there. Without, the previous dreamed frame is blended
+    into the next one as it is, `weight` of it (DeepDreamVideo's way: moving things smear).
+    """
+
+    weight: float = 0.8
+    flow: bool = True
+
+    def start(
+        self, source: np.ndarray, previous_source: np.ndarray, previous_dreamed: np.ndarray
+    ) -> np.ndarray:
+        """What the next frame's dream starts from: its source with the dream carried over."""
+        current = source.astype(np.float32)
+        if not self.flow:
+            blended = (1 - self.weight) * current + self.weight * previous_dreamed
+            return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        dream = previous_dreamed.astype(np.float32) - previous_source.astype(np.float32)
+        carried, trusted = follow_flow(dream, previous_source, source)
+        started = current + self.weight * carried * trusted[:, :, None]
+        return np.clip(np.rint(started), 0, 255).astype(np.uint8)
+
+
+FLOW_DISAGREEMENT_PX = 1.0
+"""Where following the flow there and back lands further than this from where it started, the
+flow is not trusted (occlusions, things coming into view)."""
+
+
+def follow_flow(
+    values: np.ndarray, before: np.ndarray, after: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`values` laid on the `before` frame, moved to where its content is in the `after` frame
+    (OpenCV's DIS optical flow on the gray frames); and a 0/1 map of where that is trusted."""
+    import cv2
+
+    gray_before = cv2.cvtColor(before, cv2.COLOR_RGB2GRAY)
+    gray_after = cv2.cvtColor(after, cv2.COLOR_RGB2GRAY)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    back = dis.calc(gray_after, gray_before, None)  # for each pixel after: where it was before
+    forth = dis.calc(gray_before, gray_after, None)
+    height, width = gray_after.shape
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32),
+                                 np.arange(height, dtype=np.float32))  # fmt: skip
+    from_x, from_y = grid_x + back[:, :, 0], grid_y + back[:, :, 1]
+    moved = cv2.remap(values, from_x, from_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    forth_there = cv2.remap(forth, from_x, from_y, cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    round_trip = np.hypot(
+        back[:, :, 0] + forth_there[:, :, 0], back[:, :, 1] + forth_there[:, :, 1]
+    )
+    inside = (from_x >= 0) & (from_x <= width - 1) & (from_y >= 0) & (from_y <= height - 1)
+    trusted = ((round_trip < FLOW_DISAGREEMENT_PX) & inside).astype(np.float32)
+    return moved.reshape(values.shape), trusted
+
+
+def steady_sequence(
+    sources: Iterable[np.ndarray], carry: Carry | None, dream: FrameDream, start: int = 0,
+    previous: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """Dreamed frames of a video, one per source frame: the first dreamed on its own, each next
+    one from its source with the previous dream carried over (`carry`; None dreams each frame
+    on its own). Frames stream through; only the previous pair is kept. To continue from frame
+    `start`, give `sources` from there and `previous` = (source, dreamed) of the frame before."""
+    previous_source, previous_dreamed = previous if previous is not None else (None, None)
+    for index, source in enumerate(sources, start):
+        if carry is None or previous_source is None:
+            begin = source
+        else:
+            begin = carry.start(source, previous_source, previous_dreamed)
+        dreamed = dream(begin, index)
+        yield dreamed
+        previous_source, previous_dreamed = source, dreamed

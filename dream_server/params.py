@@ -304,6 +304,24 @@ ZOOM_PARAMETERS: tuple[Param, ...] = (
 )  # fmt: skip
 """How the camera moves through an endless zoom, and how fast it plays; with the dream's."""
 
+VIDEO_PARAMETERS: tuple[Param, ...] = (
+    Param("start", "float", 0.0, "Start", "Seconds into the clip where the dream starts.",
+          minimum=0.0, maximum=86400.0),
+    Param("duration", "float", 0.0, "Duration", "Seconds of the clip to dream; 0: to its end.",
+          minimum=0.0, maximum=86400.0),
+    Param("flow", "bool", True, "Follow the motion",
+          "Carry each frame's dream onto the next along the optical flow, so that it moves with "
+          "the picture instead of flickering; off blends the last dreamed frame in as it is."),
+    Param("blend", "float", 0.9, "Carry over",
+          "How much of the last frame's dream the next frame starts from: higher is steadier, "
+          "lower lets the dream change faster.", minimum=0.0, maximum=1.0),
+    Param("steps-per-frame", "int", 2, "Steps per frame",
+          "Steps per octave on each frame after the first, which starts from the last one's "
+          "dream: more adds more new dream per frame, and more flicker.",
+          minimum=1, maximum=500),
+)  # fmt: skip
+"""How a video is dreamed frame after frame; with the dream's."""
+
 _PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "choice": str, "string": str}
 
 
@@ -383,6 +401,10 @@ DreamParams = _parameter_class(
 ZoomParams = _parameter_class(
     "ZoomParams", type("_ZoomChecks", (_ParamSet,), {"PARAMETERS": ZOOM_PARAMETERS}),
     "Validated zoom settings; build with `ZoomParams.from_mapping`.",
+)  # fmt: skip
+VideoParams = _parameter_class(
+    "VideoParams", type("_VideoChecks", (_ParamSet,), {"PARAMETERS": VIDEO_PARAMETERS}),
+    "Validated video settings; build with `VideoParams.from_mapping`.",
 )  # fmt: skip
 VisualizeParams = _parameter_class(
     "VisualizeParams", _VisualizeChecks,
