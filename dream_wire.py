@@ -56,6 +56,9 @@ class Progress:
     """Known once a few steps have shown the pace; None before."""
     loading: str | None = None
     """The model being loaded before the first step (seconds on a first job), or None."""
+    frame: int = 0
+    """Of an animation's frames, counted from 0; `frames` is 1 for a still dream."""
+    frames: int = 1
 
     @classmethod
     def from_message(cls, header: Mapping[str, Any]) -> Progress:
@@ -63,13 +66,15 @@ class Progress:
         return cls(**{field.name: header[field.name] for field in fields(cls)})
 
     def describe(self) -> str:
-        """`octave 2/4, step 7/10`, or `step 120/256` where there is one octave."""
+        """`octave 2/4, step 7/10`, `step 120/256` where there is one octave, and `frame 3/30, `
+        before them in an animation."""
         if self.loading:
             return f"loading model {self.loading}..."
         if self.steps == 0:
             return "starting..."
         step = f"step {self.step + 1}/{self.steps}"
-        return step if self.octaves == 1 else f"octave {self.octave + 1}/{self.octaves}, {step}"
+        where = step if self.octaves == 1 else f"octave {self.octave + 1}/{self.octaves}, {step}"
+        return where if self.frames == 1 else f"frame {self.frame + 1}/{self.frames}, {where}"
 
 
 ProgressCallback = Callable[[Progress], None]

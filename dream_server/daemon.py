@@ -168,7 +168,13 @@ class Worker(threading.Thread):
             model = request.params.model
             loading = None if model in self.engine.loaded_models else model
             progress = _progress_reports(job_id, send, loading)
-            results, fields = request.run(self.engine, progress, should_stop)
+
+            def send_frame(index: int, count: int, image: np.ndarray) -> None:
+                image = np.ascontiguousarray(image)
+                header = encode("frame", job=job_id, index=index, count=count, **frame_meta(image))
+                send(b"update", header, memoryview(image).cast("B"))
+
+            results, fields = request.run(self.engine, progress, should_stop, send_frame)
         except DreamCancelled:
             log.info("job %s cancelled after %.1f s", job_id, time.monotonic() - started)
             ending = encode("cancelled", job=job_id)

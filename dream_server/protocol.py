@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from dream_wire import ITEM_SIZES, PROTOCOL_VERSION
+from dream_wire import ITEM_SIZES, PROTOCOL_VERSION, Progress
 
 from .engine import Engine
 from .errors import DreamError
-from .params import DreamParams, VisualizeParams
+from .imagefile import rgb8
+from .motion import CameraMove, zoom_sequence
+from .params import DreamParams, VisualizeParams, ZoomParams
 from .sheets import contact_sheet
 from .visualize import sample_labels, subject
 
 HEADER_LIMIT = 64 * 1024
 JOB_ID_LIMIT = 64
-REQUEST_TYPES = {"hello", "submit", "visualize", "check", "cancel", "ping", "status"}
+REQUEST_TYPES = {"hello", "submit", "visualize", "check", "animate", "cancel", "ping", "status"}
 DTYPES = {"u8": np.uint8, "f32": np.float32}
 assert set(DTYPES) == set(ITEM_SIZES)
 
@@ -46,8 +48,9 @@ class Submission:
     mask: np.ndarray | None
     guide: np.ndarray | None
 
-    def run(self, engine: Engine, on_progress, should_stop):  # noqa: ANN001, ANN201
-        """The result frames, and extra fields for the result header."""
+    def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
+        """The result frames, and extra fields for the result header; `on_frame(index, count,
+        image)` sends an image on its way before the job ends (an animation's frames)."""
         return [
             engine.dream(self.image, self.params, mask=self.mask, guide_image=self.guide,
                          on_progress=on_progress, should_stop=should_stop)
@@ -63,7 +66,7 @@ class VisualizeRequest:
     params: VisualizeParams
     sheet: bool = False
 
-    def run(self, engine: Engine, on_progress, should_stop):  # noqa: ANN001, ANN201
+    def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
         images = engine.visualize(self.params, on_progress=on_progress, should_stop=should_stop)
         labels = sample_labels(self.params)
         if not self.sheet:
@@ -80,9 +83,39 @@ class CheckRequest:
     job: str
     params: DreamParams
 
-    def run(self, engine: Engine, on_progress, should_stop):  # noqa: ANN001, ANN201
+    def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
         engine.objective(self.params, engine.model(self.params.model))
         return [], {}
+
+
+@dataclass(frozen=True)
+class AnimateRequest:
+    """An endless zoom from one image: each frame goes back as soon as it is dreamed, in a
+    `frame` message; the `result` that ends the job has no frames."""
+
+    job: str
+    params: DreamParams
+    zoom: ZoomParams
+    image: np.ndarray
+
+    def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
+        count = self.zoom.frames
+
+        def dream(image: np.ndarray, index: int) -> np.ndarray:
+            params = self.params if index == 0 else replace(
+                self.params, steps=self.zoom.steps_per_frame,
+                seed=(self.params.seed + index) % 2**31)  # fmt: skip
+
+            def report(progress: Progress) -> None:
+                fraction = (index + progress.fraction) / count
+                on_progress(replace(progress, fraction=fraction, frame=index, frames=count))
+
+            return engine.dream(image, params, on_progress=report, should_stop=should_stop)
+
+        start = rgb8(self.image)
+        for index, frame in enumerate(zoom_sequence(start, CameraMove.of(self.zoom), count, dream)):
+            on_frame(index, count, frame)
+        return [], {"frames": count}
 
 
 def _checked_params(header: dict[str, Any], kind: type) -> Any:
@@ -114,6 +147,24 @@ def parse_check(header: dict[str, Any], frames: list, max_pixels: int) -> CheckR
     if frames:
         raise BadMessage("bad_frames", "A check request has no pixel frames.", header["job"])
     return CheckRequest(header["job"], _checked_params(header, DreamParams))
+
+
+def parse_animate(header: dict[str, Any], frames: list, max_pixels: int) -> AnimateRequest:
+    job = header["job"]
+    dream_params = _checked_params(header, DreamParams)
+    zoom = header.get("zoom", {})
+    if not isinstance(zoom, dict):
+        raise BadMessage("bad_parameter", "'zoom' must be a JSON object.", job)
+    try:
+        zoom_params = ZoomParams.from_mapping(zoom)
+    except DreamError as err:
+        raise BadMessage("bad_parameter", str(err), job) from None
+    if len(frames) != 1:
+        raise BadMessage(
+            "bad_frames", f"An animate request has one image frame; got {len(frames)}.", job
+        )
+    image = pixel_array(header.get("image"), frames[0], "image", max_pixels, job)
+    return AnimateRequest(job, dream_params, zoom_params, image)
 
 
 def decode_header(frame: bytes, token: str) -> dict[str, Any]:
@@ -233,5 +284,10 @@ def frame_meta(array: np.ndarray) -> dict[str, Any]:
     return {"width": width, "height": height, "channels": channels, "dtype": dtype}
 
 
-JOB_PARSERS = {"submit": parse_submit, "visualize": parse_visualize, "check": parse_check}
+JOB_PARSERS = {
+    "submit": parse_submit,
+    "visualize": parse_visualize,
+    "check": parse_check,
+    "animate": parse_animate,
+}
 """The requests that become jobs, each with the parser that checks it completely."""

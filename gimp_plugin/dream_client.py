@@ -238,10 +238,12 @@ class DreamClient:
 
     def status(self) -> dict:
         self._send({"type": "status"})
-        reply = self._receive(HELLO_TIMEOUT_S)
-        if reply is None:
-            raise DreamError("The dream server did not answer a status request.")
-        return reply[0]
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        while time.monotonic() < deadline:
+            reply = self._receive(max(0.0, deadline - time.monotonic()))
+            if reply and reply[0].get("type") == "status_ok":  # not a late reply to a job
+                return reply[0]
+        raise DreamError("The dream server did not answer a status request.")
 
     # -- dreaming -----------------------------------------------------------------------------
 
@@ -286,6 +288,34 @@ class DreamClient:
         self._send(header, frames)
         return self._await_result(header["job"], on_progress, should_stop)[0]
 
+    def animate(
+        self,
+        pixels: bytes | memoryview,
+        width: int,
+        height: int,
+        channels: int,
+        params: dict,
+        zoom: dict,
+        on_frame: Callable[[int, int, memoryview], None],
+        on_progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[int, int]:
+        """An endless zoom from the pixels: `on_frame(index, count, rgb_u8)` gets each frame as
+        soon as it is dreamed. Returns the frames' (width, height). `should_stop` as in
+        `dream`."""
+        job = uuid.uuid4().hex
+        header = {"type": "animate", "job": job, "params": params, "zoom": zoom,
+                  "image": _frame_meta(pixels, width, height, channels, "image")}  # fmt: skip
+        self._send(header, [pixels])
+        size = []
+
+        def frame_arrived(header: dict, frame: memoryview) -> None:
+            size[:] = [header["width"], header["height"]]
+            on_frame(header["index"], header["count"], frame)
+
+        self._await_result(job, on_progress, should_stop, frame_arrived)
+        return tuple(size) if size else (width, height)
+
     def check(self, params: dict, on_progress: ProgressCallback | None = None) -> None:
         """Raise the server's DreamError if it would refuse these dream parameters (the layers
         text is checked against the model, which the server loads for it)."""
@@ -310,6 +340,7 @@ class DreamClient:
         job: str,
         on_progress: ProgressCallback | None,
         should_stop: Callable[[], bool] | None = None,
+        on_frame: Callable[[dict, memoryview], None] | None = None,
     ) -> list[memoryview]:
         last_heard = last_progress = last_ping = time.monotonic()
         wait_s = PING_INTERVAL_S if should_stop is None else STOP_CHECK_S
@@ -352,6 +383,9 @@ class DreamClient:
                     on_progress(Progress.from_message(header))
             elif kind == "accepted":
                 last_progress = now
+            elif kind == "frame" and on_frame is not None and len(frames) == 1:
+                last_progress = now
+                on_frame(header, frames[0].buffer)
             elif kind == "result" and len(frames) == header.get("count"):
                 self._last_result = header
                 return [frame.buffer for frame in frames]  # the received bytes, not copies

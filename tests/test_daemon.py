@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from conftest import ROOT, photo, start_server
 from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.models import MODELS
-from dream_server.params import DreamParams, VisualizeParams
+from dream_server.motion import CameraMove, zoom_sequence
+from dream_server.params import DreamParams, VisualizeParams, ZoomParams
 from dream_server.sheets import contact_sheet
 from dream_wire import DreamError
 from gimp_plugin.dream_client import DreamClient
@@ -177,6 +179,60 @@ def test_the_first_job_on_a_model_says_the_model_is_loading(tmp_path, monkeypatc
             assert [report.loading for report in again] == [None] * len(again)
     finally:
         fresh.stop()
+
+
+def test_an_animate_job_sends_each_zoom_frame_as_soon_as_it_is_dreamed(server, local_engine):
+    pixels = cat_pixels(3, "u8")
+    zoom = {"frames": 3, "zoom": 1.1, "steps-per-frame": 1}
+    arrivals = []
+    with DreamClient(server.connection) as client:
+        width, height = client.animate(
+            pixels.tobytes(), 96, 64, 3, QUICK, zoom,
+            on_frame=lambda index, count, frame: arrivals.append(
+                (index, count, bytes(frame), time.monotonic())),
+        )  # fmt: skip
+        done = time.monotonic()
+    assert (width, height) == (96, 64)
+    assert [(index, count) for index, count, *_ in arrivals] == [(0, 3), (1, 3), (2, 3)]
+    assert arrivals[0][3] < arrivals[1][3] < arrivals[2][3] <= done  # one by one
+    params, steps = DreamParams.from_mapping(QUICK), ZoomParams.from_mapping(zoom)
+
+    def dream(image, index):  # noqa: ANN001, ANN202 - as the server dreams each frame
+        if index == 0:
+            return local_engine.dream(image, params)
+        return local_engine.dream(image, replace(params, steps=1, seed=index))
+
+    expected = zoom_sequence(pixels, CameraMove.of(steps), 3, dream)
+    for (_, _, frame, _), image in zip(arrivals, expected, strict=True):
+        assert np.array_equal(np.frombuffer(frame, np.uint8).reshape(64, 96, 3), image)
+
+
+def test_cancelling_an_animation_stops_its_frames(server):
+    arrivals = []
+    with DreamClient(server.connection) as client:
+        with pytest.raises(DreamError, match="cancelled"):
+            client.animate(
+                cat_pixels(3, "u8").tobytes(), 96, 64, 3, {"octaves": 1, "steps": 20},
+                {"frames": 200, "steps-per-frame": 20},
+                on_frame=lambda index, count, frame: arrivals.append(time.monotonic()),
+                should_stop=lambda: len(arrivals) >= 1,
+            )  # fmt: skip
+        stopped = time.monotonic()
+        assert len(arrivals) == 1 and stopped - arrivals[0] < 1.0
+        time.sleep(1.0)  # a cancel lands within a second: the 199 frames left are not dreamed
+        assert client.status()["queue"] == []
+
+
+def test_an_animate_request_is_checked_like_any_other(server):
+    raw = Raw(server)
+    meta = {"width": 8, "height": 8, "channels": 3, "dtype": "u8"}
+    raw.send({"type": "animate", "job": "a1", "image": meta, "zoom": {"zoom": 9}}, bytes(192))
+    assert "'zoom' must be a number from 0.5 to 2" in raw.wait_for("error")["message"]
+    raw.send({"type": "animate", "job": "a2", "image": meta, "zoom": []}, bytes(192))
+    assert raw.wait_for("error")["code"] == "bad_parameter"
+    raw.send({"type": "animate", "job": "a3", "image": meta})
+    assert raw.wait_for("error")["code"] == "bad_frames"
+    raw.close()
 
 
 def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[bytes]:
