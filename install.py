@@ -62,7 +62,11 @@ def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
             capture_output=True,
             text=True,
         ).stdout
-        for name, which in (("parameters.json", []), ("parameters-visualize.json", ["visualize"]))
+        for name, which in (
+            ("parameters.json", []),
+            ("parameters-visualize.json", ["visualize"]),
+            ("parameters-zoom.json", ["zoom"]),
+        )
     }
     installed = []
     for profile in profiles:

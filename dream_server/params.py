@@ -422,5 +422,7 @@ if __name__ == "__main__":  # install.py writes these next to the GIMP plug-in
     import json
     import sys
 
-    chosen = VISUALIZE_PARAMETERS if sys.argv[1:] == ["visualize"] else DREAM_PARAMETERS
+    chosen = {"visualize": VISUALIZE_PARAMETERS, "zoom": ZOOM_PARAMETERS}.get(
+        (sys.argv[1:] or [""])[0], DREAM_PARAMETERS
+    )
     json.dump(parameter_schema(chosen), sys.stdout, indent=1)

@@ -28,9 +28,11 @@ from dream_wire import DreamCancelled, DreamError  # noqa: E402
 
 PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
+ZOOM_PROCEDURE = "plug-in-deepdream-zoom"
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARAMETERS_FILE = os.path.join(HERE, "parameters.json")
 VISUALIZE_PARAMETERS_FILE = os.path.join(HERE, "parameters-visualize.json")
+ZOOM_PARAMETERS_FILE = os.path.join(HERE, "parameters-zoom.json")
 CONTEXT_MARGIN = 64
 """Pixels of the layer around the selection that the network sees, so the edge has context."""
 LAYOUTS = (
@@ -149,7 +151,13 @@ DREAM_DIALOG = (
 )
 """The dream dialog's groups; every other argument goes under Advanced, folded."""
 SLIDERS = ("strength", "steps", "octaves", "octave-scale", "step-size", "jitter", "smoothness",
-           "max-change")  # fmt: skip
+           "max-change", "frames", "zoom", "rotate", "steps-per-frame")  # fmt: skip
+ZOOM_DIALOG = (
+    ("camera", "The camera", ("frames", "zoom", "rotate", "shift-x", "shift-y", "fps")),
+    ("what", "What to dream", ("preset", "model", "layers")),
+    ("how-much", "How much", ("strength", "steps", "steps-per-frame", "octaves")),
+)
+"""The zoom dialog's groups; the rest under Advanced, folded."""
 
 
 def confirmed(procedure, config, title):
@@ -163,27 +171,29 @@ def confirmed(procedure, config, title):
     return answer
 
 
-def dream_dialog(procedure, config, drawable):
+def dream_dialog(procedure, config, drawable, title="DeepDream", groups=DREAM_DIALOG,
+                 preview=True):  # fmt: skip
     """The DeepDream dialog: a live preview, the arguments in framed groups and the rest in a
     folded Advanced group. OK closes it only once the server has taken the settings (a wrong
     layers text is said in the dialog, in the server's words). False when cancelled."""
     GimpUi.init(procedure.get_name())
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, "DeepDream")
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
     names = [arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"]
     for name in SLIDERS:
         dialog.get_widget(name, GimpUi.SpinScale.__gtype__)
-    grouped = {name for _, _, members in DREAM_DIALOG for name in members}
+    grouped = {name for _, _, members in groups for name in members}
     advanced = [name for name in names if name not in grouped]
     containers = []
-    for group_id, group_title, members in (*DREAM_DIALOG, ("advanced", "Advanced", advanced)):
+    for group_id, group_title, members in (*groups, ("advanced", "Advanced", advanced)):
         dialog.fill_box(f"{group_id}-box", list(members))
         dialog.get_label(f"{group_id}-title", group_title, False, False)
         fill = dialog.fill_expander if group_id == "advanced" else dialog.fill_frame
         fill(group_id, f"{group_id}-title", False, f"{group_id}-box")
         containers.append(group_id)
     problem = wrapped(dialog.get_label("problem", "", True, False))
-    preview = DreamPreview(dialog, config, drawable)
-    dialog.fill(["preview", "preview-status", *containers, "problem"])
+    live = DreamPreview(dialog, config, drawable) if preview else None
+    shown = ["preview", "preview-status"] if preview else []
+    dialog.fill([*shown, *containers, "problem"])
     try:
         while dialog.run():
             refused = refusal(dream_params(config, load_parameters()))
@@ -194,7 +204,8 @@ def dream_dialog(procedure, config, drawable):
             )
         return False
     finally:
-        preview.close()
+        if live is not None:
+            live.close()
         dialog.destroy()
 
 
@@ -381,6 +392,10 @@ def run(procedure, run_mode, image, drawables, config, data):
     return guarded(procedure, dream_on, procedure, run_mode, image, drawables, config)
 
 
+def run_zoom(procedure, run_mode, image, drawables, config, data):
+    return guarded(procedure, zoom_on, procedure, run_mode, image, drawables, config)
+
+
 def run_visualize(procedure, config, data):
     return guarded(procedure, visualize, procedure, config)
 
@@ -502,6 +517,70 @@ def add_layer(image, source, region, pixels, babl_format, name):
     return layer
 
 
+def zoom_on(procedure, run_mode, image, drawables, config):
+    """Filters > Animation > DeepDream Zoom: a new image whose layers are the frames of an
+    endless zoom into the layer (the selection's part of it), named with GIMP's frame delays so
+    that Filters > Animation > Playback plays it and export writes an animated GIF or WebP. The
+    new image is made once every frame is back: a cancelled zoom leaves nothing behind."""
+    if len(drawables) == 1 and isinstance(drawables[0], Gimp.LayerMask):
+        drawables = [Gimp.Layer.from_mask(drawables[0])]
+    if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
+        return failure(procedure, "Select exactly one layer to zoom into.")
+    source = drawables[0]
+    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
+        return failure(
+            procedure,
+            "DeepDream needs an RGB or grayscale image: convert it with Image > Mode > RGB first.",
+        )
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    if interactive and not dream_dialog(procedure, config, source, "DeepDream Zoom", ZOOM_DIALOG,
+                                        preview=False):  # fmt: skip
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    params = dream_params(config, load_parameters())
+    zoom = dream_params(config, load_parameters(ZOOM_PARAMETERS_FILE))
+    inside, x, y, width, height = source.mask_intersect()
+    if not inside:
+        return failure(procedure, "The selection does not touch this layer: select part of it, "
+                       "or Select > None to zoom into all of it.")  # fmt: skip
+    pixels = read(source, (x, y, width, height), "R'G'B' u8")
+    frames = {}
+    Gimp.progress_init("DeepDream Zoom: waiting for the dream server")
+    with DreamClient() as client:
+
+        def show(progress):
+            Gimp.progress_update(progress.fraction)
+            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
+            Gimp.progress_set_text(f"DeepDream Zoom: {progress.describe()}{left}")
+
+        def keep(index, count, frame):
+            frames[index] = bytes(frame)
+
+        size = client.animate(pixels, width, height, 3, params, zoom, keep, on_progress=show)
+    delay = round(1000 / zoom["fps"])
+    movie = Gimp.Image.new(*size, Gimp.ImageBaseType.RGB)
+    try:
+        movie.undo_disable()  # a new image: nothing to undo
+        for index in sorted(frames):  # the first frame at the bottom, as Playback plays them
+            name = f"Frame {index + 1} ({delay}ms)"  # GIMP's frame-delay convention
+            kind = Gimp.ImageType.RGB_IMAGE
+            layer = Gimp.Layer.new(movie, name, *size, kind, 100.0, Gimp.LayerMode.NORMAL)
+            movie.insert_layer(layer, None, 0)
+            buffer = layer.get_buffer()
+            buffer.set(Gegl.Rectangle.new(0, 0, *size), "R'G'B' u8", frames[index])
+            buffer.flush()
+        movie.undo_enable()
+    except Exception:
+        movie.delete()
+        raise
+    Gimp.progress_end()
+    if interactive:
+        Gimp.Display.new(movie)
+    result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    result.remove(1)
+    result.insert(1, GObject.Value(Gimp.Image, movie))
+    return result
+
+
 def visualize(procedure, config):
     """File > Create > DeepDream Feature Visualization: a new image, one layer per sample."""
     interactive = config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE
@@ -543,7 +622,7 @@ def visualize(procedure, config):
 
 class DeepDream(Gimp.PlugIn):
     def do_query_procedures(self):
-        return [PROCEDURE, VISUALIZE_PROCEDURE]
+        return [PROCEDURE, VISUALIZE_PROCEDURE, ZOOM_PROCEDURE]
 
     def do_set_i18n(self, name):
         return False
@@ -552,6 +631,8 @@ class DeepDream(Gimp.PlugIn):
         Gegl.init(None)
         if name == VISUALIZE_PROCEDURE:
             return self.create_visualize(name)
+        if name == ZOOM_PROCEDURE:
+            return self.create_zoom(name)
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
         procedure.set_image_types("RGB*, GRAY*")
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
@@ -575,6 +656,25 @@ class DeepDream(Gimp.PlugIn):
             "mask",
         )
         procedure.add_layer_return_value("layer", "Layer", "The new dreamed layer", False, FLAGS)
+        return procedure
+
+    def create_zoom(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_zoom, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label("DeepDream _Zoom...")
+        procedure.add_menu_path("<Image>/Filters/Animation")
+        procedure.set_documentation(
+            "Dream an endless zoom into the layer",
+            "Each frame is dreamed on the last one, moved a little closer (and turned or drifted, "
+            "if asked). Opens a new image with a layer per frame, ready for Filters > Animation "
+            "> Playback and for export as an animated GIF or WebP.",
+            name,
+        )
+        procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
+        add_arguments(procedure, load_parameters(ZOOM_PARAMETERS_FILE))
+        add_arguments(procedure, load_parameters())
+        procedure.add_image_return_value("image", "Image", "The new image of frames", False, FLAGS)
         return procedure
 
     def create_visualize(self, name):

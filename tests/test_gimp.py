@@ -369,6 +369,30 @@ def test_feature_visualization_side_by_side_is_one_labelled_layer(gimp, workspac
     assert (label_rows < 128).any() and (label_rows == 255).mean() > 0.5  # dark text on white
 
 
+def test_the_zoom_makes_a_new_image_of_frames_that_playback_plays_and_leaves_the_source(
+    gimp, workspace
+):
+    params = {**QUICK, "frames": 3, "zoom": 1.1, "steps-per-frame": 1, "fps": 8.0}
+    scenario = {"name": "zoom", "procedure": "zoom", "ellipse": ELLIPSE, "params": params}
+    report = run_gimp(gimp, workspace, [scenario])["zoom"]
+    assert report["status"] == "success", report
+    assert report["images_after"] == report["images_before"] + 1
+    assert report["size"] == ELLIPSE[2:]  # the selection's part of the layer
+    # The top layer is the last frame; GIMP reads each layer's delay from its name.
+    assert [frame["name"] for frame in report["frames"]] == [
+        "Frame 3 (125ms)", "Frame 2 (125ms)", "Frame 1 (125ms)"
+    ]  # fmt: skip
+    assert report["layers_after"] == report["layers_before"]
+    before = raw(workspace, "zoom", "source-before.raw", (300, 451, 3))
+    assert np.array_equal(raw(workspace, "zoom", "source-after.raw", (300, 451, 3)), before)
+    width, height = ELLIPSE[2:]
+    frames = [raw(workspace, "zoom", f"frame-{i}.raw", (height, width, 3)) for i in range(3)]
+    x, y = ELLIPSE[:2]
+    source_part = before[y : y + height, x : x + width].astype(np.float32)
+    assert 1.0 < np.abs(frames[0] - source_part).mean() < 40  # a dream of that part
+    assert not np.array_equal(frames[1], frames[2])
+
+
 def test_a_selection_that_misses_the_layer_says_so(reports):
     report = reports["selection-misses-layer"]
     assert report["status"] == "execution-error"

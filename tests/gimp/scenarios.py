@@ -92,9 +92,49 @@ def run_visualize(scenario):
     return report
 
 
+def run_zoom(scenario):
+    folder = scenario["folder"]
+    image, layer = prepare(scenario)
+    width, height = layer.get_width(), layer.get_height()
+    dump(layer, 0, 0, width, height, "R'G'B' u8", os.path.join(folder, "source-before.raw"))
+    layers_before = [describe(item) for item in image.get_layers()]
+    images_before = len(Gimp.get_images())
+    procedure = Gimp.get_pdb().lookup_procedure("plug-in-deepdream-zoom")
+    config = procedure.create_config()
+    config.set_property("run-mode", NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [layer])
+    for name, value in scenario.get("params", {}).items():
+        config.set_property(name, value)
+    result = procedure.run(config)
+    status = result.index(0)
+    report = {
+        "status": status.value_nick,
+        "images_before": images_before,
+        "images_after": len(Gimp.get_images()),
+        "layers_before": layers_before,
+        "layers_after": [describe(item) for item in image.get_layers()],
+    }
+    dump(layer, 0, 0, width, height, "R'G'B' u8", os.path.join(folder, "source-after.raw"))
+    if status == Gimp.PDBStatusType.SUCCESS:
+        movie = result.index(1)
+        report["size"] = [movie.get_width(), movie.get_height()]
+        report["frames"] = [describe(item) for item in movie.get_layers()]  # top first
+        for index, frame in enumerate(reversed(movie.get_layers())):  # the first frame first
+            dump(frame, 0, 0, frame.get_width(), frame.get_height(), "R'G'B' u8",
+                 os.path.join(folder, f"frame-{index}.raw"))  # fmt: skip
+        movie.delete()
+    else:
+        report["message"] = str(result.index(1))
+    image.delete()
+    return report
+
+
 def run(scenario):
     if scenario.get("procedure") == "visualize":
         return run_visualize(scenario)
+    if scenario.get("procedure") == "zoom":
+        return run_zoom(scenario)
     folder = scenario["folder"]
     image, layer = prepare(scenario)
     babl = scenario.get("format", "R'G'B'A u8")
