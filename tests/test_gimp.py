@@ -574,6 +574,7 @@ PREVIEW_AREA = (30, 30, 160, 160)
 PREVIEW_TOGGLE = (24, 241)
 PRESET_CHOICE = (300, 314)
 LAYERS_ENTRY = (300, 386)
+FRAMES_NUMBER = (345, 47)  # in the DeepDream Zoom dialog
 
 
 def jobs_done(server) -> int:  # noqa: ANN001
@@ -644,3 +645,21 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
         screen.screenshot("preview-5-dreamed.png")
         screen.keys(main, "ctrl+z")
         screen.wait_for_window("1 layer)", timeout=20)
+
+
+def test_in_the_gui_the_zoom_dialog_makes_a_new_image_of_frames(gimp, workspace):
+    with gimp_gui(gimp, workspace, ":95") as screen:
+        main = screen.wait_for_window("1 layer)")
+        screen.tool("xdotool", "mousemove", "1590", "990")
+        screen.keys(main, "alt+r", "i")  # Filters > Animation
+        screen.screenshot("zoom-1-filters-animation.png")
+        screen.keys(main, "z")  # DeepDream Zoom...
+        dialog = screen.wait_for_window("DeepDream Zoom", timeout=30, exact=True)
+        screen.click(dialog, *FRAMES_NUMBER)  # into the number, as a person edits it
+        screen.keys(dialog, "ctrl+a")
+        screen.type(dialog, "3")
+        screen.keys(dialog, "Tab")
+        screen.screenshot("zoom-2-dialog.png")
+        screen.keys(dialog, "alt+o")
+        screen.wait_for_window("3 layers)")  # a new image, a layer per frame
+        screen.screenshot("zoom-3-frames.png")
