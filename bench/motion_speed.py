@@ -79,20 +79,19 @@ def video_figures(engine: Engine, frames: int) -> None:
     for name, carry in (("each frame on its own", None),
                         ("blended (no flow)", Carry(video.blend, flow=False)),
                         ("following the flow", Carry(video.blend, flow=True))):  # fmt: skip
-        seconds: list[float] = []
 
-        def dream(
-            frame: np.ndarray, index: int, carry: Carry | None = carry, seconds: list = seconds
-        ) -> np.ndarray:
+        def dream(frame: np.ndarray, index: int, carry: Carry | None = carry) -> np.ndarray:
             alone = carry is None or index == 0
-            began = time.perf_counter()
-            dreamed = engine.dream(
+            return engine.dream(
                 frame, params if alone else replace(params, steps=video.steps_per_frame)
             )
-            seconds.append(time.perf_counter() - began)
-            return dreamed
 
-        dreamed = list(steady_sequence(clip, carry, dream))
+        dreamed, seconds = [], []  # each frame's whole cost: the flow and the dream
+        began = time.perf_counter()
+        for frame in steady_sequence(clip, carry, dream):
+            dreamed.append(frame)
+            seconds.append(time.perf_counter() - began)
+            began = time.perf_counter()
         gain = statistics.mean(engine.activation(d, params) / engine.activation(c, params)
                                for d, c in zip(dreamed, clip, strict=True))  # fmt: skip
         per_frame = statistics.median(seconds[1:])

@@ -68,7 +68,7 @@ def add_parameter_flags(
     parser: argparse.ArgumentParser, parameters: tuple[Param, ...], exclusive: tuple[str, ...] = ()
 ) -> None:
     """A flag per parameter, named like it (`--octave-scale`), with its range in the help."""
-    group = parser.add_mutually_exclusive_group()
+    group = parser.add_mutually_exclusive_group() if exclusive else parser
     for param in parameters:
         target = group if param.name in exclusive else parser
         flags = [f"--{param.name}", *param.aliases]
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deepdream",
         description="Dream on an image with a pretrained network (DeepDream). "
         "`deepdream visualize` and `deepdream atlas` show what a network's units look for; "
-        "`deepdream zoom` dreams an endless zoom.",
+        "`deepdream zoom` dreams an endless zoom, `deepdream video` a video with steady frames.",
         epilog="Example: deepdream photo.jpg -o dream.png --preset animals",
     )
     parser.add_argument(

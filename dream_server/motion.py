@@ -1,8 +1,10 @@
-"""Dreams that move: the endless zoom, each frame dreamed on the last one after a camera move.
+"""Dreams that move: the endless zoom, and video whose dream moves with the picture.
 
-The pieces compose: `CameraMove.apply` moves a frame, `zoom_sequence` walks a dream function
-along the moves. The dream function is the caller's (an engine's `dream` with its parameters),
-so this module knows nothing of models, files or progress bars.
+The pieces compose: `CameraMove.apply` moves a frame and `zoom_sequence` walks a dream function
+along the moves; `Carry.start` carries one frame's dream onto the next video frame (along the
+optical flow, `follow_flow`) and `steady_sequence` walks a dream function along a clip. The
+dream function is the caller's (an engine's `dream` with its parameters), so this module knows
+nothing of models, files or progress bars.
 """
 
 from __future__ import annotations

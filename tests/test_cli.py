@@ -100,7 +100,7 @@ NO_TORCH = (
     "import runpy, sys\n"
     "class Block:\n"
     "    def find_spec(self, name, *args):\n"
-    "        if name.split('.')[0] in ('torch', 'torchvision', 'numpy', 'PIL'):\n"
+    "        if name.split('.')[0] in ('torch', 'torchvision', 'numpy', 'PIL', 'cv2', 'av'):\n"
     "            raise ImportError(f'{name} was imported')\n"
     "sys.meta_path.insert(0, Block())\n"
     "sys.argv = ['deepdream', *sys.argv[1:]]\n"
@@ -118,6 +118,9 @@ NO_TORCH = (
         (["in.png", "-o", "out.png", "--steps", "0"], 2, "'steps' must be a whole number"),
         (["in.png"], 2, "give an input image and -o OUTPUT"),
         (["visualize", "--help"], 0, "--diversity"),
+        (["zoom", "--help"], 0, "--steps-per-frame"),
+        (["video", "--help"], 0, "--no-flow"),
+        (["video", "in.mp4", "-o", "out.mp4", "--blend", "2"], 2, "'blend' must be a number"),
     ],
 )
 def test_quick_answers_come_without_loading_torch(args, code, expected):
