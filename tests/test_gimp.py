@@ -400,23 +400,19 @@ def test_a_selection_that_misses_the_layer_says_so(reports):
     assert report["layers_after"] == report["layers_before"]
 
 
-def test_cancelling_kills_the_plug_in_and_leaves_the_image_as_it_was(gimp, workspace):
+def cancelled_in_the_middle(gimp, workspace, scenario: dict, running_for: float = 0.0) -> dict:  # noqa: ANN001
+    """Run the scenario and do what GIMP's Cancel button does once its job has run for
+    `running_for` s: kill the plug-in process outright. Returns the scenario's report."""
     scratch, _, server = workspace
-    scenario = {
-        "name": "cancelled",
-        "photo": "coffee.png",
-        "ellipse": [50, 50, 500, 300],
-        "params": {"octaves": 4, "steps": 200},
-    }
     process = start_gimp(gimp, workspace, [scenario])
     with DreamClient(server.connection) as client:
         deadline = time.monotonic() + 60
         while not any(job["running"] for job in client.status()["queue"]):
             if process.poll() is not None or time.monotonic() > deadline:
-                log = (scratch / "gimp-cancelled.log").read_text()
+                log = (scratch / f"gimp-{scenario['name']}.log").read_text()
                 raise AssertionError(f"the dream never started; GIMP said:\n{log}")
             time.sleep(0.1)
-        # What GIMP's Cancel button does: the plug-in process is killed outright.
+        time.sleep(running_for)
         plug_ins = [
             pid
             for pid in descendants(process.pid)
@@ -430,11 +426,32 @@ def test_cancelling_kills_the_plug_in_and_leaves_the_image_as_it_was(gimp, works
             assert time.monotonic() - killed < 2.0, "the server kept dreaming for nobody"
             time.sleep(0.05)
     process.wait(timeout=120)
-    report = read_reports(workspace, [scenario])["cancelled"]
+    return read_reports(workspace, [scenario])[scenario["name"]]
+
+
+def test_cancelling_kills_the_plug_in_and_leaves_the_image_as_it_was(gimp, workspace):
+    scenario = {
+        "name": "cancelled",
+        "photo": "coffee.png",
+        "ellipse": [50, 50, 500, 300],
+        "params": {"octaves": 4, "steps": 200},
+    }
+    report = cancelled_in_the_middle(gimp, workspace, scenario)
     assert report["status"] != "success"
     assert report["layers_after"] == report["layers_before"]
-    before = (scratch / "cancelled" / "source-before.raw").read_bytes()
-    assert (scratch / "cancelled" / "source-after.raw").read_bytes() == before
+    before = (workspace[0] / "cancelled" / "source-before.raw").read_bytes()
+    assert (workspace[0] / "cancelled" / "source-after.raw").read_bytes() == before
+
+
+def test_a_cancelled_zoom_leaves_no_half_made_image(gimp, workspace):
+    params = {**QUICK, "frames": 500, "steps-per-frame": 1}
+    scenario = {"name": "zoom-cancelled", "procedure": "zoom", "params": params}
+    report = cancelled_in_the_middle(gimp, workspace, scenario, running_for=3.0)  # frames came
+    assert report["status"] != "success"
+    assert report["images_after"] == report["images_before"]
+    assert report["layers_after"] == report["layers_before"]
+    before = (workspace[0] / "zoom-cancelled" / "source-before.raw").read_bytes()
+    assert (workspace[0] / "zoom-cancelled" / "source-after.raw").read_bytes() == before
 
 
 def test_an_unreachable_server_gives_a_clear_error_and_changes_nothing(gimp, workspace):
