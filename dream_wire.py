@@ -13,7 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: the `check` and `animate` requests, `frame` messages, and progress with `loading` and
+`frame`/`frames`."""
 ITEM_SIZES = {"u8": 1, "f32": 4}
 """Bytes per channel of each pixel type on the wire."""
 

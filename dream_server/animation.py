@@ -13,10 +13,9 @@ import numpy as np
 from PIL import Image
 
 from .errors import InvalidImage
-from .video import Mp4
+from .video import VIDEO_OUTPUT_SUFFIXES, Mp4
 
 ANIMATED_SUFFIXES = (".gif", ".webp")
-VIDEO_SUFFIXES = (".mp4",)
 FRAME_NAME = "frame-{:05d}.png"
 
 
@@ -32,6 +31,7 @@ class FrameFolder:
         self.folder = folder
         self.fps = fps
         folder.mkdir(parents=True, exist_ok=True)
+        self._next = self.written()
 
     def written(self) -> int:
         """How many frames are there already, counted from the first without a gap."""
@@ -45,7 +45,8 @@ class FrameFolder:
             return np.asarray(image.convert("RGB"))
 
     def write(self, frame: np.ndarray) -> None:
-        name = self.folder / FRAME_NAME.format(self.written() + 1)
+        self._next += 1
+        name = self.folder / FRAME_NAME.format(self._next)
         partial = name.with_suffix(".partial")
         Image.fromarray(frame).save(partial, format="PNG")
         partial.replace(name)
@@ -81,7 +82,7 @@ def frame_writer(path: Path, fps: float) -> FrameFolder | AnimatedImage | Mp4:
     suffix = path.suffix.lower()
     if suffix in ANIMATED_SUFFIXES:
         return AnimatedImage(path, fps)
-    if suffix in VIDEO_SUFFIXES:
+    if suffix in VIDEO_OUTPUT_SUFFIXES:
         return Mp4(path, fps)
     raise InvalidImage(
         f"Cannot write frames to {path.name}: name a folder (frames as numbered PNGs), "

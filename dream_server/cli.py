@@ -294,21 +294,37 @@ def dream_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def zoom_file(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+def check_output_place(output: Path) -> None:
+    """Refuse, before any work, an output whose folder is not there or cannot be written."""
+    place = output.parent
+    if not place.is_dir():
+        raise InvalidParameter(f"{place} does not exist: make that folder, or write elsewhere.")
+    if not os.access(place, os.W_OK):
+        raise InvalidParameter(f"{place} cannot be written (permission denied): write elsewhere.")
 
+
+def zoom_file(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .animation import FrameFolder, frame_writer
+    from .animation import FrameFolder, frame_writer, is_folder_output
     from .imagefile import load_image, rgb8
+    from .motion import CameraMove, frame_params, zoom_sequence
 
     params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
     zoom = ZoomParams.from_mapping(given_values(args, ZOOM_PARAMETERS))
     model_spec(params.model)
     if same_file(args.input, args.output):
         raise InvalidParameter(f"-o {args.output} is the input image itself: write elsewhere.")
+    check_output_place(args.output)
     first = rgb8(load_image(args.input).pixels)
-    writer = frame_writer(args.output, zoom.fps)
+    to_folder = is_folder_output(args.output)
+    if not to_folder and args.resume:
+        raise InvalidParameter("--resume continues a folder of frames: name a folder as -o.")
+    # A file is written under another name and takes its own once it is closed: a failed run
+    # leaves no broken file where a good one may have been.
+    target = args.output if to_folder else args.output.with_name(
+        f".{args.output.stem}.partial{args.output.suffix}")  # fmt: skip
+    writer = frame_writer(target, zoom.fps)
     start, previous = 0, None
     if isinstance(writer, FrameFolder):
         start = writer.written()
@@ -318,55 +334,55 @@ def zoom_file(args: argparse.Namespace) -> int:
                 "name an empty folder."
             )
         previous = writer.frame(start - 1) if start else None
-    elif args.resume:
-        raise InvalidParameter("--resume continues a folder of frames: name a folder as -o.")
     if start >= zoom.frames:
         print(f"{args.output} has all {zoom.frames} frames already.")
         return 0
 
-    def frame_params(index: int) -> DreamParams:
-        if index == 0:
-            return params
-        return replace(params, steps=zoom.steps_per_frame, seed=(params.seed + index) % 2**31)
-
-    from .motion import CameraMove, zoom_sequence
+    def finish() -> None:
+        writer.close()
+        if not to_folder:
+            target.replace(args.output)
 
     done = start
-    with _Progress(enabled=not args.quiet) as progress:
-        progress.starting(f"loading {params.model}")
-        from .engine import Engine
+    try:
+        with _Progress(enabled=not args.quiet) as progress:
+            progress.starting(f"loading {params.model}")
+            from .engine import Engine
 
-        engine = Engine(params.device, on_download=progress.download)
+            engine = Engine(params.device, on_download=progress.download)
 
-        def dream(image: np.ndarray, index: int) -> np.ndarray:
-            return engine.dream(image, frame_params(index),
-                                on_progress=progress.frame(index, zoom.frames))  # fmt: skip
+            def dream(image: np.ndarray, index: int) -> np.ndarray:
+                return engine.dream(image, frame_params(params, index, zoom.steps_per_frame, True),
+                                    on_progress=progress.frame(index, zoom.frames))  # fmt: skip
 
-        try:
-            for frame in zoom_sequence(first, CameraMove.of(zoom), zoom.frames, dream, start,
-                                       previous):  # fmt: skip
+            moves = CameraMove.of(zoom)
+            for frame in zoom_sequence(first, moves, zoom.frames, dream, start, previous):
                 writer.write(frame)
                 done += 1
-        except KeyboardInterrupt:
+    except KeyboardInterrupt:
+        finish()  # what is finished is kept
+        print(f"deepdream: interrupted; {done} finished frames are in {args.output}"
+              + (" (--resume continues them)." if to_folder else "."), file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    except BaseException:
+        if not to_folder:
             writer.close()
-            print(f"deepdream: interrupted; {done} finished frames are in {args.output}"
-                  + (" (--resume continues them)." if isinstance(writer, FrameFolder) else "."),
-                  file=sys.stderr)  # fmt: skip
-            return EXIT_INTERRUPTED
-    writer.close()
+            target.unlink(missing_ok=True)
+        raise
+    finish()
     print(f"Wrote {zoom.frames} frames to {args.output}")
     return 0
 
 
 def video_file(args: argparse.Namespace) -> int:
+    import collections
     import itertools
     import shutil
-    from dataclasses import replace
 
     import numpy as np
 
     from .animation import FrameFolder, is_folder_output
-    from .motion import Carry, steady_sequence
+    from .motion import Carry, frame_params, steady_sequence
     from .video import VIDEO_OUTPUT_SUFFIXES, Mp4, read_frames, video_info
 
     params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
@@ -380,8 +396,12 @@ def video_file(args: argparse.Namespace) -> int:
         )
     if same_file(args.input, args.output):
         raise InvalidParameter(f"-o {args.output} is the input video itself: write elsewhere.")
+    check_output_place(args.output)
     duration = video.duration or None
     info = video_info(args.input, video.start, duration)
+    if info.first_time is None:
+        raise InvalidImage(f"{args.input} has no frames from {video.start:g} s on: choose an "
+                           "earlier --start.")  # fmt: skip
     # The frames go into a folder first, the output itself or one beside the MP4: an
     # interrupted run leaves every finished frame there, and --resume carries on from them.
     parts = args.output if to_folder else args.output.with_name(args.output.name + ".frames")
@@ -391,16 +411,18 @@ def video_file(args: argparse.Namespace) -> int:
             f"{parts} {unfinished}: add --resume to continue it, or "
             f"{'name an empty folder' if to_folder else 'delete that folder to start again'}."
         )
+    made_here = not parts.exists()
     folder = FrameFolder(parts, float(info.fps))
     done = folder.written()
     sources = read_frames(args.input, video.start, duration)
     previous = None
     if done:
-        skipped = list(itertools.islice(sources, done))
-        if len(skipped) < done:
+        # the source frames already dreamed, of which only the last is kept
+        last = collections.deque(enumerate(itertools.islice(sources, done), 1), maxlen=1)
+        if not last or last[0][0] < done:
             raise InvalidParameter(f"{parts} holds more frames than the chosen part has: "
                                    "delete it and start again.")  # fmt: skip
-        previous = (skipped[-1], folder.frame(done - 1))
+        previous = (last[0][1], folder.frame(done - 1))
     carry = Carry(video.blend, video.flow)
     total = max(info.frames, done + 1)
 
@@ -411,8 +433,7 @@ def video_file(args: argparse.Namespace) -> int:
         engine = Engine(params.device, on_download=progress.download)
 
         def dream(image: np.ndarray, index: int) -> np.ndarray:
-            frame_params = params if index == 0 else replace(params, steps=video.steps_per_frame)
-            return engine.dream(image, frame_params,
+            return engine.dream(image, frame_params(params, index, video.steps_per_frame, False),
                                 on_progress=progress.frame(index, total))  # fmt: skip
 
         try:
@@ -424,14 +445,15 @@ def video_file(args: argparse.Namespace) -> int:
                   "(--resume continues them).", file=sys.stderr)  # fmt: skip
             return EXIT_INTERRUPTED
     if done == 0:
-        shutil.rmtree(parts, ignore_errors=True)  # empty: made by this run
+        if made_here:
+            shutil.rmtree(parts, ignore_errors=True)
         raise InvalidImage(f"{args.input} has no frames from {video.start:g} s on: choose an "
                            "earlier --start.")  # fmt: skip
     if to_folder:
         print(f"Wrote {done} frames ({float(info.fps):g} fps) to {args.output}")
         return 0
     partial = args.output.with_name(args.output.name + ".partial.mp4")
-    encoder = Mp4(partial, info.fps, args.input, video.start, duration)
+    encoder = Mp4(partial, info.fps, args.input, info.first_time, duration)
     for index in range(done):
         encoder.write(folder.frame(index))
     encoder.close()

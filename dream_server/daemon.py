@@ -99,7 +99,8 @@ class Worker(threading.Thread):
     It owns each job from start to end and talks to the socket loop only through messages on
     its PAIR socket (frames in brackets):
       loop to worker: [job, job id, client, header, *pixel frames]  [cancel, job id]  [stop]
-      worker to loop: [update, job id, client, header]  [done, job id, client, header, *frames]
+      worker to loop: [update, job id, client, header, *frames]  (progress; an animation's
+                      frame with its pixels)  [done, job id, client, header, *frames]
     A `done` message ends the job whatever happened to it: result, error or cancelled.
     """
 

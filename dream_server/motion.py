@@ -11,16 +11,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .errors import InvalidParameter
-from .params import ZoomParams
+from .params import DreamParams, ZoomParams
 
 FrameDream = Callable[[np.ndarray, int], np.ndarray]
 """Dreams on a frame, given its number (from 0); returns it in the same layout."""
+
+
+def frame_params(
+    params: DreamParams, index: int, steps_per_frame: int, new_seed: bool
+) -> DreamParams:
+    """The dream settings of frame `index` of a motion: the first frame is a still dream; each
+    after it starts from a picture that carries the dream already, so it takes
+    `steps_per_frame` steps per octave, with a seed of its own where `new_seed` (a zoom's new
+    detail should not repeat the last frame's jitter)."""
+    if index == 0:
+        return params
+    seed = (params.seed + index) % 2**31 if new_seed else params.seed
+    return replace(params, steps=steps_per_frame, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -28,7 +41,7 @@ class CameraMove:
     """How the camera moves between two frames, about the frame's centre (ZOOM_PARAMETERS says
     what each may be)."""
 
-    zoom: float = 1.05
+    zoom: float = 1.0
     """Scale per frame: over 1 moves in, under 1 moves out."""
     rotate: float = 0.0
     """Degrees per frame, clockwise on screen."""
@@ -106,8 +119,8 @@ class Carry:
     into the next one as it is, `weight` of it (DeepDreamVideo's way: moving things smear).
     """
 
-    weight: float = 0.8
-    flow: bool = True
+    weight: float
+    flow: bool
 
     def start(
         self, source: np.ndarray, previous_source: np.ndarray, previous_dreamed: np.ndarray

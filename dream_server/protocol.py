@@ -19,7 +19,7 @@ from dream_wire import ITEM_SIZES, PROTOCOL_VERSION, Progress
 from .engine import Engine
 from .errors import DreamError
 from .imagefile import rgb8
-from .motion import CameraMove, zoom_sequence
+from .motion import CameraMove, frame_params, zoom_sequence
 from .params import DreamParams, VisualizeParams, ZoomParams
 from .sheets import contact_sheet
 from .visualize import sample_labels, subject
@@ -102,9 +102,7 @@ class AnimateRequest:
         count = self.zoom.frames
 
         def dream(image: np.ndarray, index: int) -> np.ndarray:
-            params = self.params if index == 0 else replace(
-                self.params, steps=self.zoom.steps_per_frame,
-                seed=(self.params.seed + index) % 2**31)  # fmt: skip
+            params = frame_params(self.params, index, self.zoom.steps_per_frame, new_seed=True)
 
             def report(progress: Progress) -> None:
                 fraction = (index + progress.fraction) / count

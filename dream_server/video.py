@@ -28,6 +28,9 @@ class VideoInfo:
     frames: int
     """How many frames the chosen part has (from the stream's duration: an estimate)."""
     has_audio: bool
+    first_time: float | None
+    """When the chosen part's first frame shows, in seconds (where its sound starts); None
+    when no frame shows from the start asked for on."""
 
 
 def _open(path: Path):  # noqa: ANN202 - an av container
@@ -56,8 +59,10 @@ def video_info(path: Path, start: float = 0.0, duration: float | None = None) ->
         span = max(0.0, (length or 0.0) - start)
         if duration is not None:
             span = min(span, duration) if length else duration
+        first_time = next((frame.time for frame in container.decode(stream)
+                           if (frame.time or 0.0) >= start - 1e-6), None)  # fmt: skip
         return VideoInfo(stream.codec_context.width, stream.codec_context.height, Fraction(fps),
-                         round(span * fps), bool(container.streams.audio))  # fmt: skip
+                         round(span * fps), bool(container.streams.audio), first_time)  # fmt: skip
 
 
 def read_frames(
@@ -101,8 +106,15 @@ class Mp4:
             source = av.open(str(audio_from))
             if source.streams.audio:  # added now: streams cannot be added once frames are in
                 audio_in = source.streams.audio[0]
-                audio_out = self._container.add_stream_from_template(audio_in)
-                self._audio = (source, audio_in, audio_out, start, duration)
+                try:
+                    audio_out, copied = self._container.add_stream_from_template(audio_in), True
+                except ValueError:  # a codec an MP4 cannot hold (e.g. AVI's 8-bit PCM)
+                    audio_out, copied = self._container.add_stream("aac", rate=audio_in.rate), False
+                    # the standard layout for its channel count ("1 channels" is not one)
+                    channels = audio_in.codec_context.channels
+                    audio_out.layout = {1: "mono", 2: "stereo"}.get(channels, f"{channels}c")
+                    audio_out.format = "fltp"
+                self._audio = (source, audio_in, audio_out, copied, start, duration)
             else:
                 source.close()
 
@@ -112,10 +124,13 @@ class Mp4:
         if self._stream is None:
             self._stream = self._container.add_stream("libx264", rate=self.fps)
             height, width = frame.shape[:2]
-            self._stream.width, self._stream.height = width - width % 2, height - height % 2
+            self._stream.width, self._stream.height = width + width % 2, height + height % 2
             self._stream.pix_fmt = "yuv420p"  # what every player plays
             self._stream.options = {"crf": "17"}
-        even = np.ascontiguousarray(frame[: self._stream.height, : self._stream.width, :3])
+        # H.264 in 4:2:0 needs even sides: an odd one gets a copy of its last row or column
+        height, width = frame.shape[:2]
+        pad = ((0, self._stream.height - height), (0, self._stream.width - width), (0, 0))
+        even = np.ascontiguousarray(np.pad(frame[:, :, :3], pad, mode="edge"))
         picture = av.VideoFrame.from_ndarray(even, format="rgb24")
         picture.pts = self.frames
         picture.time_base = 1 / self.fps
@@ -136,10 +151,24 @@ class Mp4:
             self._container.close()
 
     def _copy_audio(self) -> None:
-        """The audio packets from `start` for as long as the frames last, moved to start at 0."""
-        source, audio_in, audio_out, start, duration = self._audio
+        """The audio from `start` for as long as the frames last, moved to start at 0: its
+        packets as they are, or decoded and encoded again as AAC where the MP4 cannot hold
+        the source's codec."""
+        source, audio_in, audio_out, copied, start, duration = self._audio
         length = float(self.frames / self.fps)
         length = min(duration, length) if duration else length
+        if not copied:
+            for frame in source.decode(audio_in):
+                if frame.time is None or frame.time < start - 1e-6:
+                    continue
+                if frame.time >= start + length - 1e-6:
+                    break
+                frame.pts = None  # the encoder counts from 0
+                for packet in audio_out.encode(frame):
+                    self._container.mux(packet)
+            for packet in audio_out.encode():
+                self._container.mux(packet)
+            return
         offset = round(start / audio_in.time_base)
         for packet in source.demux(audio_in):
             if packet.pts is None or packet.size == 0:

@@ -180,7 +180,8 @@ def dream_dialog(procedure, config, drawable, title="DeepDream", groups=DREAM_DI
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
     names = [arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"]
     for name in SLIDERS:
-        dialog.get_widget(name, GimpUi.SpinScale.__gtype__)
+        if name in names:  # each procedure has some of them
+            dialog.get_widget(name, GimpUi.SpinScale.__gtype__)
     grouped = {name for _, _, members in groups for name in members}
     advanced = [name for name in names if name not in grouped]
     containers = []
@@ -196,9 +197,13 @@ def dream_dialog(procedure, config, drawable, title="DeepDream", groups=DREAM_DI
     dialog.fill([*shown, *containers, "problem"])
     try:
         while dialog.run():
+            if live is not None:
+                live.cancel()  # the check would wait behind its render on the server
             refused = refusal(dream_params(config, load_parameters()))
             if refused is None:
                 return True
+            if live is not None:
+                live.widget.invalidate()
             problem.set_markup(
                 f'<span foreground="#c01c28">{GLib.markup_escape_text(refused)}</span>'
             )
@@ -229,6 +234,8 @@ def refusal(params):
 
 
 PREVIEW_NOTE = "Preview: at full size, as the dream will look here"
+CONNECTION_FAILURES = {"dream_failed", "bad_token", "internal"}
+"""Error codes after which the preview connects again rather than keep its connection."""
 PREVIEW_CONTEXT = 32
 """Pixels around the previewed area that the network sees: enough for its edges to look like
 the dream's there, half the dream's margin so that an update takes under a second on 2 cores."""
@@ -259,7 +266,7 @@ class DreamPreview:
         self._thread.start()
         self._settling = None
         self.widget.connect("invalidated", self._ask)  # opened, scrolled, switched on
-        config.connect("notify", self._setting_changed)
+        self._notify = config.connect("notify", self._setting_changed)
 
     def _setting_changed(self, *_):
         """Ask again once the settings have been still for SETTLE_MS (a dragged slider changes
@@ -298,8 +305,14 @@ class DreamPreview:
                         return
                     (generation, region, pixels, params), self._wanted = self._wanted, None
                 client = client or self._connect(generation)
-                if client is not None:
+                if client is None:
+                    continue
+                try:
                     self._render(client, generation, region, pixels, params)
+                except Exception as err:  # the connection failed: connect again next time
+                    self._say(generation, f"Preview: {first_sentence(str(err))}")
+                    client.close()
+                    client = None
         finally:
             if client is not None:
                 client.close()
@@ -323,7 +336,10 @@ class DreamPreview:
                                    should_stop=lambda: generation != self._generation)  # fmt: skip
         except DreamCancelled:
             return
-        except DreamError as err:  # in full under the settings when OK is pressed
+        except DreamError as err:
+            if err.code in CONNECTION_FAILURES:
+                raise
+            # the settings: said in full under them when OK is pressed
             self._say(generation, f"Preview: {first_sentence(str(err))}")
             return
         seconds = time.monotonic() - started
@@ -331,7 +347,7 @@ class DreamPreview:
         GLib.idle_add(self._draw, generation, shown, region.selection[2], seconds)
 
     def _draw(self, generation, pixels, width, seconds):
-        if generation == self._generation and not self._closed:
+        if generation == self._generation and not self._closed and self.widget.get_update():
             self.widget.draw_buffer(pixels, width * self.channels)
             self.status.set_text(f"{PREVIEW_NOTE} ({seconds:.1f} s)")
         return False
@@ -344,8 +360,15 @@ class DreamPreview:
 
         GLib.idle_add(update)
 
+    def cancel(self):
+        """Cancel the render under way, if any."""
+        with self._changed:
+            self._generation += 1
+            self._wanted = None
+
     def close(self):
         """Cancel what is under way and let the render thread end."""
+        self.config.disconnect(self._notify)
         if self._settling is not None:
             GLib.source_remove(self._settling)
         with self._changed:

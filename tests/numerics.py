@@ -61,6 +61,11 @@ def _noise(magnitude: torch.Tensor, depth: int, generator: torch.Generator) -> t
     )
 
 
+RunMode = "torch.Generator | _KinksFlipped | None"
+"""How a float64 run goes: exactly (None), with float32-like rounding errors drawn from a
+generator, or with the clamps near their bounds flipped (KINKS_FLIPPED)."""
+
+
 class _KinksFlipped:
     """The run in which every clamp whose input lies within rounding reach of 0 or 6 takes the
     other side: a float32 result may have it either way, and a few random runs may not show it
@@ -74,7 +79,7 @@ clamp may go either way (measured on block4 gradients of random inputs: the nois
 clamp for 13 inputs in 40, this run for 25, a real float32 path stays under 0.18 of the bound)."""
 
 
-def _conv(x: torch.Tensor, conv, generator) -> torch.Tensor:  # noqa: ANN001
+def _conv(x: torch.Tensor, conv, generator: RunMode) -> torch.Tensor:  # noqa: ANN001
     weight, bias = conv.weight.double(), conv.bias.double()
     noisy = isinstance(generator, torch.Generator)
     if noisy:
@@ -102,7 +107,7 @@ def _conv(x: torch.Tensor, conv, generator) -> torch.Tensor:  # noqa: ANN001
     return torch.where(near, other_side, clamped)
 
 
-def _linear(x: torch.Tensor, fc, generator: torch.Generator | None) -> torch.Tensor:  # noqa: ANN001
+def _linear(x: torch.Tensor, fc, generator: RunMode) -> torch.Tensor:  # noqa: ANN001
     weight, bias = fc.weight.double(), fc.bias.double()
     y = F.linear(x, weight, bias)
     if isinstance(generator, torch.Generator):
@@ -112,7 +117,7 @@ def _linear(x: torch.Tensor, fc, generator: torch.Generator | None) -> torch.Ten
     return y
 
 
-def _stage(x: torch.Tensor, stage, generator: torch.Generator | None) -> torch.Tensor:  # noqa: ANN001
+def _stage(x: torch.Tensor, stage, generator: RunMode) -> torch.Tensor:  # noqa: ANN001
     if isinstance(stage, FrozenConvChain):
         y = x
         for conv in stage.convs:
@@ -131,17 +136,15 @@ def forward64(
     model: FeatureModel,
     image: torch.Tensor,
     layers: list[str],
-    generator: torch.Generator | None = None,
+    generator: RunMode = None,
 ) -> dict[str, torch.Tensor]:
-    """The model's activations in float64, exactly, or with float32-like rounding errors drawn
-    from `generator`; differentiable with respect to `image`."""
+    """The model's activations in float64, run as `generator` says (see RunMode);
+    differentiable with respect to `image`."""
     return _through(model.stages.items(), model._normalize(image.double()), layers, generator)
 
 
-def chain64(
-    chain: FrozenConvChain, x: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """One chain's output in float64, exactly or with float32-like rounding errors."""
+def chain64(chain: FrozenConvChain, x: torch.Tensor, generator: RunMode = None) -> torch.Tensor:
+    """One chain's output in float64, run as `generator` says (see RunMode)."""
     return _stage(x.double(), chain, generator)
 
 

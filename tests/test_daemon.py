@@ -27,7 +27,7 @@ from dream_server.models import MODELS
 from dream_server.motion import CameraMove, zoom_sequence
 from dream_server.params import DreamParams, VisualizeParams, ZoomParams
 from dream_server.sheets import contact_sheet
-from dream_wire import DreamError
+from dream_wire import PROTOCOL_VERSION, DreamError
 from gimp_plugin.dream_client import DreamClient
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
@@ -59,7 +59,7 @@ class Raw:
 
     def send(self, header: dict, *frames: bytes) -> None:
         self.socket.send_multipart(
-            [json.dumps({"v": 1, "token": self.token, **header}).encode(), *frames]
+            [json.dumps({"v": PROTOCOL_VERSION, "token": self.token, **header}).encode(), *frames]
         )
 
     def receive(self, timeout_s: float = 5.0) -> dict | None:
@@ -124,7 +124,7 @@ def test_a_round_trip_gives_what_the_engine_gives(server, local_engine, channels
 def test_hello_describes_models_presets_and_the_parameters(server):
     with DreamClient(server.connection) as client:
         info = client.server_info
-    assert info["device"] == ",".join(devices("auto")) and info["v"] == 1
+    assert info["device"] == ",".join(devices("auto")) and info["v"] == PROTOCOL_VERSION
     assert "effnet-lite0" in [model["name"] for model in info["models"]]
     assert info["presets"] == ["strokes", "textures", "patterns", "parts", "animals", "objects"]
     assert "octave-scale" in [param["name"] for param in info["params"]]
@@ -238,7 +238,8 @@ def test_an_animate_request_is_checked_like_any_other(server):
 def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[bytes]:
     """One malformed message of one of many kinds."""
     good_meta = {"width": 8, "height": 8, "channels": 3, "dtype": "u8"}
-    header = {"v": 1, "token": token, "type": "submit", "job": f"fuzz-{index}", "image": good_meta}
+    header = {"v": PROTOCOL_VERSION, "token": token, "type": "submit", "job": f"fuzz-{index}",
+              "image": good_meta}  # fmt: skip
     pixels = bytes(8 * 8 * 3)
     kind = index % 23
     if kind == 0:
@@ -246,13 +247,15 @@ def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[byt
     if kind == 1:
         return [json.dumps(rng.choice(["[1, 2]", "3", "null", '"text"'])).encode()]
     if kind == 2:
-        return [b'{"v": 1, "token": "' + b"x" * 70_000 + b'"}']  # over the header limit
+        over_the_limit = {"v": PROTOCOL_VERSION, "token": "x" * 70_000}  # 64 KiB is the limit
+        return [json.dumps(over_the_limit).encode()]
     if kind == 3:
         return [json.dumps({**header, "token": "wrong"}).encode(), pixels]
     if kind == 4:
         return [json.dumps({k: v for k, v in header.items() if k != "token"}).encode(), pixels]
     if kind == 5:
-        return [json.dumps({**header, "v": int(rng.integers(2, 99))}).encode(), pixels]
+        other_version = PROTOCOL_VERSION + int(rng.integers(1, 98))
+        return [json.dumps({**header, "v": other_version}).encode(), pixels]
     if kind == 6:
         return [json.dumps({**header, "type": rng.bytes(8).hex()}).encode(), pixels]
     if kind == 7:
@@ -280,7 +283,7 @@ def make_malformed(rng: np.random.Generator, token: str, index: int) -> list[byt
     if kind == 17:
         return [
             json.dumps(
-                {"v": 1, "token": token, "type": "cancel", "job": "never-submitted"}
+                {"v": PROTOCOL_VERSION, "token": token, "type": "cancel", "job": "never-submitted"}
             ).encode()
         ]
     if kind == 18:
@@ -511,7 +514,7 @@ def test_over_tcp_nobody_without_the_token_makes_the_server_hold_memory(tcp_serv
     assert dream_alone(server, cat_pixels(3, "u8"), QUICK)  # warm: its model is loaded
     before = resident_mb(server.process.pid)
     big = bytes(100 << 20)
-    header = json.dumps({"v": 1, "token": "guess", "type": "hello"}).encode()
+    header = json.dumps({"v": PROTOCOL_VERSION, "token": "guess", "type": "hello"}).encode()
     senders = []
     for mechanism in ("null", "curve with a key of its own"):
         socket = zmq.Context.instance().socket(zmq.DEALER)
@@ -873,10 +876,11 @@ def test_a_killed_client_frees_its_worker_while_the_other_keeps_dreaming(two_cpu
 
 KEEP_DREAMING = """
 import json, sys, zmq
+from dream_wire import PROTOCOL_VERSION
 socket = zmq.Context().socket(zmq.DEALER)
 socket.connect(sys.argv[1])
 pixels = bytes(96 * 64 * 3)
-header = {"v": 1, "token": sys.argv[2], "type": "submit", "job": "victim",
+header = {"v": PROTOCOL_VERSION, "token": sys.argv[2], "type": "submit", "job": "victim",
           "params": {"octaves": 4, "steps": 200},
           "image": {"width": 96, "height": 64, "channels": 3, "dtype": "u8"}}
 socket.send_multipart([json.dumps(header).encode(), pixels])
@@ -884,7 +888,7 @@ while json.loads(socket.recv_multipart()[0])["type"] != "accepted":
     pass
 print("accepted", flush=True)
 while True:
-    socket.send_multipart([json.dumps({"v": 1, "token": sys.argv[2], "type": "ping",
+    socket.send_multipart([json.dumps({"v": PROTOCOL_VERSION, "token": sys.argv[2], "type": "ping",
                                        "job": "victim"}).encode()])
     socket.poll(500)
     while socket.poll(0):

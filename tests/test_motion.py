@@ -321,3 +321,32 @@ def test_video_mistakes_get_one_line_and_write_nothing(clip, tmp_path, given, sa
     assert run.returncode == 2
     assert said in run.stderr and run.stderr.count("\n") == 1, run.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_clip_whose_sound_an_mp4_cannot_hold_gets_it_as_aac_and_odd_sides_are_padded(tmp_path):
+    clip = tmp_path / "old.avi"  # MPEG-4 video 65x49 with 8-bit PCM sound, as old cameras made
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 65, 49, "yuv420p"
+        audio = container.add_stream("pcm_u8", rate=22050)
+        audio.layout = "mono"
+        for index in range(10):
+            picture = av.VideoFrame.from_ndarray(photo("chelsea.png", (65, 49)), format="rgb24")
+            picture.pts = index
+            for packet in video.encode(picture):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        wave = 128 + 100 * np.sin(2 * np.pi * 440 * np.arange(22050) / 22050)
+        sound = av.AudioFrame.from_ndarray(wave.astype(np.uint8)[None], format="u8", layout="mono")
+        sound.sample_rate, sound.pts = 22050, 0
+        for packet in [*audio.encode(sound), *audio.encode()]:
+            container.mux(packet)
+    output = tmp_path / "dream.mp4"
+    run = deepdream("video", clip, "-o", output, *VIDEO_QUICK)
+    assert run.returncode == 0, run.stderr
+    frames, rate, size, seconds = video_facts(output)
+    assert (frames, rate, size) == (10, 10, (66, 50))  # H.264 needs even sides
+    assert seconds == pytest.approx(1.0, abs=0.1)
+    with av.open(str(output)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
