@@ -91,6 +91,13 @@ def given_values(args: argparse.Namespace, parameters: tuple[Param, ...]) -> dic
     return {p.name: getattr(args, p.attr) for p in parameters if hasattr(args, p.attr)}
 
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """How a run talks: every command has these."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="deepdream",
@@ -121,9 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--list-models", action="store_true", help="list the models and exit")
     parser.add_argument("--list-layers", metavar="MODEL", help="list a model's layers and presets")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    add_run_flags(parser)
     parser.add_argument("--version", action="version", version=f"deepdream {__version__}")
     return parser
 
@@ -152,9 +157,7 @@ def build_visualize_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--count", type=int, default=16, help="how many, without --channels")
     else:
         parser.add_argument("--each", type=Path, metavar="DIR", help="also write each image here")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    add_run_flags(parser)
     return parser
 
 
@@ -174,9 +177,7 @@ def build_zoom_parser() -> argparse.ArgumentParser:
     add_parameter_flags(parser, DREAM_PARAMETERS, exclusive=("preset", "layers"))
     parser.add_argument("--resume", action="store_true",
                         help="continue the frames already in the output folder")  # fmt: skip
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    add_run_flags(parser)
     return parser
 
 
@@ -195,9 +196,7 @@ def build_video_parser() -> argparse.ArgumentParser:
     add_parameter_flags(parser, DREAM_PARAMETERS, exclusive=("preset", "layers"))
     parser.add_argument("--resume", action="store_true",
                         help="continue from the frames an interrupted run left")  # fmt: skip
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    add_run_flags(parser)
     return parser
 
 

@@ -440,17 +440,22 @@ def failure(procedure, message):
     return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
 
 
-def dream_on(procedure, run_mode, image, drawables, config):
+def source_layer(image, drawables, purpose):
+    """The one layer to work on (a layer mask given stands for its layer); else a DreamError
+    that says what to select."""
     if len(drawables) == 1 and isinstance(drawables[0], Gimp.LayerMask):
         drawables = [Gimp.Layer.from_mask(drawables[0])]  # the mask's layer is what is meant
     if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
-        return failure(procedure, "Select exactly one layer to dream on.")
-    source = drawables[0]
+        raise DreamError(f"Select exactly one layer to {purpose}.")
     if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
-        return failure(
-            procedure,
-            "DeepDream needs an RGB or grayscale image: convert it with Image > Mode > RGB first.",
+        raise DreamError(
+            "DeepDream needs an RGB or grayscale image: convert it with Image > Mode > RGB first."
         )
+    return drawables[0]
+
+
+def dream_on(procedure, run_mode, image, drawables, config):
+    source = source_layer(image, drawables, "dream on")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     if interactive and not dream_dialog(procedure, config, source):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
@@ -508,10 +513,7 @@ def dream_on(procedure, run_mode, image, drawables, config):
         image.undo_group_end()
     Gimp.progress_end()
     Gimp.displays_flush()
-    result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
-    result.remove(1)
-    result.insert(1, GObject.Value(Gimp.Layer, layer))
-    return result
+    return succeeded(procedure, Gimp.Layer, layer)
 
 
 def add_layer(image, source, region, pixels, babl_format, name):
@@ -545,16 +547,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     endless zoom into the layer (the selection's part of it), named with GIMP's frame delays so
     that Filters > Animation > Playback plays it and export writes an animated GIF or WebP. The
     new image is made once every frame is back: a cancelled zoom leaves nothing behind."""
-    if len(drawables) == 1 and isinstance(drawables[0], Gimp.LayerMask):
-        drawables = [Gimp.Layer.from_mask(drawables[0])]
-    if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
-        return failure(procedure, "Select exactly one layer to zoom into.")
-    source = drawables[0]
-    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
-        return failure(
-            procedure,
-            "DeepDream needs an RGB or grayscale image: convert it with Image > Mode > RGB first.",
-        )
+    source = source_layer(image, drawables, "zoom into")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     if interactive and not dream_dialog(procedure, config, source, "DeepDream Zoom", ZOOM_DIALOG,
                                         preview=False):  # fmt: skip
@@ -580,27 +573,40 @@ def zoom_on(procedure, run_mode, image, drawables, config):
 
         size = client.animate(pixels, width, height, 3, params, zoom, keep, on_progress=show)
     delay = round(1000 / zoom["fps"])
-    movie = Gimp.Image.new(*size, Gimp.ImageBaseType.RGB)
-    try:
-        movie.undo_disable()  # a new image: nothing to undo
-        for index in sorted(frames):  # the first frame at the bottom, as Playback plays them
-            name = f"Frame {index + 1} ({delay}ms)"  # GIMP's frame-delay convention
-            kind = Gimp.ImageType.RGB_IMAGE
-            layer = Gimp.Layer.new(movie, name, *size, kind, 100.0, Gimp.LayerMode.NORMAL)
-            movie.insert_layer(layer, None, 0)
-            buffer = layer.get_buffer()
-            buffer.set(Gegl.Rectangle.new(0, 0, *size), "R'G'B' u8", frames[index])
-            buffer.flush()
-        movie.undo_enable()
-    except Exception:
-        movie.delete()
-        raise
+    # The first frame at the bottom, as Playback plays them; GIMP reads each delay from the name.
+    layers = [(f"Frame {index + 1} ({delay}ms)", frames[index]) for index in sorted(frames)]
+    movie = new_image(*size, reversed(layers))
     Gimp.progress_end()
     if interactive:
         Gimp.Display.new(movie)
+    return succeeded(procedure, Gimp.Image, movie)
+
+
+def new_image(width, height, layers):
+    """A new RGB image of the (name, RGB u8 pixels) layers, the first on top; deleted again if
+    it cannot be completed."""
+    image = Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
+    try:
+        image.undo_disable()  # a new image: nothing to undo
+        for position, (name, pixels) in enumerate(layers):
+            kind = Gimp.ImageType.RGB_IMAGE
+            layer = Gimp.Layer.new(image, name, width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
+            image.insert_layer(layer, None, position)
+            buffer = layer.get_buffer()
+            buffer.set(Gegl.Rectangle.new(0, 0, width, height), "R'G'B' u8", bytes(pixels))
+            buffer.flush()
+        image.undo_enable()
+    except Exception:
+        image.delete()
+        raise
+    return image
+
+
+def succeeded(procedure, kind, value):
+    """The procedure's return values: success, and the new layer or image."""
     result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
     result.remove(1)
-    result.insert(1, GObject.Value(Gimp.Image, movie))
+    result.insert(1, GObject.Value(kind, value))
     return result
 
 
@@ -619,28 +625,11 @@ def visualize(procedure, config):
             Gimp.progress_set_text(f"DeepDream: rendering from noise, {progress.describe()}")
 
         width, height, samples = client.visualize(params, on_progress=show, sheet=sheet)
-    image = Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
-    try:
-        image.undo_disable()  # a new image: nothing to undo
-        for position, (label, pixels) in enumerate(samples):  # the first sample on top
-            layer = Gimp.Layer.new(
-                image, label, width, height, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL
-            )
-            image.insert_layer(layer, None, position)
-            buffer = layer.get_buffer()
-            buffer.set(Gegl.Rectangle.new(0, 0, width, height), "R'G'B' u8", bytes(pixels))
-            buffer.flush()
-        image.undo_enable()
-    except Exception:
-        image.delete()
-        raise
+    image = new_image(width, height, samples)  # the first sample on top
     Gimp.progress_end()
     if interactive:
         Gimp.Display.new(image)
-    result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
-    result.remove(1)
-    result.insert(1, GObject.Value(Gimp.Image, image))
-    return result
+    return succeeded(procedure, Gimp.Image, image)
 
 
 class DeepDream(Gimp.PlugIn):

@@ -61,6 +61,18 @@ def prepare(scenario):
     return image, layer
 
 
+def run_on(image, drawables, procedure_name, params):
+    """Run a procedure of the plug-in as a script does, on the drawables of the image."""
+    procedure = Gimp.get_pdb().lookup_procedure(procedure_name)
+    config = procedure.create_config()
+    config.set_property("run-mode", NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", drawables)
+    for name, value in params.items():
+        config.set_property(name, value)
+    return procedure.run(config)
+
+
 def run_visualize(scenario):
     procedure = Gimp.get_pdb().lookup_procedure("plug-in-deepdream-visualize")
     config = procedure.create_config()
@@ -99,14 +111,7 @@ def run_zoom(scenario):
     dump(layer, 0, 0, width, height, "R'G'B' u8", os.path.join(folder, "source-before.raw"))
     layers_before = [describe(item) for item in image.get_layers()]
     images_before = len(Gimp.get_images())
-    procedure = Gimp.get_pdb().lookup_procedure("plug-in-deepdream-zoom")
-    config = procedure.create_config()
-    config.set_property("run-mode", NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
-    for name, value in scenario.get("params", {}).items():
-        config.set_property(name, value)
-    result = procedure.run(config)
+    result = run_on(image, [layer], "plug-in-deepdream-zoom", scenario.get("params", {}))
     status = result.index(0)
     report = {
         "status": status.value_nick,
@@ -141,14 +146,7 @@ def run(scenario):
     width, height = layer.get_width(), layer.get_height()
     dump(layer, 0, 0, width, height, babl, os.path.join(folder, "source-before.raw"))
     layers_before = [describe(item) for item in image.get_layers()]
-    procedure = Gimp.get_pdb().lookup_procedure("plug-in-deepdream")
-    config = procedure.create_config()
-    config.set_property("run-mode", NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
-    for name, value in scenario.get("params", {}).items():
-        config.set_property(name, value)
-    result = procedure.run(config)
+    result = run_on(image, [layer], "plug-in-deepdream", scenario.get("params", {}))
     status = result.index(0)
     report = {
         "status": status.value_nick,
@@ -188,21 +186,15 @@ def run(scenario):
     else:
         report["message"] = str(result.index(1))
     if scenario.get("again"):
-        report["again"] = dream_again(image, procedure, scenario)
+        report["again"] = dream_again(image, scenario)
     image.delete()
     return report
 
 
-def dream_again(image, procedure, scenario):
+def dream_again(image, scenario):
     """What Filters > Repeat (Ctrl+F) does: the same procedure, on what is active now."""
     drawables = image.get_selected_drawables()
-    config = procedure.create_config()
-    config.set_property("run-mode", NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", drawables)
-    for name, value in scenario.get("params", {}).items():
-        config.set_property(name, value)
-    result = procedure.run(config)
+    result = run_on(image, drawables, "plug-in-deepdream", scenario.get("params", {}))
     again = {
         "active": [type(drawable).__name__ for drawable in drawables],
         "status": result.index(0).value_nick,
