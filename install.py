@@ -33,7 +33,7 @@ STAMP = "deepdream-installed"
 PYTEST_NO_TESTS = 5
 PLUGIN_NAME = "deepdream"
 PLUGIN_FILES = ("gimp_plugin/deepdream.py", "gimp_plugin/dream_client.py",
-                "gimp_plugin/locations.py", "dream_wire.py")  # fmt: skip
+                "gimp_plugin/locations.py", "gimp_plugin/zmtp.py", "dream_wire.py")  # fmt: skip
 """Copied into the plug-in's folder: the plug-in, its client, and what the client shares with
 the server."""
 

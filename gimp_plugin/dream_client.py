@@ -1,7 +1,7 @@
 """Client for the DeepDream dream server (docs/PROTOCOL.md).
 
-Standard library and pyzmq only: it runs inside GIMP's own Python, next to the plug-in, and
-under plain pytest. It finds the server through `DEEPDREAM_ENDPOINT` (+ `DEEPDREAM_TOKEN`, and
+Standard library, and pyzmq where it imports (else zmtp.py speaks ZeroMQ's protocol over the
+server's socket file): it runs inside GIMP's own Python, next to the plug-in, and under pytest. It finds the server through `DEEPDREAM_ENDPOINT` (+ `DEEPDREAM_TOKEN`, and
 `DEEPDREAM_SERVER_KEY` for an encrypted remote server) or through the endpoint file the server
 writes, and starts a server from the environment `install.py` recorded when none answers.
 """
@@ -18,8 +18,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import zmq
-from zmq.utils import z85
+try:  # GIMP's own Python on Windows, macOS and Flatpak has no pyzmq: then zmtp.py speaks
+    import zmq
+    from zmq.utils import z85
+except ImportError:
+    zmq = None
 
 from dream_wire import (
     ITEM_SIZES,
@@ -34,8 +37,10 @@ from dream_wire import (
 
 try:
     from .locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
+    from .zmtp import Dealer, ZmtpError
 except ImportError:  # installed into GIMP's plug-in folder, next to locations.py
     from locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
+    from zmtp import Dealer, ZmtpError
 
 HELLO_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 0.5
@@ -48,6 +53,37 @@ IDLE_EXIT_MINUTES = 120
 """A server the plug-in started gives its memory back after two hours without work."""
 ALREADY_RUNNING = 1
 """dream-server's exit code when another one holds the lock."""
+
+
+TRANSPORT_VARIABLE = "DEEPDREAM_TRANSPORT"
+"""`stdlib` or `pyzmq` forces how the client talks; by default pyzmq where it imports."""
+
+
+def transport() -> str:
+    chosen = os.environ.get(TRANSPORT_VARIABLE, "").strip().lower()
+    if chosen not in ("", "stdlib", "pyzmq"):
+        raise DreamError(f"{TRANSPORT_VARIABLE} must be stdlib or pyzmq; it is {chosen!r}.")
+    if chosen == "pyzmq" and zmq is None:
+        raise DreamError(f"{TRANSPORT_VARIABLE}=pyzmq, but this Python has no pyzmq.")
+    return chosen or ("pyzmq" if zmq is not None else "stdlib")
+
+
+class _PyzmqDealer:
+    """A pyzmq DEALER with the few calls the client makes, as zmtp.Dealer has them."""
+
+    def __init__(self, socket) -> None:  # noqa: ANN001
+        self.socket = socket
+
+    def send(self, frames: list) -> None:
+        self.socket.send_multipart(frames, copy=False)
+
+    def receive(self, timeout_s: float) -> list[memoryview] | None:
+        if not self.socket.poll(int(timeout_s * 1000)):
+            return None
+        return [frame.buffer for frame in self.socket.recv_multipart(copy=False)]
+
+    def close(self) -> None:
+        self.socket.close(linger=200)  # long enough for a last cancel to leave
 
 
 def client_keypair(token: str) -> tuple[bytes, bytes]:
@@ -98,8 +134,7 @@ class DreamClient:
         inactivity_timeout_s: float = 600.0,
     ) -> None:
         self.inactivity_timeout_s = inactivity_timeout_s
-        self._context = zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
+        self._socket: _PyzmqDealer | Dealer | None = None
         self.server_info: dict = {}
         self._last_result: dict = {}
         if connection is not None:
@@ -152,21 +187,10 @@ class DreamClient:
             return False
 
     def _connect_and_greet(self, connection: Connection) -> None:
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        if speaks_curve(connection.endpoint):
-            if not connection.server_key:
-                socket.close(linger=0)
-                raise DreamError(
-                    f"The dream server at {connection.endpoint} needs its public key: set "
-                    "DEEPDREAM_SERVER_KEY to the `server_key` of its endpoint.json."
-                )
-            # CURVE both ways: only the server holding the key's secret half completes the
-            # handshake, so an impostor on the endpoint hears nothing, not even the token; and
-            # only a client that knows the token has a key the server lets in.
-            socket.curve_publickey, socket.curve_secretkey = client_keypair(connection.token)
-            socket.curve_serverkey = connection.server_key.encode()
-        socket.connect(connection.endpoint)
+        if transport() == "stdlib":
+            socket = self._stdlib_dealer(connection)
+        else:
+            socket = _PyzmqDealer(self._pyzmq_dealer(connection))
         self._socket, self.connection = socket, connection
         self._send({"type": "hello"})
         reply = self._receive(HELLO_TIMEOUT_S)
@@ -188,6 +212,44 @@ class DreamClient:
                 "again so that both are the same release."
             )
         self.server_info = header
+        if isinstance(socket, Dealer):  # frames as long as the server may send, no longer
+            socket.max_frame_bytes = int(header.get("max_pixels") or 0) * 16 + (1 << 20)
+
+    def _pyzmq_dealer(self, connection: Connection):  # noqa: ANN202 - a zmq.Socket
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        if speaks_curve(connection.endpoint):
+            if not connection.server_key:
+                socket.close(linger=0)
+                raise DreamError(
+                    f"The dream server at {connection.endpoint} needs its public key: set "
+                    "DEEPDREAM_SERVER_KEY to the `server_key` of its endpoint.json."
+                )
+            # CURVE both ways: only the server holding the key's secret half completes the
+            # handshake, so an impostor on the endpoint hears nothing, not even the token; and
+            # only a client that knows the token has a key the server lets in.
+            socket.curve_publickey, socket.curve_secretkey = client_keypair(connection.token)
+            socket.curve_serverkey = connection.server_key.encode()
+        socket.connect(connection.endpoint)
+        return socket
+
+    def _stdlib_dealer(self, connection: Connection) -> Dealer:
+        if not connection.endpoint.startswith("ipc://"):
+            raise DreamError(
+                f"The dream server at {connection.endpoint} is reached over TCP, which is "
+                "encrypted (CURVE) and needs pyzmq, which this Python lacks. Install pyzmq for "
+                "it, or forward the server's socket file over SSH (ssh -L "
+                "/tmp/dream.sock:/path/to/its/dream-server.sock gpu-box) and set "
+                "DEEPDREAM_ENDPOINT=ipc:///tmp/dream.sock."
+            )
+        path = connection.endpoint.removeprefix("ipc://")
+        try:
+            return Dealer(path, SERVER_SILENCE_S)
+        except ZmtpError as err:
+            raise DreamError(
+                f"No dream server answered at {connection.endpoint} ({err}). Start one with "
+                f"`dream-server` (its log: {log_path()})."
+            ) from None
 
     @property
     def server_log(self) -> str:
@@ -202,7 +264,7 @@ class DreamClient:
 
     def close(self) -> None:
         if self._socket is not None:
-            self._socket.close(linger=200)  # long enough for a last cancel to leave
+            self._socket.close()
             self._socket = None
 
     def __enter__(self) -> DreamClient:
@@ -215,14 +277,22 @@ class DreamClient:
 
     def _send(self, header: dict, frames: list = ()) -> None:
         message = {"v": PROTOCOL_VERSION, "token": self.connection.token, **header}
-        self._socket.send_multipart([json.dumps(message).encode(), *frames], copy=False)
-
-    def _receive(self, timeout_s: float) -> tuple[dict, list[zmq.Frame]] | None:
-        if not self._socket.poll(int(timeout_s * 1000)):
-            return None
-        frames = self._socket.recv_multipart(copy=False)
         try:
-            header = json.loads(frames[0].bytes)
+            self._socket.send([json.dumps(message).encode(), *frames])
+        except ZmtpError as err:
+            raise DreamError(f"Lost the dream server ({err}): try again.") from None
+
+    def _receive(self, timeout_s: float) -> tuple[dict, list[memoryview]] | None:
+        try:
+            frames = self._socket.receive(timeout_s)
+        except ZmtpError as err:
+            raise DreamError(
+                f"Lost the dream server ({err}). See {self.server_log}, then try again."
+            ) from None
+        if frames is None:
+            return None
+        try:
+            header = json.loads(bytes(frames[0]))
         except ValueError:
             raise DreamError("The dream server sent a message that is not JSON.") from None
         return header, frames[1:]
@@ -388,7 +458,7 @@ class DreamClient:
                 on_frame(header, frames[0].buffer)
             elif kind == "result" and len(frames) == header.get("count"):
                 self._last_result = header
-                return [frame.buffer for frame in frames]  # the received bytes, not copies
+                return frames  # the received bytes, not copies
             elif kind == "cancelled":
                 raise DreamCancelled()
             elif kind == "error":

@@ -1,0 +1,170 @@
+"""The client's two ways to the server: pyzmq, and ZMTP in the standard library (zmtp.py) for
+the GIMPs whose Python has no pyzmq. Both against the real daemon; the standard library's also
+against peers that are broken or hostile."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, start_server
+
+from dream_wire import DreamCancelled, DreamError
+from gimp_plugin.dream_client import DreamClient
+from gimp_plugin.zmtp import Dealer, ZmtpError
+
+QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
+
+
+def dreamed_through(transport: str, server, monkeypatch, *args, **kwargs) -> bytes:  # noqa: ANN001
+    monkeypatch.setenv("DEEPDREAM_TRANSPORT", transport)
+    with DreamClient(server.connection) as client:
+        return bytes(client.dream(*args, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", ["u8", "f32"])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_both_ways_bring_back_the_same_dream(server, monkeypatch, channels, dtype):
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, 256, (64, 96, channels), np.uint8)
+    if dtype == "f32":
+        pixels = pixels.astype(np.float32) / 255
+    mask = np.linspace(0, 255, 96 * 64).astype(np.uint8)
+    guide = (rng.integers(0, 256, (40, 60, 3), np.uint8).tobytes(), 60, 40, 3)
+    args = (pixels.tobytes(), 96, 64, channels, QUICK)
+    kwargs = {"mask": mask.tobytes(), "guide": guide} if channels == 3 else {}
+    through_pyzmq = dreamed_through("pyzmq", server, monkeypatch, *args, **kwargs)
+    assert dreamed_through("stdlib", server, monkeypatch, *args, **kwargs) == through_pyzmq
+
+
+def test_without_pyzmq_the_client_loads_and_dreams_through_the_standard_library(server):
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, *args):\n"
+        "        if name.split('.')[0] in ('zmq', 'numpy', 'torch', 'PIL', 'dream_server'):\n"
+        "            raise ImportError(f'{name} is not in this Python')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.path.insert(0, 'gimp_plugin')\n"
+        "import hashlib, dream_client\n"
+        "with dream_client.DreamClient() as client:\n"
+        "    result = client.dream(bytes(range(256)) * 72, 96, 64, 3,\n"
+        "                          {'octaves': 1, 'steps': 2, 'preset': 'textures'})\n"
+        "    print(type(client._socket).__name__, hashlib.sha256(result).hexdigest())\n"
+    )
+    environment = {**os.environ, "DEEPDREAM_ENDPOINT": server.record["endpoint"],
+                   "DEEPDREAM_TOKEN": server.record["token"]}  # fmt: skip
+    environment.pop("DEEPDREAM_TRANSPORT", None)
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    with DreamClient(server.connection) as client:
+        expected = client.dream(bytes(range(256)) * 72, 96, 64, 3, QUICK)
+    assert run.stdout.split() == ["Dealer", hashlib.sha256(expected).hexdigest()]
+
+
+def test_through_the_standard_library_a_cancel_lands_and_a_killed_server_is_noticed(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DEEPDREAM_TRANSPORT", "stdlib")
+    doomed = start_server(tmp_path / "home")
+    try:
+        with DreamClient(doomed.connection) as client:
+            started = time.monotonic()
+            with pytest.raises(DreamCancelled):
+                client.dream(bytes(96 * 64 * 3), 96, 64, 3, {"octaves": 4, "steps": 200},
+                             should_stop=lambda: time.monotonic() - started > 1)  # fmt: skip
+            time.sleep(1.0)
+            assert client.status()["queue"] == []  # the server stopped dreaming within 1 s
+            threading.Timer(1.0, os.kill, (doomed.process.pid, signal.SIGKILL)).start()
+            began = time.monotonic()
+            with pytest.raises(DreamError, match="stopped answering|Lost the dream server"):
+                client.dream(bytes(96 * 64 * 3), 96, 64, 3, {"octaves": 4, "steps": 200})
+            assert time.monotonic() - began < 1.0 + 3.5
+    finally:
+        doomed.stop()
+
+
+# -- broken and hostile peers ------------------------------------------------------------------
+
+GOOD_GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\0") + bytes(32)
+CURVE_GREETING = GOOD_GREETING[:12] + b"CURVE".ljust(20, b"\0") + bytes(32)
+ROUTER_READY = b"\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER"
+
+
+def fake_server(tmp_path: Path, behave) -> str:  # noqa: ANN001
+    """A socket file whose one peer runs `behave(connection)` in a thread."""
+    path = str(tmp_path / "fake.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(64)
+            behave(connection)
+            time.sleep(5)  # then silence until the test is done
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("behave", "said"),
+    [
+        (lambda c: c.sendall(b"HTTP/1.1 400 Bad Request\r\n" + bytes(38)), "no ZMTP greeting"),
+        (lambda c: c.sendall(CURVE_GREETING), "CURVE security, which needs pyzmq"),
+        (lambda c: c.sendall(GOOD_GREETING + b"\x04\x07\x05ERROR\x00"), "refused the connection"),
+        (lambda c: c.sendall(GOOD_GREETING), "fell silent"),
+        (lambda c: c.sendall(GOOD_GREETING[:30]), "fell silent"),
+        (lambda c: (c.sendall(GOOD_GREETING[:30]), c.close()), "closed the connection"),
+    ],
+)
+def test_a_broken_peer_in_the_handshake_gives_a_clear_error_and_no_hang(tmp_path, behave, said):
+    path = fake_server(tmp_path, behave)
+    began = time.monotonic()
+    with pytest.raises(ZmtpError, match=said):
+        Dealer(path, timeout_s=1.0)
+    assert time.monotonic() - began < 3.0
+
+
+@pytest.mark.parametrize(
+    ("after_ready", "said"),
+    [
+        (b"\x02" + (1 << 40).to_bytes(8, "big"), "frame of 1099511627776 bytes"),  # 1 TB, LONG
+        (b"\x00\x20" + b"half a frame", "closed the connection in the middle"),
+        (b"\x00\x20" + b"half a frame and then silence", "fell silent"),
+        (b"\x40\x01x", "unknown flags 0x40"),
+    ],
+)
+def test_a_broken_peer_after_the_handshake_gives_a_clear_error(tmp_path, after_ready, said):
+    closes = "closed" in said
+
+    def behave(connection: socket.socket) -> None:
+        connection.sendall(GOOD_GREETING + ROUTER_READY + after_ready)
+        if closes:
+            connection.shutdown(socket.SHUT_RDWR)
+
+    dealer = Dealer(fake_server(tmp_path, behave), timeout_s=1.0, max_frame_bytes=1 << 20)
+    began = time.monotonic()
+    with pytest.raises(ZmtpError, match=said):
+        dealer.receive(timeout_s=2.0)
+    assert time.monotonic() - began < 3.0
+    dealer.close()
+
+
+def test_a_peer_that_says_nothing_is_a_message_that_never_came(tmp_path):
+    dealer = Dealer(fake_server(tmp_path, lambda c: c.sendall(GOOD_GREETING + ROUTER_READY)), 1.0)
+    assert dealer.receive(timeout_s=0.3) is None
+    dealer.close()
