@@ -1,7 +1,8 @@
 """Client for the DeepDream dream server (docs/PROTOCOL.md).
 
 Standard library, and pyzmq where it imports (else zmtp.py speaks ZeroMQ's protocol over the
-server's socket file): it runs inside GIMP's own Python, next to the plug-in, and under pytest. It finds the server through `DEEPDREAM_ENDPOINT` (+ `DEEPDREAM_TOKEN`, and
+server's socket file): it runs inside GIMP's own Python, next to the plug-in, and under pytest.
+It finds the server through `DEEPDREAM_ENDPOINT` (+ `DEEPDREAM_TOKEN`, and
 `DEEPDREAM_SERVER_KEY` for an encrypted remote server) or through the endpoint file the server
 writes, and starts a server from the environment `install.py` recorded when none answers.
 """
