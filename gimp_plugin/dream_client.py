@@ -456,7 +456,7 @@ class DreamClient:
                 last_progress = now
             elif kind == "frame" and on_frame is not None and len(frames) == 1:
                 last_progress = now
-                on_frame(header, frames[0].buffer)
+                on_frame(header, frames[0])
             elif kind == "result" and len(frames) == header.get("count"):
                 self._last_result = header
                 return frames  # the received bytes, not copies
