@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 PROTOCOL_VERSION = 2
@@ -66,6 +66,10 @@ class Progress:
     def from_message(cls, header: Mapping[str, Any]) -> Progress:
         """The report a `progress` message carries (the server sends its fields by name)."""
         return cls(**{field.name: header[field.name] for field in fields(cls)})
+
+    def of_frame(self, frame: int, frames: int) -> Progress:
+        """This report of one frame's dream, as part of an animation of `frames` frames."""
+        return replace(self, fraction=(frame + self.fraction) / frames, frame=frame, frames=frames)
 
     def describe(self) -> str:
         """`octave 2/4, step 7/10`, `step 120/256` where there is one octave, and `frame 3/30, `

@@ -161,43 +161,48 @@ def build_visualize_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
-def build_zoom_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="deepdream zoom",
-        description="Dream an endless zoom: each frame is dreamed on the last one, moved a "
-        "little closer (and turned or drifted, if asked).",
-        epilog="Example: deepdream zoom photo.jpg -o zoom.mp4 --frames 60 --preset animals",
-    )
-    parser.add_argument("input", type=Path, help="the image the zoom starts from")
-    parser.add_argument(
-        "-o", "--output", type=Path, required=True,
-        help="a .gif, .webp or .mp4 file, or a folder for numbered PNGs",
-    )  # fmt: skip
-    add_parameter_flags(parser, ZOOM_PARAMETERS)
+def build_motion_parser(
+    command: str, description: str, example: str, input_help: str, output_help: str,
+    parameters: tuple[Param, ...], resume_help: str,
+) -> argparse.ArgumentParser:  # fmt: skip
+    """`deepdream zoom` and `deepdream video`: an input, an output, the motion's settings and the
+    dream's, and --resume."""
+    parser = OneLineParser(prog=f"deepdream {command}", description=description,
+                           epilog=f"Example: {example}")  # fmt: skip
+    parser.add_argument("input", type=Path, help=input_help)
+    parser.add_argument("-o", "--output", type=Path, required=True, help=output_help)
+    add_parameter_flags(parser, parameters)
     add_parameter_flags(parser, DREAM_PARAMETERS, exclusive=("preset", "layers"))
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the frames already in the output folder")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help=resume_help)
     add_run_flags(parser)
     return parser
+
+
+def build_zoom_parser() -> argparse.ArgumentParser:
+    return build_motion_parser(
+        "zoom",
+        "Dream an endless zoom: each frame is dreamed on the last one, moved a little closer "
+        "(and turned or drifted, if asked).",
+        "deepdream zoom photo.jpg -o zoom.mp4 --frames 60 --preset animals",
+        "the image the zoom starts from",
+        "a .gif, .webp or .mp4 file, or a folder for numbered PNGs",
+        ZOOM_PARAMETERS,
+        "continue the frames already in the output folder",
+    )
 
 
 def build_video_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="deepdream video",
-        description="Dream on a video with steady frames: each frame's dream moves on to the "
-        "next one with the picture (optical flow) instead of flickering.",
-        epilog="Example: deepdream video clip.mp4 -o dream.mp4 --start 5 --duration 4",
+    return build_motion_parser(
+        "video",
+        "Dream on a video with steady frames: each frame's dream moves on to the next one with "
+        "the picture (optical flow) instead of flickering.",
+        "deepdream video clip.mp4 -o dream.mp4 --start 5 --duration 4",
+        "the video (MP4, MOV, MKV, WebM)",
+        "the dreamed video (.mp4, with the input's audio), or a folder for the frames as "
+        "numbered PNGs",
+        VIDEO_PARAMETERS,
+        "continue from the frames an interrupted run left",
     )
-    parser.add_argument("input", type=Path, help="the video (MP4, MOV, MKV, WebM)")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="the dreamed video (.mp4, with the input's audio), or a folder "
-                        "for the frames as numbered PNGs")  # fmt: skip
-    add_parameter_flags(parser, VIDEO_PARAMETERS)
-    add_parameter_flags(parser, DREAM_PARAMETERS, exclusive=("preset", "layers"))
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the frames an interrupted run left")  # fmt: skip
-    add_run_flags(parser)
-    return parser
 
 
 SUBCOMMANDS = {
@@ -579,7 +584,7 @@ class _Progress:
             description = f"frame {index + 1}/{frames}"
             if self._dream_bar.desc != description:
                 self._dream_bar.set_description(description, refresh=False)
-            overall = (index + progress.fraction) / frames
+            overall = progress.of_frame(index, frames).fraction
             self._dream_bar.update(round(overall * 100, 2) - self._dream_bar.n)
 
         return report

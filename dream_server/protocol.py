@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -105,8 +105,7 @@ class AnimateRequest:
             params = frame_params(self.params, index, self.zoom.steps_per_frame, new_seed=True)
 
             def report(progress: Progress) -> None:
-                fraction = (index + progress.fraction) / count
-                on_progress(replace(progress, fraction=fraction, frame=index, frames=count))
+                on_progress(progress.of_frame(index, count))
 
             return engine.dream(image, params, on_progress=report, should_stop=should_stop)
 

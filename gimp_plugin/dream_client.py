@@ -334,18 +334,7 @@ class DreamClient:
         in the same layout (a read-only buffer). `mask` is one channel of the same size; `guide` is
         (pixels, width, height, channels). When `should_stop` says so (it is asked every
         STOP_CHECK_S), the job is cancelled on the server and DreamCancelled raised."""
-        limit = self.server_info.get("max_pixels")
-        if limit and width * height > limit:
-            raise DreamError(
-                f"{width}x{height} pixels are more than the dream server accepts ({limit}): "
-                "select a smaller part of the image, or scale it down."
-            )
-        header: dict = {
-            "type": "submit",
-            "job": uuid.uuid4().hex,
-            "params": params,
-            "image": _frame_meta(pixels, width, height, channels, "image"),
-        }
+        header = self._image_job("submit", pixels, width, height, channels, params)
         frames = [pixels]
         if mask is not None:
             header["mask"] = _frame_meta(mask, width, height, 1, "mask")
@@ -374,18 +363,28 @@ class DreamClient:
         """An endless zoom from the pixels: `on_frame(index, count, rgb_u8)` gets each frame as
         soon as it is dreamed. Returns the frames' (width, height). `should_stop` as in
         `dream`."""
-        job = uuid.uuid4().hex
-        header = {"type": "animate", "job": job, "params": params, "zoom": zoom,
-                  "image": _frame_meta(pixels, width, height, channels, "image")}  # fmt: skip
-        self._send(header, [pixels])
+        header = self._image_job("animate", pixels, width, height, channels, params)
+        self._send({**header, "zoom": zoom}, [pixels])
         size = []
 
         def frame_arrived(header: dict, frame: memoryview) -> None:
             size[:] = [header["width"], header["height"]]
             on_frame(header["index"], header["count"], frame)
 
-        self._await_result(job, on_progress, should_stop, frame_arrived)
+        self._await_result(header["job"], on_progress, should_stop, frame_arrived)
         return tuple(size) if size else (width, height)
+
+    def _image_job(self, kind: str, pixels, width: int, height: int, channels: int,
+                   params: dict) -> dict:  # noqa: ANN001 - bytes or a buffer  # fmt: skip
+        """The header of a job on an image, refused here when the server would refuse its size."""
+        limit = self.server_info.get("max_pixels")
+        if limit and width * height > limit:
+            raise DreamError(
+                f"{width}x{height} pixels are more than the dream server accepts ({limit}): "
+                "select a smaller part of the image, or scale it down."
+            )
+        image = _frame_meta(pixels, width, height, channels, "image")
+        return {"type": kind, "job": uuid.uuid4().hex, "params": params, "image": image}
 
     def check(self, params: dict, on_progress: ProgressCallback | None = None) -> None:
         """Raise the server's DreamError if it would refuse these dream parameters (the layers
