@@ -101,8 +101,24 @@ CURVE_GREETING = GOOD_GREETING[:12] + b"CURVE".ljust(20, b"\0") + bytes(32)
 ROUTER_READY = b"\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER"
 
 
+def read_exactly(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size and (chunk := connection.recv(size - len(data))):
+        data += chunk
+    return data
+
+
+def read_command(connection: socket.socket) -> bytes:
+    """The client's next command (its READY), read whole so that closing after it cannot
+    break the client's send."""
+    flags, size = read_exactly(connection, 2)
+    assert flags == 0x04, f"expected a short command, got flags {flags:#x}"
+    return read_exactly(connection, size)
+
+
 def fake_server(tmp_path: Path, behave) -> str:  # noqa: ANN001
-    """A socket file whose one peer runs `behave(connection)` in a thread."""
+    """A socket file whose one peer reads the client's greeting, then runs `behave(connection)`
+    in a thread."""
     path = str(tmp_path / "fake.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -111,7 +127,7 @@ def fake_server(tmp_path: Path, behave) -> str:  # noqa: ANN001
     def serve() -> None:
         connection, _ = listener.accept()
         with connection:
-            connection.recv(64)
+            read_exactly(connection, 64)
             behave(connection)
             time.sleep(5)  # then silence until the test is done
         listener.close()
@@ -152,7 +168,9 @@ def test_a_broken_peer_after_the_handshake_gives_a_clear_error(tmp_path, after_r
     closes = "closed" in said
 
     def behave(connection: socket.socket) -> None:
-        connection.sendall(GOOD_GREETING + ROUTER_READY + after_ready)
+        connection.sendall(GOOD_GREETING + ROUTER_READY)
+        assert read_command(connection).startswith(b"\x05READY")
+        connection.sendall(after_ready)
         if closes:
             connection.shutdown(socket.SHUT_RDWR)
 
