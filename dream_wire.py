@@ -1,16 +1,23 @@
-"""What the dream server, the `deepdream` command and the GIMP plug-in's client share.
+"""What the dream server, the `deepdream` command, install.py and the GIMP plug-in's client share.
 
-The protocol's version and pixel types, the progress report every long job gives, and the
-errors a person reads. Standard library only: install.py copies this file next to the GIMP
-plug-in, whose Python may have nothing else, and the engine imports it as it is.
+The protocol's version and pixel types, the progress report every long job gives, the
+errors a person reads, and where the small files live, so that all of them look in one place.
+Standard library only: install.py copies this file next to the GIMP plug-in, whose Python may
+have nothing else, and the engine imports it as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
+import os
+import stat
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 PROTOCOL_VERSION = 2
@@ -18,6 +25,125 @@ PROTOCOL_VERSION = 2
 `frame`/`frames`."""
 ITEM_SIZES = {"u8": 1, "f32": 4}
 """Bytes per channel of each pixel type on the wire."""
+
+
+# -- the messages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One kind of request: the pixel frames after its header, and the replies it gets."""
+
+    frames: tuple[str, ...] = ()
+    """Named by the header field that describes each; all are required..."""
+    optional_frames: tuple[str, ...] = ()
+    """...but these, each sent (in this order, after the required ones) when its field is in
+    the header."""
+    replies: tuple[str, ...] = ()
+    job: bool = False
+    """Whether it names a `job`: it becomes one, or (cancel) acts on one."""
+
+    def frames_of(self, header: Mapping[str, Any]) -> tuple[str, ...]:
+        """The frames a request with this header carries, in order."""
+        return self.frames + tuple(name for name in self.optional_frames if name in header)
+
+
+JOB_REPLIES = ("accepted", "progress", "result", "error", "cancelled")
+REQUESTS = {
+    "hello": Request(replies=("hello_ok",)),
+    "submit": Request(("image",), ("mask", "guide"), JOB_REPLIES, job=True),
+    "visualize": Request(replies=JOB_REPLIES, job=True),
+    "check": Request(replies=JOB_REPLIES, job=True),
+    "animate": Request(("image",), replies=(*JOB_REPLIES, "frame"), job=True),
+    "cancel": Request(replies=("cancelled", "error"), job=True),
+    "ping": Request(replies=("pong",)),
+    "status": Request(replies=("status_ok",)),
+}
+"""Every request the server takes (docs/PROTOCOL.md is the same table for people)."""
+JOB_ENDINGS = frozenset({"result", "error", "cancelled"})
+"""The replies after which a job says nothing more."""
+
+
+@dataclass(frozen=True)
+class FrameDescription:
+    """What a header says of one pixel frame: rows of `width` pixels of `channels` values of
+    `dtype`, packed, top row first."""
+
+    width: int
+    height: int
+    channels: int
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.width * self.height * self.channels * ITEM_SIZES[self.dtype]
+
+    @classmethod
+    def of_header(cls, field: Any, what: str, max_pixels: int) -> FrameDescription:
+        """The description in a header's field `what`, checked; ValueError says what is wrong,
+        OverflowError that it is larger than `max_pixels`."""
+        if not isinstance(field, dict):
+            raise ValueError(f"'{what}' must describe the frame: width, height, channels, dtype.")
+        values = {name: field.get(name) for name in ("width", "height", "channels", "dtype")}
+        for name in ("width", "height", "channels"):
+            value = values[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"The {what}'s {name} must be a positive integer.")
+        if values["channels"] > 4:
+            raise ValueError(f"The {what} has {values['channels']} channels; at most 4.")
+        if values["dtype"] not in ITEM_SIZES:
+            raise ValueError(
+                f"The {what}'s dtype must be u8 or f32; got {str(values['dtype'])[:20]!r}."
+            )
+        description = cls(**values)
+        if description.width * description.height > max_pixels:
+            raise OverflowError(
+                f"The {what} is {description.width}x{description.height}, over this server's "
+                f"limit of {max_pixels} pixels: dream on a smaller selection or scale the image "
+                "down."
+            )
+        return description
+
+    def check_size(self, nbytes: int, what: str) -> None:
+        """ValueError unless a frame of `nbytes` holds exactly these pixels."""
+        if nbytes != self.nbytes:
+            raise ValueError(
+                f"The {what} frame has {nbytes} bytes; {self.width}x{self.height}x"
+                f"{self.channels} {self.dtype} needs {self.nbytes}."
+            )
+
+    def as_header(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def schema_hash(schemas: Mapping[str, Any]) -> str:
+    """A short fingerprint of the parameter definitions: the server sends it in `hello_ok`, the
+    plug-in compares it with the files install.py wrote, so that different releases say so."""
+    text = json.dumps(schemas, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def client_secret_key(token: str) -> bytes:
+    """The CURVE secret key of every client that knows `token` (Z85 text): the server lets in
+    its public key and no other, so that a peer without the token is refused before it can send
+    a byte."""
+    return z85_encode(hashlib.sha256(b"deepdream client key\0" + token.encode()).digest())
+
+
+Z85_ALPHABET = (
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+
+
+def z85_encode(data: bytes) -> bytes:
+    """ZeroMQ's Z85 text for `data` (rfc.zeromq.org spec 32), whose length is a multiple of 4."""
+    if len(data) % 4:
+        raise ValueError("Z85 encodes 4 bytes at a time")
+    out = bytearray()
+    for offset in range(0, len(data), 4):
+        value = int.from_bytes(data[offset : offset + 4], "big")
+        out += bytes(Z85_ALPHABET[value // 85**power % 85] for power in range(4, -1, -1))
+    return bytes(out)
 
 
 class DreamError(Exception):
@@ -103,3 +229,69 @@ def is_loopback(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# -- where the small files live ----------------------------------------------------------
+
+ENDPOINT_FILE = "endpoint.json"
+"""Written by the running server (mode 0600): an EndpointRecord."""
+INSTALL_RECORD = "daemon.json"
+"""Written by install.py: the Python of the environment to start the server from."""
+LOG_FILE = "dream-server.log"
+
+
+def state_dir() -> Path:
+    override = os.environ.get("DEEPDREAM_HOME")
+    if override:
+        return Path(override)
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA", Path.home())) / "deepdream"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "deepdream"
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "deepdream"
+
+
+def ensure_state_dir() -> Path:
+    """The state folder, created private to this user (it holds the server's token)."""
+    folder = state_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "posix":
+        info = folder.stat()
+        shared = info.st_mode & stat.S_ISVTX or info.st_uid != os.getuid()  # like /tmp
+        if info.st_mode & 0o077 and not shared:
+            folder.chmod(0o700)  # made by an older release, or by hand
+    return folder
+
+
+def log_path() -> Path:
+    return state_dir() / LOG_FILE
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """Where the running server listens and how to be let in: what it writes to the endpoint
+    file (readable by its user only) and every client reads."""
+
+    endpoint: str
+    token: str
+    pid: int | None = None
+    log: str | None = None
+    protocol: int = PROTOCOL_VERSION
+    server_key: str | None = None
+    """The server's CURVE public key (Z85), when it encrypts."""
+
+    @classmethod
+    def read(cls, folder: Path | None = None) -> EndpointRecord | None:
+        """The record in `folder` (the state folder by default), or None when there is none or
+        it is not one."""
+        try:
+            data = json.loads(((folder or state_dir()) / ENDPOINT_FILE).read_text())
+            record = cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+        if not (isinstance(record.endpoint, str) and isinstance(record.token, str)):
+            return None
+        return record
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None})

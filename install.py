@@ -23,7 +23,7 @@ import sys
 import venv
 from pathlib import Path
 
-from gimp_plugin.locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, state_dir
+from dream_wire import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, state_dir
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VENV = ROOT / ".venv"
@@ -32,8 +32,8 @@ SAMPLE_OUTPUT = ROOT / "out" / "coffee-dream.png"
 STAMP = "deepdream-installed"
 PYTEST_NO_TESTS = 5
 PLUGIN_NAME = "deepdream"
-PLUGIN_FILES = ("gimp_plugin/deepdream.py", "gimp_plugin/dream_client.py",
-                "gimp_plugin/locations.py", "gimp_plugin/zmtp.py", "dream_wire.py")  # fmt: skip
+PLUGIN_FILES = ("gimp_plugin/deepdream.py", "dream_client.py",
+                "dream_zmtp.py", "dream_wire.py")  # fmt: skip
 """Copied into the plug-in's folder: the plug-in, its client, and what the client shares with
 the server."""
 

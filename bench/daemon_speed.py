@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gimp_plugin.dream_client import Connection, DreamClient  # noqa: E402
+from dream_client import Connection, DreamClient  # noqa: E402
 
 
 def start_server(home: Path, *options: str) -> tuple[subprocess.Popen, float, Connection]:

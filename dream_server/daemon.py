@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import fcntl
 import hmac
 import json
 import logging
@@ -37,19 +36,30 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from dream_wire import PROTOCOL_VERSION, Progress, is_loopback, speaks_curve
-from gimp_plugin.dream_client import Connection, DreamClient, client_keypair
-from gimp_plugin.locations import ENDPOINT_FILE, ensure_state_dir, log_path, state_dir
+from dream_client import Connection, DreamClient
+from dream_wire import (
+    ENDPOINT_FILE,
+    EndpointRecord,
+    Progress,
+    client_secret_key,
+    ensure_state_dir,
+    is_loopback,
+    log_path,
+    schema_hash,
+    speaks_curve,
+    state_dir,
+)
 
 from . import __version__
 from .devices import devices
 from .engine import Engine
 from .errors import DreamCancelled, DreamError, OutOfMemory
 from .models import DEFAULT_MODEL, MODELS, PRESETS
-from .params import VISUALIZE_PARAMETERS, parameter_schema
+from .params import VISUALIZE_PARAMETERS, parameter_schema, plugin_schemas
 from .protocol import (
     JOB_PARSERS,
     BadMessage,
+    check_frame_count,
     decode_header,
     encode,
     frame_meta,
@@ -284,7 +294,7 @@ class DreamServer:
             self.authenticator = ThreadAuthenticator(self.context)
             self.authenticator.start()
             self.authenticator.configure_curve_callback(
-                "*", _OnlyKnownClients(client_keypair(token)[0])
+                "*", _OnlyKnownClients(zmq.curve_public(client_secret_key(token)))
             )
         if bind.endswith(":0"):
             port = self.router.bind_to_random_port(bind.rsplit(":", 1)[0])
@@ -500,10 +510,7 @@ class DreamServer:
         header = decode_header(header_frame.bytes, self.token)
         self.last_heard[client] = self.last_activity = time.monotonic()  # only clients count
         kind = header["type"]
-        if kind not in JOB_PARSERS and frames:
-            raise BadMessage(
-                "bad_frames", f"A {kind} message has no pixel frames.", header.get("job")
-            )
+        check_frame_count(header, frames)
         if kind == "hello":
             self._reply(client, encode("hello_ok", **self.describe()))
         elif kind == "ping":
@@ -584,6 +591,7 @@ class DreamServer:
             "presets": list(PRESETS),
             "params": parameter_schema(),
             "visualize_params": parameter_schema(VISUALIZE_PARAMETERS),
+            "schema": schema_hash(plugin_schemas()),
             "max_pixels": self.max_pixels,
             "log": str(log_path()),
         }
@@ -619,16 +627,26 @@ def default_bind(folder: Path) -> str:
     return "tcp://127.0.0.1:0"
 
 
-def write_endpoint_file(path: Path, record: dict[str, Any]) -> None:
+def write_endpoint_file(path: Path, record: EndpointRecord) -> None:
     """Atomically, readable by this user only: it holds the token."""
-    write_new_file(path, json.dumps(record), 0o600)
+    write_new_file(path, record.to_json(), 0o600)
 
 
 def take_lock(folder: Path):  # noqa: ANN201 - an open file holding the lock
-    """One daemon per user: an exclusive lock on a file in the state folder, or None."""
-    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    """One daemon per user: an exclusive lock on a file in the state folder, or None when
+    another process holds it. The system lets go of it when the process ends, however it ends,
+    so a crash leaves no stale lock."""
+    handle = open(folder / LOCK_FILE, "a+b")  # noqa: SIM115 - held for the daemon's lifetime
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.name == "nt":
+            import msvcrt  # Windows has no flock: a lock on the file's first byte instead
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
         return None
@@ -843,15 +861,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dream-server: {err}", file=sys.stderr)
         return 2
     endpoint_file = folder / ENDPOINT_FILE
-    record = {
-        "endpoint": server.endpoint,
-        "token": server.token,
-        "pid": os.getpid(),
-        "log": str(log_path()),
-        "protocol": PROTOCOL_VERSION,
-    }
-    if server.authenticator is not None:
-        record["server_key"] = server.server_key.decode()
+    server_key = server.server_key.decode() if server.authenticator is not None else None
+    record = EndpointRecord(server.endpoint, server.token, os.getpid(), str(log_path()),
+                            server_key=server_key)  # fmt: skip
     write_endpoint_file(endpoint_file, record)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stopping.set())
@@ -863,8 +875,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve()
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(endpoint_file.read_text()).get("pid") == os.getpid():
+        written = EndpointRecord.read(folder)
+        if written is not None and written.pid == os.getpid():
+            with contextlib.suppress(OSError):
                 endpoint_file.unlink()
         lock.close()
     return 0

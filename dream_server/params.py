@@ -418,11 +418,19 @@ def parameter_schema(
     return [p.schema() for p in parameters if include_cli_only or not p.cli_only]
 
 
+PLUGIN_PARAMETERS = {"dream": DREAM_PARAMETERS, "visualize": VISUALIZE_PARAMETERS,
+                     "zoom": ZOOM_PARAMETERS}  # fmt: skip
+"""What the GIMP plug-in's procedures and dialogs are built from (install.py writes each)."""
+
+
+def plugin_schemas() -> dict[str, list[dict[str, Any]]]:
+    """The schema of each of PLUGIN_PARAMETERS: a plug-in installed from another release has
+    other ones (see dream_wire.schema_hash)."""
+    return {name: parameter_schema(parameters) for name, parameters in PLUGIN_PARAMETERS.items()}
+
+
 if __name__ == "__main__":  # install.py writes these next to the GIMP plug-in
     import json
     import sys
 
-    chosen = {"visualize": VISUALIZE_PARAMETERS, "zoom": ZOOM_PARAMETERS}.get(
-        (sys.argv[1:] or [""])[0], DREAM_PARAMETERS
-    )
-    json.dump(parameter_schema(chosen), sys.stdout, indent=1)
+    json.dump(plugin_schemas()[(sys.argv[1:] or ["dream"])[0]], sys.stdout, indent=1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dream_wire import ITEM_SIZES, PROTOCOL_VERSION, Progress
+from dream_wire import ITEM_SIZES, PROTOCOL_VERSION, REQUESTS, FrameDescription, Progress
 
 from .engine import Engine
 from .errors import DreamError
@@ -26,7 +26,6 @@ from .visualize import sample_labels, subject
 
 HEADER_LIMIT = 64 * 1024
 JOB_ID_LIMIT = 64
-REQUEST_TYPES = {"hello", "submit", "visualize", "check", "animate", "cancel", "ping", "status"}
 DTYPES = {"u8": np.uint8, "f32": np.float32}
 assert set(DTYPES) == set(ITEM_SIZES)
 
@@ -128,8 +127,6 @@ def _checked_params(header: dict[str, Any], kind: type) -> Any:
 
 def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> VisualizeRequest:
     job = header["job"]
-    if frames:
-        raise BadMessage("bad_frames", "A visualize request has no pixel frames.", job)
     checked = _checked_params(header, VisualizeParams)
     if checked.samples * checked.size**2 > max_pixels:
         raise BadMessage("too_large", f"{checked.samples} images of {checked.size} px are over "
@@ -141,8 +138,6 @@ def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> Vi
 
 
 def parse_check(header: dict[str, Any], frames: list, max_pixels: int) -> CheckRequest:
-    if frames:
-        raise BadMessage("bad_frames", "A check request has no pixel frames.", header["job"])
     return CheckRequest(header["job"], _checked_params(header, DreamParams))
 
 
@@ -156,10 +151,6 @@ def parse_animate(header: dict[str, Any], frames: list, max_pixels: int) -> Anim
         zoom_params = ZoomParams.from_mapping(zoom)
     except DreamError as err:
         raise BadMessage("bad_parameter", str(err), job) from None
-    if len(frames) != 1:
-        raise BadMessage(
-            "bad_frames", f"An animate request has one image frame; got {len(frames)}.", job
-        )
     image = pixel_array(header.get("image"), frames[0], "image", max_pixels, job)
     return AnimateRequest(job, dream_params, zoom_params, image)
 
@@ -191,31 +182,37 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
         raise BadMessage(
             "bad_version", f"Protocol version {header.get('v')!r} is not {PROTOCOL_VERSION}.", job
         )
-    if not isinstance(header.get("type"), str) or header["type"] not in REQUEST_TYPES:
+    if not isinstance(header.get("type"), str) or header["type"] not in REQUESTS:
         raise BadMessage(
             "bad_type",
             f"Unknown message type {str(header.get('type'))[:40]!r}; "
-            f"known: {', '.join(sorted(REQUEST_TYPES))}.",
+            f"known: {', '.join(sorted(REQUESTS))}.",
             job,
         )
-    if (header["type"] in JOB_PARSERS or header["type"] == "cancel") and job is None:
+    if REQUESTS[header["type"]].job and job is None:
         raise BadMessage(
             "bad_job", f"'job' must be a non-empty string of at most {JOB_ID_LIMIT} characters."
         )
     return header
 
 
+def check_frame_count(header: dict[str, Any], frames: list) -> None:
+    """The request carries the pixel frames its kind and header call for, no more, no fewer."""
+    parts = REQUESTS[header["type"]].frames_of(header)
+    if len(frames) != len(parts):
+        carries = f"{len(parts)} pixel frame(s): {', '.join(parts)}" if parts else "no frames"
+        raise BadMessage(
+            "bad_frames",
+            f"A {header['type']} request carries {carries}; got {len(frames)}.",
+            header.get("job"),
+        )
+
+
 def parse_submit(header: dict[str, Any], frames: list, max_pixels: int) -> Submission:
     """Check a submit message completely and turn its frames into arrays (without copying)."""
     job = header["job"]
     dream_params = _checked_params(header, DreamParams)
-    parts = [part for part in ("image", "mask", "guide") if part == "image" or part in header]
-    if len(frames) != len(parts):
-        raise BadMessage(
-            "bad_frames",
-            f"Expected {len(parts)} pixel frame(s) ({', '.join(parts)}); got {len(frames)}.",
-            job,
-        )
+    parts = REQUESTS["submit"].frames_of(header)
     arrays = {
         part: pixel_array(header.get(part), frame, part, max_pixels, job)
         for part, frame in zip(parts, frames, strict=True)
@@ -235,36 +232,17 @@ def parse_submit(header: dict[str, Any], frames: list, max_pixels: int) -> Submi
 
 
 def pixel_array(meta: Any, frame, what: str, max_pixels: int, job: str) -> np.ndarray:  # noqa: ANN001
-    if not isinstance(meta, dict):
-        raise BadMessage(
-            "bad_frames", f"'{what}' must describe the frame: width, height, channels, dtype.", job
-        )
-    width, height, channels, dtype = (meta.get(k) for k in ("width", "height", "channels", "dtype"))
-    for name, value in (("width", width), ("height", height), ("channels", channels)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadMessage("bad_frames", f"The {what}'s {name} must be a positive integer.", job)
-    if channels > 4:
-        raise BadMessage("bad_frames", f"The {what} has {channels} channels; at most 4.", job)
-    if dtype not in DTYPES:
-        raise BadMessage(
-            "bad_frames", f"The {what}'s dtype must be u8 or f32; got {str(dtype)[:20]!r}.", job
-        )
-    if width * height > max_pixels:
-        raise BadMessage(
-            "too_large",
-            f"The {what} is {width}x{height}, over this server's limit of {max_pixels} pixels: "
-            "dream on a smaller selection or scale the image down.",
-            job,
-        )
-    expected = width * height * channels * ITEM_SIZES[dtype]
+    """The frame's pixels as an array of the shape its description `meta` gives, checked."""
     buffer = memoryview(frame.buffer if hasattr(frame, "buffer") else frame)
-    if buffer.nbytes != expected:
-        raise BadMessage(
-            "bad_frames",
-            f"The {what} frame has {buffer.nbytes} bytes; {width}x{height}x{channels} {dtype} "
-            f"needs {expected}.",
-            job,
-        )
+    try:
+        description = FrameDescription.of_header(meta, what, max_pixels)
+        description.check_size(buffer.nbytes, what)
+    except OverflowError as err:
+        raise BadMessage("too_large", str(err), job) from None
+    except ValueError as err:
+        raise BadMessage("bad_frames", str(err), job) from None
+    width, height, channels, dtype = (description.width, description.height,
+                                      description.channels, description.dtype)  # fmt: skip
     array = np.frombuffer(buffer, dtype=DTYPES[dtype]).reshape(height, width, channels)
     if dtype == "f32" and not np.isfinite(array).all():
         raise BadMessage("bad_frames", f"The {what} holds NaN or infinite values.", job)
@@ -278,7 +256,7 @@ def encode(message_type: str, **fields: Any) -> bytes:
 def frame_meta(array: np.ndarray) -> dict[str, Any]:
     height, width, channels = array.shape
     dtype = next(name for name, kind in DTYPES.items() if array.dtype == kind)
-    return {"width": width, "height": height, "channels": channels, "dtype": dtype}
+    return FrameDescription(width, height, channels, dtype).as_header()
 
 
 JOB_PARSERS = {

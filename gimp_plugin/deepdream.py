@@ -22,9 +22,7 @@ from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dream_client import DreamClient  # noqa: E402
-from locations import log_path  # noqa: E402
-
-from dream_wire import DreamCancelled, DreamError  # noqa: E402
+from dream_wire import DreamCancelled, DreamError, log_path, schema_hash  # noqa: E402
 
 PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
@@ -50,6 +48,14 @@ def load_parameters(path=PARAMETERS_FILE):
     """The parameters as the engine defines them (install.py writes these files)."""
     with open(path) as schema:
         return json.load(schema)
+
+
+def connect():
+    """A client of the dream server, which must define the parameters this plug-in was installed
+    with: else both come from different releases, and the client says to install again."""
+    schemas = {"dream": load_parameters(), "visualize": load_parameters(VISUALIZE_PARAMETERS_FILE),
+               "zoom": load_parameters(ZOOM_PARAMETERS_FILE)}  # fmt: skip
+    return DreamClient(schema=schema_hash(schemas))
 
 
 def add_arguments(procedure, parameters):
@@ -226,7 +232,7 @@ def wrapped(label):
 def refusal(params):
     """What the server says against these dream parameters, in one line, or None."""
     try:
-        with DreamClient() as client:
+        with connect() as client:
             client.check(params)
     except DreamError as err:
         return str(err)
@@ -320,7 +326,7 @@ class DreamPreview:
     def _connect(self, generation):
         self._say(generation, "Preview: waiting for the dream server...")
         try:
-            return DreamClient()
+            return connect()
         except DreamError as err:
             self._say(generation, f"Preview: {err}")
             return None
@@ -478,7 +484,7 @@ def dream_on(procedure, run_mode, image, drawables, config):
     # or a failure leaves the image exactly as it was.
     Gimp.progress_init("DeepDream: waiting for the dream server")
     context_pixels = read(source, region.context, babl_format)
-    with DreamClient() as client:
+    with connect() as client:
 
         def show(progress):
             Gimp.progress_update(progress.fraction)
@@ -561,7 +567,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     pixels = read(source, (x, y, width, height), "R'G'B' u8")
     frames = {}
     Gimp.progress_init("DeepDream Zoom: waiting for the dream server")
-    with DreamClient() as client:
+    with connect() as client:
 
         def show(progress):
             Gimp.progress_update(progress.fraction)
@@ -618,7 +624,7 @@ def visualize(procedure, config):
     params = dream_params(config, load_parameters(VISUALIZE_PARAMETERS_FILE))
     sheet = config.get_property("layout") == "sheet"
     Gimp.progress_init("DeepDream: rendering from noise")
-    with DreamClient() as client:
+    with connect() as client:
 
         def show(progress):
             Gimp.progress_update(progress.fraction)

@@ -14,9 +14,10 @@ import pytest
 import zmq
 from conftest import ROOT, start_server
 
+from dream_client import DreamClient
 from dream_server.devices import devices
-from dream_wire import DreamError
-from gimp_plugin.dream_client import DreamClient
+from dream_server.params import plugin_schemas
+from dream_wire import DreamError, schema_hash
 
 
 @pytest.fixture()
@@ -96,7 +97,7 @@ def test_pixels_that_do_not_match_their_size_are_refused_before_sending(server):
 
 
 def test_messages_name_the_log_where_the_server_runs(server):
-    from gimp_plugin.dream_client import Connection
+    from dream_client import Connection
 
     with DreamClient(server.connection) as client:
         assert client.server_log == str(server.home / "dream-server.log")
@@ -122,3 +123,13 @@ def test_a_restarted_server_is_found_although_the_environment_has_a_stale_token(
             DreamClient()
     finally:
         restarted.stop()
+
+
+def test_a_server_from_another_release_is_refused_with_the_one_thing_to_do(server):
+    installed = schema_hash(plugin_schemas())  # what install.py writes next to the plug-in
+    with DreamClient(server.connection, schema=installed) as client:
+        assert client.server_info["schema"] == installed
+    changed = plugin_schemas()
+    changed["dream"][0]["default"] = "a default of another release"
+    with pytest.raises(DreamError, match=r"different releases .* run `python3 install.py` again"):
+        DreamClient(server.connection, schema=schema_hash(changed))

@@ -21,6 +21,7 @@ import zmq
 import zmq.auth
 from conftest import ROOT, photo, start_server
 
+from dream_client import Connection, DreamClient
 from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.models import MODELS
@@ -28,7 +29,6 @@ from dream_server.motion import CameraMove, zoom_sequence
 from dream_server.params import DreamParams, VisualizeParams, ZoomParams
 from dream_server.sheets import contact_sheet
 from dream_wire import PROTOCOL_VERSION, DreamError
-from gimp_plugin.dream_client import DreamClient
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
 LONG = {"octaves": 4, "steps": 200}
@@ -394,7 +394,7 @@ def test_a_queued_job_is_removed_by_cancel(server):
 
 CLIENT_THAT_WILL_BE_KILLED = """
 import sys, numpy as np
-from gimp_plugin.dream_client import DreamClient, Connection
+from dream_client import DreamClient, Connection
 connection = Connection(sys.argv[1], sys.argv[2])
 pixels = np.zeros((480, 640, 3), np.uint8)
 with DreamClient(connection) as client:
@@ -585,6 +585,44 @@ def test_a_second_server_says_where_the_first_one_is(server):
     run = run_dream_server(server.home)
     assert run.returncode == 1
     assert f"already running at {server.record['endpoint']}" in run.stderr
+
+
+def test_of_two_servers_started_at_once_in_one_state_folder_exactly_one_serves(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = {**os.environ, "DEEPDREAM_HOME": str(home)}
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dream_server.daemon"],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not (ended := [p for p in both if p.poll() is not None]):
+            assert time.monotonic() < deadline, "both servers are still starting after 60 s"
+            time.sleep(0.05)
+        [loser] = ended
+        assert loser.returncode == 1
+        assert "already running" in loser.stderr.read()
+        winner = next(p for p in both if p is not loser)
+        deadline = time.monotonic() + 60
+        while not (home / "endpoint.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        record = json.loads((home / "endpoint.json").read_text())
+        assert record["pid"] == winner.pid
+        with DreamClient(Connection(record["endpoint"], record["token"])) as client:
+            assert client.ping()
+    finally:
+        for process in both:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=20)
 
 
 def test_status_prints_endpoint_device_models_and_queue(server):

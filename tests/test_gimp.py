@@ -20,7 +20,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent / "gimp"))
 from sandbox import Gimp, find_gimp, install_plugin  # noqa: E402
 
-from gimp_plugin.dream_client import DreamClient  # noqa: E402
+from dream_client import DreamClient  # noqa: E402
 
 pytestmark = pytest.mark.gimp
 

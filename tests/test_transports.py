@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, start_server
 
+from dream_client import DreamClient
 from dream_wire import DreamCancelled, DreamError
-from gimp_plugin.dream_client import DreamClient
-from gimp_plugin.zmtp import Dealer, ZmtpError
+from dream_zmtp import Dealer, ZmtpError
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
 

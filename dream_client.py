@@ -1,6 +1,6 @@
 """Client for the DeepDream dream server (docs/PROTOCOL.md).
 
-Standard library, and pyzmq where it imports (else zmtp.py speaks ZeroMQ's protocol over the
+Standard library, and pyzmq where it imports (else dream_zmtp.py speaks ZeroMQ's protocol over the
 server's socket file): it runs inside GIMP's own Python, next to the plug-in, and under pytest.
 It finds the server through `DEEPDREAM_ENDPOINT` (+ `DEEPDREAM_TOKEN`, and
 `DEEPDREAM_SERVER_KEY` for an encrypted remote server) or through the endpoint file the server
@@ -9,7 +9,6 @@ writes, and starts a server from the environment `install.py` recorded when none
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,29 +18,30 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-try:  # GIMP's own Python on Windows, macOS and Flatpak has no pyzmq: then zmtp.py speaks
+try:  # GIMP's own Python on Windows, macOS and Flatpak has no pyzmq: then dream_zmtp.py speaks
     import zmq
-    from zmq.utils import z85
 except ImportError:
     zmq = None
 
 from dream_wire import (
+    ENDPOINT_FILE,
+    INSTALL_RECORD,
     ITEM_SIZES,
     PROTOCOL_VERSION,
     DreamCancelled,
     DreamError,
+    EndpointRecord,
+    FrameDescription,
     Progress,
     ProgressCallback,
+    client_secret_key,
+    ensure_state_dir,
     is_loopback,
+    log_path,
     speaks_curve,
+    state_dir,
 )
-
-try:
-    from .locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
-    from .zmtp import Dealer, ZmtpError
-except ImportError:  # installed into GIMP's plug-in folder, next to locations.py
-    from locations import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, log_path, state_dir
-    from zmtp import Dealer, ZmtpError
+from dream_zmtp import Dealer, ZmtpError
 
 HELLO_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 0.5
@@ -70,7 +70,7 @@ def transport() -> str:
 
 
 class _PyzmqDealer:
-    """A pyzmq DEALER with the few calls the client makes, as zmtp.Dealer has them."""
+    """A pyzmq DEALER with the few calls the client makes, as dream_zmtp.Dealer has them."""
 
     def __init__(self, socket) -> None:  # noqa: ANN001
         self.socket = socket
@@ -88,10 +88,8 @@ class _PyzmqDealer:
 
 
 def client_keypair(token: str) -> tuple[bytes, bytes]:
-    """The CURVE key pair of every client that knows `token`: the server lets in this public key
-    and no other, so that a peer without the token is refused before it can send a byte."""
-    seed = hashlib.sha256(b"deepdream client key\0" + token.encode()).digest()
-    secret = z85.encode(seed)
+    """The CURVE key pair of every client that knows `token` (see client_secret_key)."""
+    secret = client_secret_key(token)
     return zmq.curve_public(secret), secret
 
 
@@ -113,16 +111,14 @@ class Connection:
         )
 
     @classmethod
-    def from_endpoint_file(cls) -> Connection | None:
-        return cls.from_endpoint_file_in(state_dir())
+    def from_endpoint_file(cls, folder: Path | None = None) -> Connection | None:
+        """The server that the endpoint file in `folder` (the state folder by default) names."""
+        record = EndpointRecord.read(folder)
+        return None if record is None else cls.of(record)
 
     @classmethod
-    def from_endpoint_file_in(cls, folder: Path) -> Connection | None:
-        try:
-            record = json.loads((folder / ENDPOINT_FILE).read_text())
-            return cls(record["endpoint"], record["token"], record.get("server_key"))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+    def of(cls, record: EndpointRecord) -> Connection:
+        return cls(record.endpoint, record.token, record.server_key)
 
 
 class DreamClient:
@@ -133,8 +129,12 @@ class DreamClient:
         connection: Connection | None = None,
         start_server: bool = True,
         inactivity_timeout_s: float = 600.0,
+        schema: str | None = None,
     ) -> None:
+        """`schema`: the schema_hash of the parameters this side was installed with; a server
+        whose parameters differ is refused with the one thing to do."""
         self.inactivity_timeout_s = inactivity_timeout_s
+        self.schema = schema
         self._socket: _PyzmqDealer | Dealer | None = None
         self.server_info: dict = {}
         self._last_result: dict = {}
@@ -211,6 +211,13 @@ class DreamClient:
                 f"The dream server at {connection.endpoint} speaks another protocol version "
                 f"({header.get('v')}, this plug-in speaks {PROTOCOL_VERSION}): run install.py "
                 "again so that both are the same release."
+            )
+        if self.schema is not None and header.get("schema") != self.schema:
+            self.close()
+            raise DreamError(
+                f"The DeepDream plug-in and the dream server at {connection.endpoint} come from "
+                "different releases (their dream parameters differ): run `python3 install.py` "
+                "again from the DeepDream folder, then restart GIMP."
             )
         self.server_info = header
         if isinstance(socket, Dealer):  # frames as long as the server may send, no longer
@@ -473,7 +480,7 @@ def _frame_meta(pixels: bytes | memoryview, width: int, height: int, channels: i
     count = width * height * channels
     for dtype, item_size in ITEM_SIZES.items():
         if count and size == count * item_size:
-            return {"width": width, "height": height, "channels": channels, "dtype": dtype}
+            return FrameDescription(width, height, channels, dtype).as_header()
     raise DreamError(
         f"The {what} has {size} bytes, which is neither 8-bit nor 32-bit float pixels for "
         f"{width}x{height}x{channels}."
@@ -484,14 +491,6 @@ def _server_error(header: dict) -> DreamError:
     message = header.get("message", "The dream server reported an error.")
     hint = header.get("hint")
     return DreamError(f"{message} {hint}" if hint else message, header.get("code"))
-
-
-def _endpoint_record() -> dict | None:
-    try:
-        record = json.loads((state_dir() / ENDPOINT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "endpoint" in record else None
 
 
 def start_local_server() -> Connection:
@@ -534,10 +533,10 @@ def start_local_server() -> Connection:
                 f"The dream server could not start (exit code {exit_code}): see "
                 f"{log_path()} for why, or run `dream-server` in a terminal."
             )
-        record = _endpoint_record()
+        record = EndpointRecord.read()
         # Ours, or one that another plug-in started at the same moment (then ours exits 1).
-        if record and (record.get("pid") == process.pid or exit_code == ALREADY_RUNNING):
-            return Connection(record["endpoint"], record["token"], record.get("server_key"))
+        if record and (record.pid == process.pid or exit_code == ALREADY_RUNNING):
+            return Connection.of(record)
         time.sleep(0.1)
     raise DreamError(
         f"The dream server did not come up within {START_TIMEOUT_S:g} s: see {log_path()}, or "
