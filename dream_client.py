@@ -36,6 +36,7 @@ from dream_wire import (
     ProgressCallback,
     client_secret_key,
     ensure_state_dir,
+    in_flatpak,
     is_loopback,
     log_path,
     speaks_curve,
@@ -495,6 +496,12 @@ def _server_error(header: dict) -> DreamError:
 
 def start_local_server() -> Connection:
     """Start a dream server from the environment install.py recorded, and wait until it answers."""
+    if in_flatpak():
+        raise DreamError(
+            "The dream server is not running, and GIMP's Flatpak sandbox cannot start programs "
+            "outside it. Start it in a terminal with `dream-server` (from the DeepDream "
+            "environment), or once for good with `python3 install.py --service`."
+        )
     record_path = state_dir() / INSTALL_RECORD
     try:
         record = json.loads(record_path.read_text())
@@ -506,6 +513,13 @@ def start_local_server() -> Connection:
             "DeepDream folder."
         ) from None
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    # Its own session (or on Windows its own process group, without a console window): it
+    # outlives the plug-in and GIMP, and no terminal's Ctrl+C reaches it.
+    if os.name == "nt":
+        detached = {"creationflags": subprocess.DETACHED_PROCESS
+                    | subprocess.CREATE_NEW_PROCESS_GROUP}  # fmt: skip
+    else:
+        detached = {"start_new_session": True}
     ensure_state_dir()
     try:
         with open(log_path(), "a") as log:  # errors before the server's own logging starts
@@ -515,8 +529,8 @@ def start_local_server() -> Connection:
                 stdout=log,
                 stderr=log,
                 env=environment,
-                start_new_session=True,
                 close_fds=True,
+                **detached,
             )
     except OSError as err:
         raise DreamError(

@@ -241,6 +241,8 @@ LOG_FILE = "dream-server.log"
 
 
 def state_dir() -> Path:
+    """The folder of the server's endpoint file, socket file and log: the same for the server
+    and for every GIMP of this user, the Flatpak one included."""
     override = os.environ.get("DEEPDREAM_HOME")
     if override:
         return Path(override)
@@ -248,7 +250,18 @@ def state_dir() -> Path:
         return Path(os.environ.get("APPDATA", Path.home())) / "deepdream"
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support" / "deepdream"
+    if in_flatpak():
+        # Flatpak points XDG_CONFIG_HOME into the app's own folder; the server runs on the host
+        # and keeps its files in the host's, which GIMP's Flatpak sees at the same path (it
+        # has --filesystem=host).
+        config = os.environ.get("HOST_XDG_CONFIG_HOME") or Path.home() / ".config"
+        return Path(config) / "deepdream"
     return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "deepdream"
+
+
+def in_flatpak() -> bool:
+    """Whether this process runs in a Flatpak sandbox (as plug-ins of Flathub's GIMP do)."""
+    return bool(os.environ.get("FLATPAK_ID")) or os.path.exists("/.flatpak-info")
 
 
 def ensure_state_dir() -> Path:

@@ -4,7 +4,8 @@
     python3 install.py            create the environment, install the GIMP plug-in, dream a sample
     python3 install.py --test     the same set-up with test tools and a GIMP 3 for the tests,
                                   then the whole test suite
-    python3 install.py --check    say what is installed and what is missing
+    python3 install.py --check    say what is installed and what is missing, for each GIMP 3
+    python3 install.py --service  start a dream server with each session (no terminal needed)
     python3 install.py --uninstall
 
 Standard library only: it runs with any Python 3.11+ before anything else is installed.
@@ -13,15 +14,19 @@ Standard library only: it runs with any Python 3.11+ before anything else is ins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import venv
+from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from dream_wire import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, state_dir
 
@@ -45,29 +50,34 @@ def gimp_profiles() -> list[Path]:
         return [Path(os.environ.get("APPDATA", home)) / "GIMP" / "3.0"]
     if sys.platform == "darwin":
         return [home / "Library" / "Application Support" / "GIMP" / "3.0"]
-    config = Path(os.environ.get("XDG_CONFIG_HOME", home / ".config"))
-    return [config / "GIMP" / "3.0", home / ".var/app/org.gimp.GIMP/config/GIMP/3.0"]
+    return [system_profile(), home / ".var/app/org.gimp.GIMP/config/GIMP/3.0"]
+
+
+def system_profile() -> Path:
+    config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return config / "GIMP" / "3.0"
 
 
 def gimp_installed() -> bool:
     return any(shutil.which(name) for name in ("gimp-3.0", "gimp-console-3.0", "gimp"))
 
 
-def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
-    """Copy the plug-in into each profile's plug-ins folder (folder name = file name)."""
-    schemas = {
-        name: subprocess.run(
-            [str(python), "-m", "dream_server.params", *which],
+def parameter_files(python: Path) -> dict[str, str]:
+    """The parameter files written next to the plug-in, which its dialogs are built from."""
+    return {
+        f"parameters{suffix}.json": subprocess.run(
+            [str(python), "-m", "dream_server.params", which],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
-        for name, which in (
-            ("parameters.json", []),
-            ("parameters-visualize.json", ["visualize"]),
-            ("parameters-zoom.json", ["zoom"]),
-        )
+        for suffix, which in (("", "dream"), ("-visualize", "visualize"), ("-zoom", "zoom"))
     }
+
+
+def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
+    """Copy the plug-in into each profile's plug-ins folder (folder name = file name)."""
+    schemas = parameter_files(python)
     installed = []
     for profile in profiles:
         target = profile / "plug-ins" / PLUGIN_NAME
@@ -92,61 +102,121 @@ INTERPRETER_FOLDERS = (
 )  # fmt: skip
 GIMP_PYTHON_PROBE = (
     "import sys; print(sys.version.split()[0], flush=True); import gi; "
-    "gi.require_version('Gimp', '3.0'); from gi.repository import Gimp; import zmq"
+    "gi.require_version('Gimp', '3.0'); from gi.repository import Gimp\n"
+    "try:\n    import zmq; print('pyzmq')\nexcept ImportError:\n    print('stdlib')"
 )
 
 
-def gimp_python(profile: Path) -> list[str] | None:
-    """The command of the Python that the GIMP owning `profile` runs the plug-in with: Flatpak
-    GIMP's own; else the one an `.interp` file of GIMP maps `python3` to (the Windows and macOS
-    bundles); else the `python3` that the plug-in's `#!/usr/bin/env python3` finds."""
-    if f"app/{FLATPAK_GIMP}/" in profile.as_posix():
-        flatpak = shutil.which("flatpak")
-        return [flatpak, "run", "--command=python3", FLATPAK_GIMP] if flatpak else None
-    for folder in map(Path, INTERPRETER_FOLDERS):
-        for interp in sorted(folder.glob("*.interp")) if folder.is_dir() else ():
-            for line in interp.read_text(errors="replace").splitlines():
-                name, _, program = line.strip().partition("=")
-                if name in ("python3", "python") and Path(program).exists():
-                    return [program]
+@dataclass(frozen=True)
+class GimpFound:
+    """One GIMP 3 of this machine: where its profile is, as seen from here, and the command of
+    the Python it runs plug-ins with."""
+
+    kind: str
+    profile: Path | None
+    """None where each use makes a profile of its own (the tests' GIMP)."""
+    python: list[str] | None
+    sandboxed: bool = False
+    """A Flatpak: its plug-ins cannot start a server outside the sandbox."""
+
+
+def find_gimps(given: list[Path] | None) -> list[GimpFound]:
+    """The GIMP 3s of this machine: installed with the system (or the Windows and macOS
+    bundles), as a Flatpak, and the tests' root; or the profiles `given` with --gimp-dir."""
+    if given:
+        return [GimpFound("given", profile, system_python()) for profile in given]
+    found = []
+    if gimp_installed() or any(interpreter_files()):
+        found.append(GimpFound("system", gimp_profiles()[0], system_python()))
+    flatpak = shutil.which("flatpak")
+    if (
+        flatpak
+        and subprocess.run([flatpak, "info", FLATPAK_GIMP], capture_output=True).returncode == 0
+    ):
+        permissions = subprocess.run([flatpak, "info", "--show-permissions", FLATPAK_GIMP],
+                                     capture_output=True, text=True).stdout  # fmt: skip
+        # Flathub's GIMP has xdg-config/GIMP: its profile is the host's ~/.config/GIMP/3.0.
+        shares_profile = "xdg-config/GIMP" in permissions
+        profile = system_profile() if shares_profile else gimp_profiles()[1]
+        python = [flatpak, "run", "--command=python3", FLATPAK_GIMP]
+        found.append(GimpFound(f"Flatpak {FLATPAK_GIMP}", profile, python, sandboxed=True))
+    root = test_root()
+    if (root / "usr" / "bin" / "gimp-console-3.0").exists():
+        python = (
+            ["chroot", str(root), "python3"]
+            if hasattr(os, "geteuid") and os.geteuid() == 0
+            else None
+        )
+        found.append(GimpFound(f"the tests' root {root}", None, python))
+    return found
+
+
+def test_root() -> Path:
+    """Where tests/gimp/sandbox.py keeps the tests' GIMP 3."""
+    return Path(os.environ.get("DEEPDREAM_GIMP_ROOT", "/var/tmp/deepdream-gimp3-root"))
+
+
+def interpreter_files() -> list[Path]:
+    return [interp for folder in map(Path, INTERPRETER_FOLDERS) if folder.is_dir()
+            for interp in sorted(folder.glob("*.interp"))]  # fmt: skip
+
+
+def system_python() -> list[str] | None:
+    """The Python that a GIMP installed with the system (or a Windows or macOS bundle) runs the
+    plug-in with: the one an `.interp` file maps `python3` to; else the `python3` that the
+    plug-in's `#!/usr/bin/env python3` finds."""
+    for interp in interpreter_files():
+        for line in interp.read_text(errors="replace").splitlines():
+            name, _, program = line.strip().partition("=")
+            if name in ("python3", "python") and Path(program).exists():
+                return [program]
     found = shutil.which("python3")
     return [found] if found else None
 
 
-def check_gimp_python(profile: Path) -> bool:
-    """Whether the Python that this profile's GIMP runs plug-ins with can run the plug-in (it
-    needs GIMP's bindings and pyzmq); says what it found, and what to do."""
-    where = f"GIMP of {profile}"
-    command = gimp_python(profile)
-    if command is None:
+def check_gimp_python(gimp: GimpFound) -> bool:
+    """Whether the Python that this GIMP runs plug-ins with can run the plug-in (it needs GIMP's
+    bindings; pyzmq it uses where it has it); says what it found, and what to do."""
+    where = f"GIMP 3 ({gimp.kind})" if gimp.profile is None else f"GIMP of {gimp.profile}"
+    if gimp.python is None:
         say(f"{where}: found no Python that it would run plug-ins with")
         return False
     try:
-        result = subprocess.run([*command, "-c", GIMP_PYTHON_PROBE], capture_output=True,
+        result = subprocess.run([*gimp.python, "-c", GIMP_PYTHON_PROBE], capture_output=True,
                                 text=True, timeout=120)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as err:
-        say(f"{where}: could not run {' '.join(command)} ({err})")
+        say(f"{where}: could not run {' '.join(gimp.python)} ({err})")
         return False
-    version = result.stdout.strip() or "?"
-    runs = f"{where}: runs plug-ins with {' '.join(command)} (Python {version})"
-    if result.returncode == 0:
-        say(f"{runs}: it has GIMP's bindings and pyzmq")
-        return True
-    failure = (result.stderr.strip().splitlines() or [""])[-1]
-    if "zmq" in failure:
-        bundled = command[0] != shutil.which("python3")
-        advice = (
-            "this GIMP bundles its own Python, in which the plug-in does not load yet (see README)"
-            if bundled
-            else "install it with `sudo apt install python3-zmq`"
-        )
-        say(f"{runs}: it lacks pyzmq: {advice}")
-    else:
+    version, *transport = result.stdout.split() or ["?"]
+    runs = f"{where}: runs plug-ins with {' '.join(gimp.python)} (Python {version})"
+    if result.returncode != 0:
         say(
             f"{runs}: it lacks GIMP's Python bindings (gi with Gimp 3.0): install them with "
             "`sudo apt install gir1.2-gimp-3.0 python3-gi`, or check that this is GIMP 3"
         )
-    return False
+        return False
+    through = {"pyzmq": "pyzmq", "stdlib": "the standard library (it has no pyzmq)"}
+    say(f"{runs}: the plug-in talks to the server through {through[transport[0]]}")
+    if gimp.sandboxed:
+        say(f"{where}: a sandbox, which cannot start the dream server: keep one running with "
+            "`python3 install.py --service`, or start `dream-server` before dreaming")  # fmt: skip
+    return True
+
+
+def plugin_state(profile: Path, schemas: dict[str, str] | None) -> str:
+    """`installed and current`, `installed from another release: ...`, or `missing`."""
+    folder = profile / "plug-ins" / PLUGIN_NAME
+    if not (folder / "deepdream.py").exists():
+        return "missing"
+    wanted = {Path(name).name: (ROOT / name).read_text() for name in PLUGIN_FILES}
+    wanted.update(schemas or {})
+    stale = sorted(
+        name for name, text in wanted.items()
+        if not (folder / name).exists() or (folder / name).read_text() != text
+    )  # fmt: skip
+    if stale:
+        return f"installed from another release ({', '.join(stale)} differ): run install.py again"
+    return "installed and current"
 
 
 def say(message: str) -> None:
@@ -216,13 +286,19 @@ def run_tests(python: Path, pytest_args: list[str]) -> int:
     return code
 
 
-def check(venv_dir: Path, profiles: list[Path]) -> int:
-    say(f"GIMP 3: {'found' if gimp_installed() else 'not found on PATH'}")
-    for profile in profiles:
-        plugin = profile / "plug-ins" / PLUGIN_NAME / "deepdream.py"
-        if profile.exists():
-            say(f"plug-in in {profile}: {'installed' if plugin.exists() else 'missing'}")
-            check_gimp_python(profile)
+def check(venv_dir: Path, given: list[Path] | None) -> int:
+    python = venv_python(venv_dir)
+    schemas = parameter_files(python) if python.exists() else None
+    gimps = find_gimps(given)
+    if not gimps:
+        say("GIMP 3: none found (installed with the system, as a Flatpak, or the tests' root)")
+    for gimp in gimps:
+        if gimp.profile is None:
+            say(f"GIMP 3 ({gimp.kind}): the tests install the plug-in into profiles of their own")
+        else:
+            state = plugin_state(gimp.profile, schemas)
+            say(f"GIMP 3 ({gimp.kind}): profile {gimp.profile}; the plug-in is {state}")
+        check_gimp_python(gimp)
     python = venv_python(venv_dir)
     if python.exists():
         status = subprocess.run([str(python), "-m", "dream_server.daemon", "--status"],
@@ -246,6 +322,123 @@ def check(venv_dir: Path, profiles: list[Path]) -> int:
     for line in (result.stdout + result.stderr).strip().splitlines():
         say(line)
     return result.returncode
+
+
+SERVICE_ARGUMENTS = ("-m", "dream_server.daemon", "--lazy", "--idle-unload", "10")
+"""A server that starts with the session: no model is loaded before the first job, and the
+models are let go after 10 minutes without work."""
+SYSTEMD_UNIT = "dream-server.service"
+LAUNCHD_LABEL = "org.deepdream.dream-server"
+WINDOWS_TASK = "DeepDream dream server"
+
+
+def service_file() -> Path | None:
+    """Where the per-user service is described (None on Windows: a scheduled task)."""
+    if sys.platform == "win32":
+        return None
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+    config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return config / "systemd" / "user" / SYSTEMD_UNIT
+
+
+def service_command(python: Path) -> list[str]:
+    if os.name == "nt":  # pythonw: no console window for a server nobody looks at
+        windowless = python.with_name("pythonw.exe")
+        python = windowless if windowless.exists() else python
+    return [str(python), *SERVICE_ARGUMENTS]
+
+
+def systemd_unit(python: Path) -> str:
+    return "\n".join([
+        "[Unit]",
+        "Description=DeepDream dream server (for GIMP and the deepdream command)",
+        "",
+        "[Service]",
+        f"ExecStart={shlex.join(service_command(python))}",
+        # exit code 1: another server holds the lock (one the plug-in started); try again later
+        "Restart=on-failure",
+        "RestartSec=30",
+        "",
+        "[Install]",
+        "WantedBy=default.target",
+        "",
+    ])  # fmt: skip
+
+
+def launchd_plist(python: Path) -> str:
+    arguments = "".join(f"<string>{escape(part)}</string>" for part in service_command(python))
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" '
+        '"http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n'
+        '<plist version="1.0"><dict>'
+        f"<key>Label</key><string>{LAUNCHD_LABEL}</string>"
+        f"<key>ProgramArguments</key><array>{arguments}</array>"
+        "<key>RunAtLoad</key><true/>"
+        "<key>KeepAlive</key><dict><key>SuccessfulExit</key><false/></dict>"
+        "</dict></plist>\n"
+    )
+
+
+def install_service(python: Path) -> int:
+    """A dream server for this user that starts with the session, without a terminal: a systemd
+    user unit, a launchd agent on macOS, a scheduled task at log-on on Windows."""
+    stop_running_server()  # the service's server takes its place
+    command = service_command(python)
+    if sys.platform == "win32":
+        task = subprocess.list2cmdline(command)
+        steps = [["schtasks", "/Create", "/F", "/SC", "ONLOGON", "/TN", WINDOWS_TASK, "/TR", task],
+                 ["schtasks", "/Run", "/TN", WINDOWS_TASK]]  # fmt: skip
+    elif sys.platform == "darwin":
+        path = service_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(launchd_plist(python))
+        say(f"wrote {path}")
+        steps = [["launchctl", "load", "-w", str(path)]]
+    else:
+        path = service_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(systemd_unit(python))
+        say(f"wrote {path}")
+        steps = [["systemctl", "--user", "daemon-reload"],
+                 ["systemctl", "--user", "enable", "--now", SYSTEMD_UNIT]]  # fmt: skip
+    for step in steps:
+        try:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            done = subprocess.CompletedProcess(step, 1, "", str(err))
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+            say(f"could not run `{shlex.join(step)}` ({why}): run it in your session to start "
+                f"the service now; it is set up to start with the next one")  # fmt: skip
+            return 0
+    say(f"the dream server now starts with your session: {shlex.join(command)}")
+    return 0
+
+
+def uninstall_service() -> list[str]:
+    """Stop and remove the service, if there is one; what was removed."""
+    path = service_file()
+    if sys.platform == "win32":
+        steps = [["schtasks", "/End", "/TN", WINDOWS_TASK],
+                 ["schtasks", "/Delete", "/F", "/TN", WINDOWS_TASK]]  # fmt: skip
+    elif path is None or not path.exists():
+        return []
+    elif sys.platform == "darwin":
+        steps = [["launchctl", "unload", "-w", str(path)]]
+    else:
+        steps = [["systemctl", "--user", "disable", "--now", SYSTEMD_UNIT]]
+    for step in steps:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(step, capture_output=True, timeout=60)
+    if path is not None and path.exists():
+        path.unlink()
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["systemctl", "--user", "daemon-reload"], capture_output=True,
+                           timeout=60)  # fmt: skip
+        return [str(path)]
+    return []
 
 
 def stop_running_server() -> None:
@@ -286,6 +479,8 @@ def is_dream_server(pid: int) -> bool:
 
 
 def uninstall(venv_dir: Path, profiles: list[Path]) -> int:
+    for removed_service in uninstall_service():
+        say(f"removed the service {removed_service}")
     stop_running_server()
     targets = [p / "plug-ins" / PLUGIN_NAME for p in profiles]
     if (venv_dir / "pyvenv.cfg").exists():  # never delete a folder that is not a venv
@@ -306,6 +501,12 @@ def main() -> int:
     action.add_argument("--test", action="store_true", help="set up, then run the whole test suite")
     action.add_argument("--check", action="store_true", help="diagnose the installation")
     action.add_argument("--uninstall", action="store_true", help="remove what install.py added")
+    action.add_argument(
+        "--service",
+        action="store_true",
+        help="start a dream server with each session of this user, without a terminal "
+        "(needed by GIMP's Flatpak, which cannot start one)",
+    )
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="environment folder")
     parser.add_argument("--no-sample", action="store_true", help="skip the sample dream")
     parser.add_argument(
@@ -322,9 +523,14 @@ def main() -> int:
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
     profiles = args.gimp_dir or gimp_profiles()
     if args.check:
-        return check(args.venv, profiles)
+        return check(args.venv, args.gimp_dir)
     if args.uninstall:
         return uninstall(args.venv, profiles)
+    if args.service:
+        python = venv_python(args.venv)
+        if not python.exists():
+            sys.exit(f"[install] no environment in {args.venv}: run `python3 install.py` first.")
+        return install_service(python)
     try:
         python = ensure_environment(args.venv, with_tests=args.test)
         check_embedded_model(python)
@@ -333,12 +539,13 @@ def main() -> int:
             return run_tests(python, pytest_args)
         record_environment(python)
         stop_running_server()
-        found = args.gimp_dir or [p for p in profiles if p.exists()]
-        if not found and gimp_installed():
-            found = profiles[:1]
+        gimps = [gimp for gimp in find_gimps(args.gimp_dir) if gimp.profile is not None]
+        found = [gimp.profile for gimp in gimps]
+        found += [p for p in profiles if p.exists() and p not in found and not args.gimp_dir]
         if found:
-            for profile in install_plugin(python, found):
-                check_gimp_python(profile.parent.parent)
+            install_plugin(python, found)
+            for gimp in gimps:
+                check_gimp_python(gimp)
         else:
             say("no GIMP 3 found: skipped the plug-in (install GIMP 3, then run this again)")
         if not args.no_sample:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import ctypes
+import gc
 import hmac
 import json
 import logging
@@ -112,13 +114,22 @@ class Worker(threading.Thread):
       worker to loop: [update, job id, client, header, *frames]  (progress; an animation's
                       frame with its pixels)  [done, job id, client, header, *frames]
     A `done` message ends the job whatever happened to it: result, error or cancelled.
+    Between jobs, [unload] lets go of its models.
     """
 
     def __init__(
-        self, index: int, engine: Engine, context: zmq.Context, max_pixels: int, threads: int
+        self,
+        index: int,
+        engine: Engine,
+        context: zmq.Context,
+        max_pixels: int,
+        threads: int,
+        lazy: bool = False,
     ) -> None:
         super().__init__(name=f"dream-worker-{index}", daemon=True)
         self.index = index
+        self.lazy = lazy
+        """Load no model before the first job (a server that starts with the session)."""
         self.engine = engine
         self.context = context
         self.max_pixels = max_pixels
@@ -132,12 +143,16 @@ class Worker(threading.Thread):
         socket = self.context.socket(zmq.PAIR)
         socket.connect(self.address)
         try:
-            self._warm_up()
+            if not self.lazy:
+                self._warm_up()
             while not self._stopping:
                 message = socket.recv_multipart(copy=False)
                 kind = message[0].bytes
                 if kind == b"stop":
                     break
+                if kind == b"unload":
+                    self.engine.unload_models()
+                    _give_memory_back()
                 if kind == b"job":
                     job_id, client = message[1].bytes.decode(), message[2].bytes
                     self._run(socket, job_id, client, message[3].bytes, message[4:])
@@ -248,6 +263,16 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _give_memory_back() -> None:
+    """Return what unloaded models held to the system: the GPU's cache, and on Linux the free
+    pages of the C heap, which glibc keeps for the process unless asked."""
+    gc.collect()
+    _free_device_memory()
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class _OnlyKnownClients:
     """ZeroMQ's authentication asks this about each CURVE client key at the handshake."""
 
@@ -270,11 +295,16 @@ class DreamServer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         curve_secret: tuple[bytes, bytes] | None = None,
         idle_exit_s: float = 0.0,
+        idle_unload_s: float = 0.0,
+        lazy: bool = False,
     ) -> None:
         self.engines = engines
         self.token = token
         self.max_pixels = max_pixels
         self.idle_exit_s = idle_exit_s
+        self.idle_unload_s = idle_unload_s
+        self.unloaded = lazy
+        """Whether the workers hold no model since the last job (or since the start)."""
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -308,7 +338,7 @@ class DreamServer:
         """The loop's end of each worker's PAIR socket."""
         for index, engine in enumerate(engines):
             threads = cpu_threads if engine.device.type == "cpu" else 0
-            worker = Worker(index, engine, self.context, max_pixels, threads)
+            worker = Worker(index, engine, self.context, max_pixels, threads, lazy)
             socket = self.context.socket(zmq.PAIR)
             socket.bind(worker.address)
             self.sockets[worker] = socket
@@ -324,6 +354,9 @@ class DreamServer:
         self.held_bytes: dict[bytes, int] = {}
         self.probe_until = 0.0
         self.last_activity = time.monotonic()
+        """When a client last said anything, or a job ended."""
+        self.last_work = self.last_activity
+        """When a job last ended: what a client asks of the server otherwise is no work."""
         self.stopping = threading.Event()
         self.counters = collections.Counter()
 
@@ -367,6 +400,11 @@ class DreamServer:
                 if self._idle_too_long():
                     log.info("idle for %.0f s: exiting", self.idle_exit_s)
                     break
+                if self._idle_for(self.idle_unload_s, self.last_work) and not self.unloaded:
+                    log.info("idle for %.0f s: unloading the models", self.idle_unload_s)
+                    for socket in self.sockets.values():
+                        socket.send(b"unload")
+                    self.unloaded = True
         finally:
             for socket in self.sockets.values():
                 with contextlib.suppress(zmq.ZMQError):
@@ -401,9 +439,14 @@ class DreamServer:
             self._send(client, encode("pong", job=job_id, known=True))
 
     def _idle_too_long(self) -> bool:
-        if not self.idle_exit_s or self.jobs:
+        return self._idle_for(self.idle_exit_s, self.last_activity)
+
+    def _idle_for(self, seconds: float, since: float) -> bool:
+        """Whether no job is waiting or running, and none has `seconds` before now and `since`
+        (never, when `seconds` is 0)."""
+        if not seconds or self.jobs:
             return False
-        return time.monotonic() - self.last_activity > self.idle_exit_s
+        return time.monotonic() - since > seconds
 
     def _forward_worker_replies(self, socket: zmq.Socket, worker: Worker) -> None:
         while socket.poll(0):
@@ -411,7 +454,7 @@ class DreamServer:
             if kind.bytes == b"done":
                 self.jobs.pop(job_id.bytes.decode(), None)
                 self.idle.append(worker)
-                self.last_activity = time.monotonic()
+                self.last_activity = self.last_work = time.monotonic()
             self._send(client.bytes, *reply)
 
     def _dispatch(self) -> None:
@@ -532,6 +575,7 @@ class DreamServer:
             raise BadMessage("busy", f"{len(self.jobs)} jobs are waiting already: try again "
                              "when some have finished.", job_id)  # fmt: skip
         self.jobs[job_id] = Job(job_id, client, message)
+        self.unloaded = False
         self.waiting.setdefault(client, collections.deque()).append(job_id)
         self.counters["jobs"] += 1
         self._reply(client, encode("accepted", job=job_id, position=len(self.jobs)))
@@ -807,6 +851,19 @@ def main(argv: list[str] | None = None) -> int:
         help="exit after this many minutes without work (0: never)",
     )
     parser.add_argument(
+        "--idle-unload",
+        type=at_least(0, float),
+        default=0,
+        metavar="MINUTES",
+        help="let go of the loaded models after this many minutes without work, giving their "
+        "memory back (0: keep them)",
+    )
+    parser.add_argument(
+        "--lazy",
+        action="store_true",
+        help="load no model before the first job (for a server that starts with the session)",
+    )
+    parser.add_argument(
         "--curve-dir", type=Path, help="folder with server.key_secret (see --gen-keys)"
     )
     parser.add_argument("--gen-keys", type=Path, metavar="DIR", help="create CURVE keys and exit")
@@ -854,8 +911,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engines = [Engine(device, max_models=args.max_models) for device in devices(args.devices)]
         server = DreamServer(
-            engines, args.bind, secrets.token_hex(16), args.max_pixels, curve, args.idle_exit * 60
-        )
+            engines, args.bind, secrets.token_hex(16), args.max_pixels, curve,
+            idle_exit_s=args.idle_exit * 60, idle_unload_s=args.idle_unload * 60, lazy=args.lazy,
+        )  # fmt: skip
     except (DreamError, zmq.ZMQError) as err:
         log.error("could not start: %s", err)
         print(f"dream-server: {err}", file=sys.stderr)

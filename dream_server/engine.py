@@ -55,6 +55,12 @@ class Engine:
     def loaded_models(self) -> list[str]:
         return list(self._models)
 
+    def unload_models(self) -> None:
+        """Let go of every loaded model: the next job loads its own again."""
+        if self._models:
+            log.info("Unloaded %s: idle", ", ".join(self._models))
+        self._models.clear()
+
     def model(self, name: str) -> FeatureModel:
         if name in self._models:
             self._models.move_to_end(name)

@@ -17,7 +17,7 @@ from conftest import ROOT, start_server
 from dream_client import DreamClient
 from dream_server.devices import devices
 from dream_server.params import plugin_schemas
-from dream_wire import DreamError, schema_hash
+from dream_wire import DreamError, schema_hash, state_dir
 
 
 @pytest.fixture()
@@ -133,3 +133,28 @@ def test_a_server_from_another_release_is_refused_with_the_one_thing_to_do(serve
     changed["dream"][0]["default"] = "a default of another release"
     with pytest.raises(DreamError, match=r"different releases .* run `python3 install.py` again"):
         DreamClient(server.connection, schema=schema_hash(changed))
+
+
+def test_in_gimps_flatpak_the_client_finds_the_hosts_server_and_says_how_to_start_one(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("DEEPDREAM_HOME", raising=False)
+    for variable in ("DEEPDREAM_ENDPOINT", "DEEPDREAM_TOKEN", "HOST_XDG_CONFIG_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # what Flatpak sets for GIMP's plug-ins: the app's own config folder
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".var/app/org.gimp.GIMP/config"))
+    monkeypatch.setenv("FLATPAK_ID", "org.gimp.GIMP")
+    assert state_dir() == tmp_path / ".config" / "deepdream"  # the host's, where the server is
+    (tmp_path / ".config" / "deepdream").mkdir(parents=True)
+    (tmp_path / ".config" / "deepdream" / "daemon.json").write_text(
+        json.dumps({"python": sys.executable})
+    )  # a recorded environment, which the sandbox could not run
+    with pytest.raises(DreamError, match=r"Flatpak sandbox .* `python3 install.py --service`"):
+        DreamClient()
+    host_server = start_server(tmp_path / ".config" / "deepdream")
+    try:
+        with DreamClient() as client:
+            assert client.connection.endpoint == host_server.record["endpoint"]
+    finally:
+        host_server.stop()

@@ -980,3 +980,22 @@ def test_a_client_that_never_reads_cannot_pile_up_results_in_the_server(tmp_path
         hoarder.close()
     finally:
         server.stop()
+
+
+def test_an_idle_server_lets_go_of_its_models_and_loads_them_again_for_the_next_job(tmp_path):
+    server = start_server(tmp_path / "home", "--idle-unload", "0.05")  # 3 s
+    try:
+        with DreamClient(server.connection) as client:
+            client.dream(bytes(64 * 48 * 3), 64, 48, 3, QUICK)
+            loaded = resident_mb(server.process.pid)
+            assert client.status()["loaded_models"] == ["effnet-lite0"]
+            deadline = time.monotonic() + 30
+            while client.status()["loaded_models"] and time.monotonic() < deadline:
+                time.sleep(0.5)  # status requests are not work: the server stays idle
+            assert client.status()["loaded_models"] == []
+            print(f"resident: {loaded:.0f} MB with the model, "
+                  f"{resident_mb(server.process.pid):.0f} MB after letting go of it")  # fmt: skip
+            assert client.dream(bytes(64 * 48 * 3), 64, 48, 3, QUICK)
+            assert client.status()["loaded_models"] == ["effnet-lite0"]
+    finally:
+        server.stop()

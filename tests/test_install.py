@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 
 from conftest import ROOT, start_server
 
+from dream_client import Connection, DreamClient
 
-def uninstall(home, tmp_path) -> subprocess.CompletedProcess:
+
+def uninstall(home, tmp_path, environment=os.environ) -> subprocess.CompletedProcess:  # noqa: ANN001, B008
     return subprocess.run(
         [sys.executable, ROOT / "install.py", "--uninstall", "--venv", tmp_path / "no-venv",
          "--gimp-dir", tmp_path / "profile"],
-        env={**os.environ, "DEEPDREAM_HOME": str(home)}, capture_output=True, text=True,
+        env={**environment, "DEEPDREAM_HOME": str(home)}, capture_output=True, text=True,
         timeout=60,
     )  # fmt: skip
 
@@ -63,3 +67,29 @@ def test_it_checks_the_python_that_gimp_runs_the_plug_in_with_and_says_what_it_l
     said = f"GIMP of {profile}: runs plug-ins with {first_on_path / 'python3'} (Python {version})"
     assert f"{said}: it lacks GIMP's Python bindings" in run.stdout, run.stdout
     assert "sudo apt install gir1.2-gimp-3.0 python3-gi" in run.stdout
+
+
+def test_the_service_starts_a_server_that_loads_no_model_before_the_first_job(tmp_path):
+    home, no_tools = tmp_path / "home", tmp_path / "bin"
+    no_tools.mkdir()  # no systemctl: the unit is written, and install.py says how to start it
+    environment = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+                   "PATH": str(no_tools), "DEEPDREAM_HOME": str(home / "state")}  # fmt: skip
+    run = subprocess.run([sys.executable, ROOT / "install.py", "--service", "--venv", sys.prefix],
+                         env=environment, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    unit = home / ".config" / "systemd" / "user" / "dream-server.service"
+    assert "could not run `systemctl --user daemon-reload`" in run.stdout
+    [exec_start] = [line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]
+    command = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert command[0] == sys.executable and "--idle-unload" in command
+    server = start_server(home / "state", *command[3:])  # as systemd would start it
+    try:
+        with DreamClient(Connection(server.record["endpoint"], server.record["token"])) as client:
+            time.sleep(1.0)  # a server that loads at start has its model by now
+            assert client.status()["loaded_models"] == []
+            client.dream(bytes(64 * 48 * 3), 64, 48, 3, {"octaves": 1, "steps": 1})
+            assert client.status()["loaded_models"] == ["effnet-lite0"]
+    finally:
+        server.stop()
+    removed = uninstall(home / "state", tmp_path, environment)
+    assert f"removed the service {unit}" in removed.stdout and not unit.exists()
