@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 import venv
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ SAMPLE_OUTPUT = ROOT / "out" / "coffee-dream.png"
 STAMP = "deepdream-installed"
 PYTEST_NO_TESTS = 5
 PLUGIN_NAME = "deepdream"
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+"""PyPI's torch for Windows runs on the CPU only; PyTorch's own index has the CUDA builds."""
 PLUGIN_FILES = ("gimp_plugin/deepdream.py", "dream_client.py",
                 "dream_zmtp.py", "dream_wire.py")  # fmt: skip
 """Copied into the plug-in's folder: the plug-in, its client, and what the client shares with
@@ -249,11 +252,21 @@ def ensure_environment(venv_dir: Path, with_tests: bool) -> Path:
     if wanted not in have:
         say("installing torch, torchvision and the package (the first time takes a few minutes)")
         run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+        if sys.platform == "win32" and shutil.which("nvidia-smi"):
+            say(f"an NVIDIA GPU: torch from PyTorch's CUDA wheels ({TORCH_CUDA_INDEX})")
+            run(python, "-m", "pip", "install", "--quiet", *torch_requirements(),
+                "--index-url", TORCH_CUDA_INDEX)  # fmt: skip
         run(python, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}{extras}")
         stamp.write_text("\n".join([*have, wanted]) + "\n")
     else:
         say(f"environment {venv_dir} is up to date")
     return python
+
+
+def torch_requirements() -> list[str]:
+    """pyproject.toml's requirements of torch and torchvision, with their version bounds."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [d for d in dependencies if d.split(">")[0].split("<")[0] in ("torch", "torchvision")]
 
 
 def record_environment(python: Path) -> None:

@@ -2,7 +2,8 @@
 
 1. Round trip of a 4000x3000 RGBA u8 frame through the server with a no-op job (strength 0),
    against a plain copy of the same buffer (target: at most 3x the copy): through the default
-   socket file, and through TCP on the loopback, which is encrypted (CURVE).
+   socket file with pyzmq and with the standard library's ZMTP (dream_zmtp.py, what GIMPs
+   without pyzmq use), and through TCP on the loopback, which is encrypted (CURVE).
 2. Cold start: process start to `hello_ok`, with the default model (target: under 5 s).
 3. On a warm server: `submit` to the first `progress` (target: under 0.5 s).
 
@@ -38,7 +39,7 @@ def start_server(home: Path, *options: str) -> tuple[subprocess.Popen, float, Co
         stderr=subprocess.DEVNULL,
     )
     while True:
-        connection = Connection.from_endpoint_file_in(home)
+        connection = Connection.from_endpoint_file(home)
         if connection is not None:
             try:
                 DreamClient(connection, start_server=False).close()
@@ -70,6 +71,16 @@ def main() -> None:
                 result = client.dream(buffer, width, height, 4, {"strength": 0.0})
                 trips.append(time.perf_counter() - t0)
                 assert bytes(result) == buffer and len(copy) == len(buffer)
+        os.environ["DEEPDREAM_TRANSPORT"] = "stdlib"
+        stdlib_trips = []
+        with DreamClient(connection) as client:
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                result = client.dream(buffer, width, height, 4, {"strength": 0.0})
+                stdlib_trips.append(time.perf_counter() - t0)
+                assert bytes(result) == buffer
+        del os.environ["DEEPDREAM_TRANSPORT"]
+        with DreamClient(connection) as client:
             small = pixels[:768, :1024].copy()
             for _ in range(args.repeats):
                 seen: list[float] = []
@@ -100,13 +111,17 @@ def main() -> None:
         process.terminate()
         process.wait()
     copy_s, trip_s = statistics.median(copies), statistics.median(trips)
-    tcp_s = statistics.median(tcp_trips)
+    tcp_s, stdlib_s = statistics.median(tcp_trips), statistics.median(stdlib_trips)
     latency = statistics.median(first_progress)
     print(f"median of {args.repeats}")
     print(
         f"4000x3000 RGBA u8 ({len(buffer) / 1e6:.0f} MB): plain copy {copy_s * 1000:.1f} ms, "
         f"round trip through the server {trip_s * 1000:.1f} ms = {trip_s / copy_s:.1f}x "
         "the copy (target at most 3x)"
+    )
+    print(
+        f"the same through the standard library's ZMTP: {stdlib_s * 1000:.1f} ms = "
+        f"{stdlib_s / copy_s:.1f}x the copy, {stdlib_s / trip_s:.2f}x pyzmq's"
     )
     print(
         f"the same through TCP with CURVE: {tcp_s * 1000:.1f} ms = {tcp_s / copy_s:.1f}x the copy"
