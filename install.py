@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from dream_wire import ENDPOINT_FILE, INSTALL_RECORD, ensure_state_dir, state_dir
+from dream_wire import INSTALL_RECORD, EndpointRecord, ensure_state_dir, state_dir
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VENV = ROOT / ".venv"
@@ -460,10 +460,10 @@ def stop_running_server() -> None:
     The endpoint file may be stale (a server killed outright leaves it) and its process id
     reused by another program: only a process that is a dream server is stopped.
     """
-    try:
-        pid = int(json.loads((state_dir() / ENDPOINT_FILE).read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    record = EndpointRecord.read()
+    if record is None or not isinstance(record.pid, int):
         return
+    pid = record.pid
     if not is_dream_server(pid):
         say(f"the endpoint file names process {pid}, which is not a dream server: left alone")
         return

@@ -28,7 +28,9 @@ def test_a_stale_endpoint_file_naming_another_program_leaves_that_program_runnin
     home.mkdir()
     bystander = subprocess.Popen(["sleep", "60"])
     try:
-        (home / "endpoint.json").write_text(json.dumps({"pid": bystander.pid}))
+        (home / "endpoint.json").write_text(
+            json.dumps({"endpoint": "ipc:///gone.sock", "token": "t", "pid": bystander.pid})
+        )
         run = uninstall(home, tmp_path)
         assert run.returncode == 0, run.stderr
         assert f"process {bystander.pid}, which is not a dream server" in run.stdout
