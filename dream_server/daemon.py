@@ -442,7 +442,7 @@ class DreamServer:
         return self._idle_for(self.idle_exit_s, self.last_activity)
 
     def _idle_for(self, seconds: float, since: float) -> bool:
-        """Whether no job is waiting or running, and none has `seconds` before now and `since`
+        """Whether no job is waiting or running, and `seconds` have passed since `since`
         (never, when `seconds` is 0)."""
         if not seconds or self.jobs:
             return False

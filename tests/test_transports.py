@@ -1,4 +1,4 @@
-"""The client's two ways to the server: pyzmq, and ZMTP in the standard library (zmtp.py) for
+"""The client's two ways to the server: pyzmq, and ZMTP in the standard library (dream_zmtp.py) for
 the GIMPs whose Python has no pyzmq. Both against the real daemon; the standard library's also
 against peers that are broken or hostile."""
 
