@@ -416,16 +416,17 @@ def install_service(python: Path) -> int:
         say(f"wrote {path}")
         steps = [["systemctl", "--user", "daemon-reload"],
                  ["systemctl", "--user", "enable", "--now", SYSTEMD_UNIT]]  # fmt: skip
-    for step in steps:
+    for index, step in enumerate(steps):
         try:
             done = subprocess.run(step, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as err:
             done = subprocess.CompletedProcess(step, 1, "", str(err))
         if done.returncode != 0:
             why = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
-            say(f"could not run `{shlex.join(step)}` ({why}): run it in your session to start "
-                f"the service now; it is set up to start with the next one")  # fmt: skip
-            return 0
+            left = " && ".join(shlex.join(later) for later in steps[index:])
+            say(f"could not run `{shlex.join(step)}` ({why}): in your desktop session, run "
+                f"`{left}` to start the server now and with every session")  # fmt: skip
+            return 1
     say(f"the dream server now starts with your session: {shlex.join(command)}")
     return 0
 
@@ -492,8 +493,9 @@ def is_dream_server(pid: int) -> bool:
 
 
 def uninstall(venv_dir: Path, profiles: list[Path]) -> int:
-    for removed_service in uninstall_service():
-        say(f"removed the service {removed_service}")
+    services = uninstall_service()
+    for service in services:
+        say(f"removed the service {service}")
     stop_running_server()
     targets = [p / "plug-ins" / PLUGIN_NAME for p in profiles]
     if (venv_dir / "pyvenv.cfg").exists():  # never delete a folder that is not a venv
@@ -503,7 +505,7 @@ def uninstall(venv_dir: Path, profiles: list[Path]) -> int:
     for target in removed:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
         say(f"removed {target}")
-    if not removed:
+    if not removed and not services:
         say("nothing to remove")
     return 0
 
