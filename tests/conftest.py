@@ -144,6 +144,14 @@ def start_server(home: Path, *args: str, timeout: float = 60) -> RunningServer:
     raise RuntimeError("dream-server did not write its endpoint file")
 
 
+@pytest.fixture(params=["pyzmq", "stdlib"])
+def transport(request, monkeypatch) -> str:
+    """Each of the client's two ways to the server in turn (the child processes' too): pyzmq,
+    and ZMTP in the standard library, which the GIMPs without pyzmq use."""
+    monkeypatch.setenv("DEEPDREAM_TRANSPORT", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     running = start_server(tmp_path_factory.mktemp("dream-home"))

@@ -403,7 +403,7 @@ with DreamClient(connection) as client:
 """
 
 
-def test_a_killed_client_frees_the_worker_within_two_seconds(server):
+def test_a_killed_client_frees_the_worker_within_two_seconds(server, transport):
     client = subprocess.Popen(
         [
             sys.executable,
@@ -425,7 +425,7 @@ def test_a_killed_client_frees_the_worker_within_two_seconds(server):
         time.sleep(0.05)
 
 
-def test_four_clients_with_three_jobs_each_get_their_own_results(server, local_engine):
+def test_four_clients_with_three_jobs_each_get_their_own_results(server, transport, local_engine):
     images = {
         (c, j): cat_pixels(3, "u8", (64 + 8 * c, 48 + 4 * j)) for c in range(4) for j in range(3)
     }
@@ -702,7 +702,9 @@ def test_out_of_memory_is_reported_with_advice_and_the_server_stays_healthy(tmp_
         starved.stop()
 
 
-def test_a_visualize_job_returns_the_engines_images_with_their_labels(server, local_engine):
+def test_a_visualize_job_returns_the_engines_images_with_their_labels(
+    server, transport, local_engine
+):
     values = {"layer": "block5", "channel": 2, "samples": 2, "size": 64, "steps": 6}
     with DreamClient(server.connection) as client:
         width, height, samples = client.visualize(values)
