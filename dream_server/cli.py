@@ -73,14 +73,15 @@ def add_parameter_flags(
         target = group if param.name in exclusive else parser
         flags = [f"--{param.name}", *param.aliases]
         common: dict[str, Any] = {"dest": param.attr, "default": argparse.SUPPRESS}
-        help_text = f"{param.help} (default: {param.default})"
+        own_help = param.help.replace("%", "%%")  # argparse formats help with %: "5% a frame"
+        help_text = f"{own_help} (default: {param.default})"
         if param.kind == "bool":
             action = argparse.BooleanOptionalAction if param.default else "store_true"
-            target.add_argument(*flags, action=action, help=param.help, **common)
+            target.add_argument(*flags, action=action, help=own_help, **common)
         elif param.kind == "choice":
             target.add_argument(*flags, choices=param.choices, help=help_text, **common)
         elif param.kind == "string":
-            target.add_argument(*flags, metavar="TEXT", help=param.help, **common)
+            target.add_argument(*flags, metavar="TEXT", help=own_help, **common)
         else:
             metavar = "N" if param.kind == "int" else "X"
             kind = _argument_type(param)
@@ -320,7 +321,7 @@ def zoom_file(args: argparse.Namespace) -> int:
     if same_file(args.input, args.output):
         raise InvalidParameter(f"-o {args.output} is the input image itself: write elsewhere.")
     check_output_place(args.output)
-    first = rgb8(load_image(args.input).pixels)
+    first = rgb8(load_image(args.input, eight_bits_will_do=True).pixels)  # GIF, WebP, MP4
     to_folder = is_folder_output(args.output)
     if not to_folder and args.resume:
         raise InvalidParameter("--resume continues a folder of frames: name a folder as -o.")

@@ -46,8 +46,12 @@ def read_image(path: Path) -> np.ndarray:
     return load_image(path).pixels
 
 
-def load_image(path: Path) -> LoadedImage:
-    """The pixels as `read_image` gives them, with what else the file says, read once."""
+def load_image(path: Path, eight_bits_will_do: bool = False) -> LoadedImage:
+    """The pixels as `read_image` gives them, with what else the file says, read once.
+
+    A 16-bit colour file is refused (Pillow reads only its high bytes), unless
+    `eight_bits_will_do`: for what ends up in 8 bits anyway, such as an animation's frames.
+    """
     try:
         with warnings.catch_warnings():
             # The size is known from the header: refuse a huge one before decoding a byte,
@@ -56,7 +60,8 @@ def load_image(path: Path) -> LoadedImage:
             with Image.open(path) as opened:
                 if opened.width * opened.height > MAX_PIXELS:
                     raise Image.DecompressionBombError()
-                _refuse_16_bit_colour(path, opened)
+                if not eight_bits_will_do:
+                    _refuse_16_bit_colour(path, opened)
                 frames = getattr(opened, "n_frames", 1)  # counting seeks: before the pixels load
                 opened.load()
                 ImageOps.exif_transpose(opened, in_place=True)

@@ -380,3 +380,12 @@ def test_a_full_disk_is_the_users_to_fix_and_said_so_in_one_line(
     assert said.startswith("deepdream: No space left on device") and "free some space" in said
     assert "internal error" not in said and "\n" not in said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png"]
+
+
+@pytest.mark.parametrize("command", [[], ["zoom"], ["video"], ["visualize"]])
+def test_every_commands_help_reads_as_written(command):
+    run = deepdream(*command, "--help")
+    assert run.returncode == 0, run.stderr
+    assert "option_strings" not in run.stdout  # a stray % in a help text makes argparse say that
+    if command == ["zoom"]:
+        assert "1.05 is 5% a frame" in " ".join(run.stdout.split())

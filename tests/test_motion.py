@@ -11,6 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 from conftest import ROOT, SAMPLES, deepdream, photo
@@ -350,3 +351,17 @@ def test_a_clip_whose_sound_an_mp4_cannot_hold_gets_it_as_aac_and_odd_sides_are_
     assert seconds == pytest.approx(1.0, abs=0.1)
     with av.open(str(output)) as container:
         assert container.streams.audio[0].codec_context.name == "aac"
+
+
+def test_a_zoom_starts_from_a_16_bit_colour_photo_as_from_its_8_bit_twin(tmp_path):
+    eight = photo("chelsea.png", (96, 64))
+    Image.fromarray(eight).save(tmp_path / "eight.png")
+    cv2.imwrite(str(tmp_path / "sixteen.png"), eight[:, :, ::-1].astype(np.uint16) * 257)
+    frames = {}
+    for name in ("eight", "sixteen"):  # frames made of 8 bits: nothing of the 16 is lost
+        run = deepdream("zoom", tmp_path / f"{name}.png", "-o", tmp_path / name, "--frames", "2",
+                        *QUICK)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        frames[name] = [np.asarray(Image.open(f)) for f in sorted((tmp_path / name).iterdir())]
+    assert len(frames["sixteen"]) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(*frames.values(), strict=True))
