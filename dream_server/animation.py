@@ -7,6 +7,7 @@ PyAV, whose wheels carry ffmpeg (H.264 through libx264): nothing else to install
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,11 @@ ANIMATED_SUFFIXES = (".gif", ".webp")
 FRAME_NAME = "frame-{:05d}.png"
 
 
-def is_folder_output(path: Path) -> bool:
-    return path.suffix == "" or path.is_dir()
+def is_folder_output(output: str) -> bool:
+    """Whether `-o` (as typed) names a folder of frames: one that is there, a name without a
+    suffix, or any name with a slash at the end."""
+    path = Path(output)
+    return output.endswith(("/", os.sep)) or path.suffix == "" or path.is_dir()
 
 
 class FrameFolder:
@@ -75,10 +79,8 @@ class AnimatedImage:
                    loop=0, **options)  # fmt: skip
 
 
-def frame_writer(path: Path, fps: float) -> FrameFolder | AnimatedImage | Mp4:
-    """The writer for where the frames go, told by the name: a folder, .gif, .webp or .mp4."""
-    if is_folder_output(path):
-        return FrameFolder(path, fps)
+def frame_writer(path: Path, fps: float) -> AnimatedImage | Mp4:
+    """The writer of a file of frames, told by its name: .gif, .webp or .mp4."""
     suffix = path.suffix.lower()
     if suffix in ANIMATED_SUFFIXES:
         return AnimatedImage(path, fps)

@@ -171,7 +171,8 @@ def build_motion_parser(
     parser = OneLineParser(prog=f"deepdream {command}", description=description,
                            epilog=f"Example: {example}")  # fmt: skip
     parser.add_argument("input", type=Path, help=input_help)
-    parser.add_argument("-o", "--output", type=Path, required=True, help=output_help)
+    # kept as typed: a trailing slash says "a folder" even of `frames.d/`, and Path drops it
+    parser.add_argument("-o", "--output", required=True, help=output_help)
     add_parameter_flags(parser, parameters)
     add_parameter_flags(parser, DREAM_PARAMETERS, exclusive=("preset", "layers"))
     parser.add_argument("--resume", action="store_true", help=resume_help)
@@ -318,18 +319,18 @@ def zoom_file(args: argparse.Namespace) -> int:
     params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
     zoom = ZoomParams.from_mapping(given_values(args, ZOOM_PARAMETERS))
     model_spec(params.model)
+    to_folder, args.output = is_folder_output(args.output), Path(args.output)
     if same_file(args.input, args.output):
         raise InvalidParameter(f"-o {args.output} is the input image itself: write elsewhere.")
     check_output_place(args.output)
     first = rgb8(load_image(args.input, eight_bits_will_do=True).pixels)  # GIF, WebP, MP4
-    to_folder = is_folder_output(args.output)
     if not to_folder and args.resume:
         raise InvalidParameter("--resume continues a folder of frames: name a folder as -o.")
     # A file is written under another name and takes its own once it is closed: a failed run
     # leaves no broken file where a good one may have been.
     target = args.output if to_folder else args.output.with_name(
         f".{args.output.stem}.partial{args.output.suffix}")  # fmt: skip
-    writer = frame_writer(target, zoom.fps)
+    writer = FrameFolder(target, zoom.fps) if to_folder else frame_writer(target, zoom.fps)
     start, previous = 0, None
     if isinstance(writer, FrameFolder):
         start = writer.written()
@@ -393,7 +394,7 @@ def video_file(args: argparse.Namespace) -> int:
     params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
     video = VideoParams.from_mapping(given_values(args, VIDEO_PARAMETERS))
     model_spec(params.model)
-    to_folder = is_folder_output(args.output)
+    to_folder, args.output = is_folder_output(args.output), Path(args.output)
     if not to_folder and args.output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
         raise InvalidImage(
             f"Cannot write a video to {args.output.name}: name it .mp4, or name a folder for "

@@ -365,3 +365,12 @@ def test_a_zoom_starts_from_a_16_bit_colour_photo_as_from_its_8_bit_twin(tmp_pat
         frames[name] = [np.asarray(Image.open(f)) for f in sorted((tmp_path / name).iterdir())]
     assert len(frames["sixteen"]) == 2
     assert all(np.array_equal(a, b) for a, b in zip(*frames.values(), strict=True))
+
+
+def test_a_name_with_a_slash_at_the_end_is_a_folder_of_frames_whatever_its_suffix(tmp_path):
+    run = deepdream("zoom", SAMPLES / "coffee.png", "-o", f"{tmp_path / 'frames.d'}/",
+                    "--frames", "2", *QUICK)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (tmp_path / "frames.d").iterdir()) == [
+        "frame-00001.png", "frame-00002.png"
+    ]  # fmt: skip
