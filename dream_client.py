@@ -9,8 +9,10 @@ writes, and starts a server from the environment `install.py` recorded when none
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import secrets
 import subprocess
 import time
 import urllib.parse
@@ -27,6 +29,7 @@ from dream_wire import (
     ENDPOINT_FILE,
     INSTALL_RECORD,
     ITEM_SIZES,
+    PLAIN_USERNAME,
     PROTOCOL_VERSION,
     DreamCancelled,
     DreamError,
@@ -39,7 +42,9 @@ from dream_wire import (
     in_flatpak,
     is_loopback,
     log_path,
-    speaks_curve,
+    plain_password,
+    security,
+    server_proof,
     state_dir,
 )
 from dream_zmtp import Dealer, ZmtpError
@@ -189,11 +194,14 @@ class DreamClient:
             return False
 
     def _connect_and_greet(self, connection: Connection) -> None:
+        mechanism = security(connection.endpoint, connection.server_key)
         if transport() == "stdlib":
-            socket = self._stdlib_dealer(connection)
+            socket = self._stdlib_dealer(connection, mechanism)
         else:
-            socket = _PyzmqDealer(self._pyzmq_dealer(connection))
+            socket = _PyzmqDealer(self._pyzmq_dealer(connection, mechanism))
         self._socket, self.connection = socket, connection
+        if mechanism == "PLAIN":
+            self._check_proof(connection)
         self._send({"type": "hello"})
         reply = self._receive(HELLO_TIMEOUT_S)
         if reply is None:
@@ -224,10 +232,34 @@ class DreamClient:
         if isinstance(socket, Dealer):  # frames as long as the server may send, no longer
             socket.max_frame_bytes = int(header.get("max_pixels") or 0) * 16 + (1 << 20)
 
-    def _pyzmq_dealer(self, connection: Connection):  # noqa: ANN202 - a zmq.Socket
+    def _check_proof(self, connection: Connection) -> None:
+        """On the loopback, before the token or a pixel goes out: the server proves it knows
+        the token. A program on a dead server's port cannot, and hears nothing more."""
+        nonce = secrets.token_hex(16)
+        self._send({"type": "prove", "nonce": nonce}, with_token=False)
+        reply = self._receive(HELLO_TIMEOUT_S)
+        if reply is None:
+            self.close()
+            raise DreamError(
+                f"No dream server answered at {connection.endpoint} within {HELLO_TIMEOUT_S:g} s. "
+                f"Start one with `dream-server` (its log: {log_path()}); if the server there "
+                "encrypts (it was started with --curve-dir), set DEEPDREAM_SERVER_KEY to the "
+                "`server_key` of its endpoint.json."
+            )
+        proof = reply[0].get("proof")
+        expected = server_proof(connection.token, nonce)
+        if not (isinstance(proof, str) and hmac.compare_digest(proof, expected)):
+            self.close()
+            raise DreamError(
+                f"The program at {connection.endpoint} is not the dream server that wrote "
+                f"{state_dir() / ENDPOINT_FILE} (it could not prove it knows the token), so "
+                "nothing was sent to it. Start `dream-server`, or check DEEPDREAM_ENDPOINT."
+            )
+
+    def _pyzmq_dealer(self, connection: Connection, mechanism: str):  # noqa: ANN202
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
-        if speaks_curve(connection.endpoint):
+        if mechanism == "CURVE":
             if not connection.server_key:
                 socket.close(linger=0)
                 raise DreamError(
@@ -239,21 +271,28 @@ class DreamClient:
             # only a client that knows the token has a key the server lets in.
             socket.curve_publickey, socket.curve_secretkey = client_keypair(connection.token)
             socket.curve_serverkey = connection.server_key.encode()
+        elif mechanism == "PLAIN":
+            socket.plain_username = PLAIN_USERNAME.encode()
+            socket.plain_password = plain_password(connection.token).encode()
         socket.connect(connection.endpoint)
         return socket
 
-    def _stdlib_dealer(self, connection: Connection) -> Dealer:
-        if not connection.endpoint.startswith("ipc://"):
+    def _stdlib_dealer(self, connection: Connection, mechanism: str) -> Dealer:
+        if mechanism == "CURVE":
             raise DreamError(
-                f"The dream server at {connection.endpoint} is reached over TCP, which is "
-                "encrypted (CURVE) and needs pyzmq, which this Python lacks. Install pyzmq for "
-                "it, or forward the server's socket file over SSH (ssh -L "
-                "/tmp/dream.sock:/path/to/its/dream-server.sock gpu-box) and set "
-                "DEEPDREAM_ENDPOINT=ipc:///tmp/dream.sock."
+                f"The dream server at {connection.endpoint} encrypts (CURVE), which needs "
+                "pyzmq, and this Python has none. Install pyzmq for it, or reach the server "
+                "through an SSH tunnel to its loopback, which needs nothing installed: start it "
+                "there with `dream-server --bind tcp://127.0.0.1:5757`, run "
+                "`ssh -L 5757:127.0.0.1:5757 gpu-box` here, and set "
+                "DEEPDREAM_ENDPOINT=tcp://127.0.0.1:5757 and DEEPDREAM_TOKEN to the token in its "
+                "endpoint.json."
             )
-        path = connection.endpoint.removeprefix("ipc://")
+        credentials = None
+        if mechanism == "PLAIN":
+            credentials = (PLAIN_USERNAME, plain_password(connection.token))
         try:
-            return Dealer(path, SERVER_SILENCE_S)
+            return Dealer(connection.endpoint, SERVER_SILENCE_S, plain=credentials)
         except ZmtpError as err:
             raise DreamError(
                 f"No dream server answered at {connection.endpoint} ({err}). Start one with "
@@ -284,8 +323,10 @@ class DreamClient:
 
     # -- messages -----------------------------------------------------------------------------
 
-    def _send(self, header: dict, frames: list = ()) -> None:
-        message = {"v": PROTOCOL_VERSION, "token": self.connection.token, **header}
+    def _send(self, header: dict, frames: list = (), with_token: bool = True) -> None:
+        message = {"v": PROTOCOL_VERSION, **header}
+        if with_token:
+            message["token"] = self.connection.token
         try:
             self._socket.send([json.dumps(message).encode(), *frames])
         except ZmtpError as err:

@@ -9,6 +9,7 @@ have nothing else, and the engine imports it as it is.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -50,6 +51,7 @@ class Request:
 
 JOB_REPLIES = ("accepted", "progress", "result", "error", "cancelled")
 REQUESTS = {
+    "prove": Request(replies=("proof",)),
     "hello": Request(replies=("hello_ok",)),
     "submit": Request(("image",), ("mask", "guide"), JOB_REPLIES, job=True),
     "visualize": Request(replies=JOB_REPLIES, job=True),
@@ -212,10 +214,38 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-def speaks_curve(endpoint: str) -> bool:
-    """Whether the server at `endpoint` encrypts and authenticates with CURVE: everywhere but on
-    a socket file, which only its user can reach."""
-    return not endpoint.startswith(("ipc://", "inproc://"))
+def security(endpoint: str, server_key: str | None = None) -> str:
+    """How a connection to `endpoint` is let in (ZeroMQ's security mechanism):
+
+    - `NULL` on a socket file, which only its user can open;
+    - `CURVE` (encrypted, both sides proven by keys) beyond this machine, and wherever the
+      server has keys of its own (`server_key`);
+    - `PLAIN` on the loopback: the client's password is derived from the token, and before it
+      says anything else the server proves that it knows the token too (`prove`), so that a
+      program squatting on a dead server's port learns neither the token nor any pixels. Unlike
+      CURVE, the standard library speaks it at full speed: Windows' GIMP, whose Python has no
+      pyzmq and no socket files, needs it.
+    """
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return "NULL"
+    if server_key or not is_loopback(endpoint):
+        return "CURVE"
+    return "PLAIN"
+
+
+PLAIN_USERNAME = "deepdream"
+
+
+def plain_password(token: str) -> str:
+    """The PLAIN password of every client that knows `token` (not the token itself: a squatter
+    that hears it learns nothing of use, the token being new at every start)."""
+    return hmac.new(token.encode(), b"deepdream plain password", hashlib.sha256).hexdigest()
+
+
+def server_proof(token: str, nonce: str) -> str:
+    """What the server answers to `prove`: only one that knows `token` can compute it."""
+    return hmac.new(token.encode(), b"deepdream server proof\0" + nonce.encode(),
+                    hashlib.sha256).hexdigest()  # fmt: skip
 
 
 def is_loopback(endpoint: str) -> bool:

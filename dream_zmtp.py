@@ -1,9 +1,11 @@
 """ZeroMQ's wire protocol with the standard library only: a DEALER for the dream server's ROUTER.
 
 GIMP on Windows, macOS and Flatpak runs plug-ins with a Python of its own that has no pyzmq.
-This speaks ZMTP 3.1 (rfc.zeromq.org/spec/37: greeting, NULL security handshake, READY with
-Socket-Type DEALER, multipart messages of short and long frames) over the server's socket
-file, which only its user can open; encryption (CURVE, for TCP) needs pyzmq.
+This speaks ZMTP 3.1 (rfc.zeromq.org/spec/37: greeting, security handshake, READY with
+Socket-Type DEALER, multipart messages of short and long frames) with the mechanisms of a local
+server (dream_wire.security): NULL over its socket file, which only its user can open, and
+PLAIN (spec 24) over the loopback, where there is no socket file (Windows). Encryption (CURVE,
+for servers on other machines) needs pyzmq.
 
 It trusts nothing it reads: a greeting that is not ZMTP 3, another security mechanism, a frame
 longer than the server could send, a peer that closes or falls silent mid-message all end in a
@@ -28,67 +30,116 @@ class ZmtpError(ConnectionError):
     """The peer is not a ZeroMQ server we can talk to, or it stopped mid-message."""
 
 
-def _greeting() -> bytes:
-    # signature, version 3.1, mechanism NULL, as-server 0, filler
-    return b"\xff" + bytes(8) + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\0") + bytes(32)
+def _greeting(mechanism: str) -> bytes:
+    signature, version = b"\xff" + bytes(8) + b"\x7f", bytes([3, 1])
+    as_server, filler = b"\0", bytes(31)
+    return signature + version + mechanism.encode().ljust(20, b"\0") + as_server + filler
 
 
 def _property(name: bytes, value: bytes) -> bytes:
     return bytes([len(name)]) + name + len(value).to_bytes(4, "big") + value
 
 
-def _ready() -> bytes:
-    body = b"\x05READY" + _property(b"Socket-Type", b"DEALER")
+def _command(name: bytes, data: bytes) -> bytes:
+    body = bytes([len(name)]) + name + data
     return bytes([COMMAND, len(body)]) + body
 
 
-class Dealer:
-    """One ZMTP connection to a ROUTER on a socket file; not thread-safe."""
+def _socket_type() -> bytes:
+    return _property(b"Socket-Type", b"DEALER")
 
-    def __init__(self, path: str, timeout_s: float, max_frame_bytes: int = 1 << 20) -> None:
+
+def _connected(endpoint: str, timeout_s: float) -> socket.socket:
+    """A stream to `ipc://PATH` (a socket file) or `tcp://HOST:PORT`."""
+    if endpoint.startswith("ipc://"):
+        stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: str | tuple[str, int] = endpoint.removeprefix("ipc://")
+    elif endpoint.startswith("tcp://"):
+        host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+        stream = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        address = (host.strip("[]"), int(port))
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        raise ZmtpError(f"cannot reach {endpoint}: only ipc:// and tcp:// endpoints")
+    stream.settimeout(timeout_s)
+    try:
+        stream.connect(address)
+    except OSError:
+        stream.close()
+        raise
+    return stream
+
+
+class Dealer:
+    """One ZMTP connection to a ROUTER; not thread-safe."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float,
+        max_frame_bytes: int = 1 << 20,
+        plain: tuple[str, str] | None = None,
+    ) -> None:
+        """`endpoint`: `ipc://PATH` or `tcp://HOST:PORT`; `plain`: (username, password) for a
+        server that asks for PLAIN, else NULL."""
         self.timeout_s = timeout_s
         self.max_frame_bytes = max_frame_bytes
         """Longer frames are refused before a byte of them is stored; raise it after hello."""
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        mechanism = "NULL" if plain is None else "PLAIN"
         try:
-            self._socket.settimeout(timeout_s)
-            self._socket.connect(path)
-            self._socket.sendall(_greeting())
-            self._check_greeting(self._read_exactly(GREETING_SIZE))
-            self._socket.sendall(_ready())
-            self._check_ready()
+            self._socket = _connected(endpoint, timeout_s)
+        except OSError as err:
+            raise ZmtpError(f"could not connect to {endpoint}: {err}") from None
+        try:
+            self._socket.sendall(_greeting(mechanism))
+            self._check_greeting(self._read_exactly(GREETING_SIZE), mechanism)
+            if plain is None:
+                self._socket.sendall(_command(b"READY", _socket_type()))
+            else:  # HELLO with the credentials, WELCOME, INITIATE with our metadata
+                username, password = (part.encode() for part in plain)
+                self._socket.sendall(_command(b"HELLO", bytes([len(username)]) + username
+                                              + bytes([len(password)]) + password))  # fmt: skip
+                self._expect_command(b"WELCOME")
+                self._socket.sendall(_command(b"INITIATE", _socket_type()))
+            self._check_properties(self._expect_command(b"READY"))
         except OSError as err:
             self._socket.close()
             if isinstance(err, ZmtpError):
                 raise
-            raise ZmtpError(f"could not talk to {path}: {err}") from None
+            raise ZmtpError(f"could not talk to {endpoint}: {err}") from None
 
     # -- handshake ----------------------------------------------------------------------------
 
-    def _check_greeting(self, greeting: bytes) -> None:
+    def _check_greeting(self, greeting: bytes, expected: str) -> None:
         if greeting[0] != 0xFF or greeting[9] != 0x7F:
             raise ZmtpError("the peer does not speak ZeroMQ's protocol (no ZMTP greeting)")
         if greeting[10] < 3:
             raise ZmtpError(f"the peer speaks ZMTP {greeting[10]}, not 3")
         mechanism = greeting[12:32].rstrip(b"\0").decode("ascii", "replace")
-        if mechanism != "NULL":
+        if mechanism == "CURVE":
             raise ZmtpError(
-                f"the server asks for {mechanism} security, which needs pyzmq: install pyzmq "
-                "for the Python that GIMP runs, or reach the server through its socket file"
+                "the server asks for CURVE security, which needs pyzmq: install pyzmq for the "
+                "Python that GIMP runs, or reach the server through its socket file or loopback"
             )
+        if mechanism != expected:
+            raise ZmtpError(f"the server asks for {mechanism} security, where {expected} was due")
 
-    def _check_ready(self) -> None:
+    def _expect_command(self, expected: bytes) -> bytes:
+        """The data of the next command, which must be `expected` (an ERROR says why not)."""
         flags, size = self._frame_head()
         if not flags & COMMAND or size > MAX_COMMAND_BYTES:
-            raise ZmtpError("the peer did not answer the handshake with a READY command")
+            raise ZmtpError(f"the peer did not answer the handshake with a {expected.decode()}")
         body = self._read_exactly(size)
-        name = body[1 : 1 + body[0]]
+        name, data = body[1 : 1 + body[0]], body[1 + body[0] :]
         if name == b"ERROR":
-            reason = body[2 + body[0] :].decode("utf-8", "replace")
+            reason = data[1 : 1 + data[0]].decode("utf-8", "replace") if data else ""
             raise ZmtpError(f"the server refused the connection: {reason}")
-        if name != b"READY":
-            raise ZmtpError(f"the peer answered the handshake with {name!r}, not READY")
-        properties, at = {}, 1 + body[0]
+        if name != expected:
+            raise ZmtpError(f"the peer answered the handshake with {name!r}, not {expected!r}")
+        return data
+
+    def _check_properties(self, body: bytes) -> None:
+        properties, at = {}, 0
         while at < len(body):
             length = body[at]
             key = body[at + 1 : at + 1 + length]
@@ -115,6 +166,13 @@ class Dealer:
 
     def _send_all(self, buffers: list) -> None:
         views = [memoryview(buffer) for buffer in buffers]
+        if not hasattr(self._socket, "sendmsg"):  # Windows: no gathering send, one by one
+            try:
+                for view in views:
+                    self._socket.sendall(view)
+            except OSError as err:
+                raise ZmtpError(f"the connection to the server broke: {err}") from None
+            return
         while views:
             try:
                 sent = self._socket.sendmsg(views[:512])

@@ -41,14 +41,17 @@ from zmq.utils.monitor import recv_monitor_message
 from dream_client import Connection, DreamClient
 from dream_wire import (
     ENDPOINT_FILE,
+    PLAIN_USERNAME,
     EndpointRecord,
     Progress,
     client_secret_key,
     ensure_state_dir,
     is_loopback,
     log_path,
+    plain_password,
     schema_hash,
-    speaks_curve,
+    security,
+    server_proof,
     state_dir,
 )
 
@@ -65,6 +68,7 @@ from .protocol import (
     decode_header,
     encode,
     frame_meta,
+    proof_nonce,
 )
 
 log = logging.getLogger("dream_server.daemon")
@@ -314,18 +318,26 @@ class DreamServer:
         self.router.setsockopt(zmq.SNDHWM, CLIENT_BACKLOG)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_pixels * 16 + (1 << 20))
         self.authenticator = None
-        if speaks_curve(bind):
-            # Over TCP, even on the loopback, nobody may send a byte without the token: CURVE
-            # with a server key (its own, or one made for this run) and, checked by ZeroMQ's
+        self.server_key: bytes | None = None
+        """The CURVE public key clients check, when the server encrypts."""
+        mechanism = security(bind, "given" if curve_secret else None)
+        if mechanism != "NULL":  # nobody may send a byte without proving the token
+            self.authenticator = ThreadAuthenticator(self.context)
+            self.authenticator.start()
+        if mechanism == "CURVE":
+            # A server key (its own, or one made for this run) and, checked by ZeroMQ's
             # authentication handler, the one client key that the token gives.
             self.server_key, secret_key = curve_secret or zmq.curve_keypair()
             self.router.curve_server = True
             self.router.curve_publickey, self.router.curve_secretkey = self.server_key, secret_key
-            self.authenticator = ThreadAuthenticator(self.context)
-            self.authenticator.start()
             self.authenticator.configure_curve_callback(
                 "*", _OnlyKnownClients(zmq.curve_public(client_secret_key(token)))
             )
+        elif mechanism == "PLAIN":
+            # The loopback: the password the token gives, checked by the same handler; the
+            # server proves itself in turn by answering `prove`.
+            self.router.plain_server = True
+            self.authenticator.configure_plain("*", {PLAIN_USERNAME: plain_password(token)})
         if bind.endswith(":0"):
             port = self.router.bind_to_random_port(bind.rsplit(":", 1)[0])
             bind = f"{bind.rsplit(':', 1)[0]}:{port}"
@@ -554,7 +566,10 @@ class DreamServer:
         self.last_heard[client] = self.last_activity = time.monotonic()  # only clients count
         kind = header["type"]
         check_frame_count(header, frames)
-        if kind == "hello":
+        if kind == "prove":
+            proof = server_proof(self.token, proof_nonce(header))
+            self._reply(client, encode("proof", proof=proof))
+        elif kind == "hello":
             self._reply(client, encode("hello_ok", **self.describe()))
         elif kind == "ping":
             job = header.get("job")
@@ -919,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dream-server: {err}", file=sys.stderr)
         return 2
     endpoint_file = folder / ENDPOINT_FILE
-    server_key = server.server_key.decode() if server.authenticator is not None else None
+    server_key = server.server_key.decode() if server.server_key is not None else None
     record = EndpointRecord(server.endpoint, server.token, os.getpid(), str(log_path()),
                             server_key=server_key)  # fmt: skip
     write_endpoint_file(endpoint_file, record)

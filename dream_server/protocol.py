@@ -170,7 +170,8 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
     job = header.get("job")
     job = job if isinstance(job, str) and 0 < len(job) <= JOB_ID_LIMIT else None
     presented = header.get("token")
-    if not (
+    asked_before_the_token = header.get("type") == "prove"  # see dream_wire.security
+    if not asked_before_the_token and not (
         isinstance(presented, str)
         and presented.isascii()
         and hmac.compare_digest(presented.encode(), token.encode())
@@ -194,6 +195,15 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
             "bad_job", f"'job' must be a non-empty string of at most {JOB_ID_LIMIT} characters."
         )
     return header
+
+
+def proof_nonce(header: dict[str, Any]) -> str:
+    """The client's nonce in a `prove` request: 16 to 128 hexadecimal digits."""
+    nonce = header.get("nonce")
+    if not (isinstance(nonce, str) and 16 <= len(nonce) <= 128 and nonce.isascii()
+            and all(c in "0123456789abcdef" for c in nonce)):  # fmt: skip
+        raise BadMessage("bad_header", "'nonce' must be 16 to 128 lowercase hexadecimal digits.")
+    return nonce
 
 
 def check_frame_count(header: dict[str, Any], frames: list) -> None:

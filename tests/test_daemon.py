@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -510,18 +511,20 @@ def resident_mb(pid: int) -> float:
 
 def test_over_tcp_nobody_without_the_token_makes_the_server_hold_memory(tcp_server):
     server = tcp_server
-    assert server.record["endpoint"].startswith("tcp://127.0.0.1:") and server.record["server_key"]
+    assert server.record["endpoint"].startswith("tcp://127.0.0.1:")
     assert dream_alone(server, cat_pixels(3, "u8"), QUICK)  # warm: its model is loaded
     before = resident_mb(server.process.pid)
     big = bytes(100 << 20)
     header = json.dumps({"v": PROTOCOL_VERSION, "token": "guess", "type": "hello"}).encode()
     senders = []
-    for mechanism in ("null", "curve with a key of its own"):
+    for mechanism in ("null", "plain with a guessed password", "curve with keys of its own"):
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
-        if mechanism != "null":  # knows the server's public key, which may be shared
+        if mechanism.startswith("plain"):  # the username is no secret
+            socket.plain_username, socket.plain_password = b"deepdream", b"guess"
+        elif mechanism.startswith("curve"):
             socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()
-            socket.curve_serverkey = server.record["server_key"].encode()
+            socket.curve_serverkey = zmq.curve_keypair()[0]
         socket.connect(server.record["endpoint"])
         for _ in range(4):
             socket.send_multipart([header, big, big], copy=False)
@@ -531,42 +534,56 @@ def test_over_tcp_nobody_without_the_token_makes_the_server_hold_memory(tcp_serv
     for socket in senders:
         assert not socket.poll(0), "an unauthenticated peer got an answer"
         socket.close(linger=0)
-    print(f"800 MB sent by each of two peers without the token: the server grew by {grown:.0f} MB")
+    print(
+        f"800 MB sent by each of three peers without the token: the server grew by {grown:.0f} MB"
+    )
     assert grown < 50
     assert dream_alone(server, cat_pixels(3, "u8"), QUICK)  # and it serves those who know
 
 
-def test_a_squatter_on_a_dead_servers_endpoint_gets_neither_token_nor_pixels(tmp_path):
+def squat(endpoint: str, mechanism: str, heard: list) -> Callable[[], None]:
+    """A program on a dead server's port, speaking `mechanism` and letting in whoever comes; a
+    PLAIN one answers `prove` with a made-up proof. Returns what stops it."""
+    squatter = zmq.Context.instance().socket(zmq.ROUTER)
+    squatter.setsockopt(zmq.LINGER, 0)
+    if mechanism == "CURVE":
+        squatter.curve_server = True
+        squatter.curve_publickey, squatter.curve_secretkey = zmq.curve_keypair()
+    elif mechanism == "PLAIN":
+        squatter.plain_server = True  # without an authentication handler: any password
+    squatter.bind(endpoint)
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            if squatter.poll(50):
+                identity, *frames = squatter.recv_multipart()
+                heard.append(frames)
+                made_up = json.dumps({"v": PROTOCOL_VERSION, "type": "proof", "proof": "0" * 64})
+                squatter.send_multipart([identity, made_up.encode()])
+        squatter.close(linger=0)
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    return lambda: (stop.set(), listener.join())
+
+
+def test_a_squatter_on_a_dead_servers_endpoint_gets_neither_token_nor_pixels(tmp_path, transport):
     server = start_server(tmp_path / "home", "--bind", "tcp://127.0.0.1:0")
     record = server.record
     server.process.kill()
     server.process.wait()
-    context = zmq.Context.instance()
-    squatters = []
-    for mechanism in ("null", "curve"):  # whatever the squatter speaks, it hears nothing
-        squatter = context.socket(zmq.ROUTER)
-        squatter.setsockopt(zmq.LINGER, 0)
-        if mechanism == "curve":
-            squatter.curve_server = True
-            squatter.curve_publickey, squatter.curve_secretkey = zmq.curve_keypair()
-        squatters.append(squatter)
-    squatters[0].bind(record["endpoint"])
-    heard = []
-    with pytest.raises(DreamError, match="No dream server answered"):
-        DreamClient(server.connection, start_server=False)
-    while squatters[0].poll(100):
-        heard.append(squatters[0].recv_multipart())
-    squatters[0].unbind(record["endpoint"])
-    time.sleep(0.2)
-    squatters[1].bind(record["endpoint"])
-    with pytest.raises(DreamError, match="No dream server answered"):
-        DreamClient(server.connection, start_server=False)
-    while squatters[1].poll(100):
-        heard.append(squatters[1].recv_multipart())
-    for squatter in squatters:
-        squatter.close(linger=0)
-    assert heard == []
-    assert not any(record["token"].encode() in frame for message in heard for frame in message)
+    heard: list = []
+    for mechanism in ("NULL", "CURVE", "PLAIN"):  # whatever the squatter speaks
+        stop = squat(record["endpoint"], mechanism, heard)
+        try:
+            with pytest.raises(DreamError, match="No dream server answered|could not prove"):
+                DreamClient(server.connection, start_server=False)
+        finally:
+            stop()
+            time.sleep(0.2)  # the port is free again
+    assert all(json.loads(frames[0])["type"] == "prove" and len(frames) == 1 for frames in heard)
+    assert not any(record["token"].encode() in frame for frames in heard for frame in frames)
 
 
 def run_dream_server(home: Path, *args: str) -> subprocess.CompletedProcess:

@@ -4,7 +4,9 @@ against peers that are broken or hostile."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, start_server
 
-from dream_client import DreamClient
+from dream_client import Connection, DreamClient
 from dream_wire import DreamCancelled, DreamError
 from dream_zmtp import Dealer, ZmtpError
 
@@ -133,7 +135,7 @@ def fake_server(tmp_path: Path, behave) -> str:  # noqa: ANN001
         listener.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    return path
+    return f"ipc://{path}"
 
 
 @pytest.mark.parametrize(
@@ -186,3 +188,59 @@ def test_a_peer_that_says_nothing_is_a_message_that_never_came(tmp_path):
     dealer = Dealer(fake_server(tmp_path, lambda c: c.sendall(GOOD_GREETING + ROUTER_READY)), 1.0)
     assert dealer.receive(timeout_s=0.3) is None
     dealer.close()
+
+
+def test_on_the_loopback_both_ways_dream_alike_and_a_stale_token_is_refused(tmp_path, monkeypatch):
+    # Where there are no socket files (Windows), a local server listens on the loopback
+    loopback = start_server(tmp_path / "home", "--bind", "tcp://127.0.0.1:0")
+    try:
+        assert "server_key" not in loopback.record  # PLAIN, which the standard library speaks
+        pixels = np.random.default_rng(7).integers(0, 256, (48, 64, 4), np.uint8).tobytes()
+        through_pyzmq = dreamed_through("pyzmq", loopback, monkeypatch, pixels, 64, 48, 4, QUICK)
+        through_stdlib = dreamed_through("stdlib", loopback, monkeypatch, pixels, 64, 48, 4, QUICK)
+        assert through_stdlib == through_pyzmq
+        stale = Connection(loopback.record["endpoint"], "the token of the server before")
+        with pytest.raises(DreamError, match="No dream server answered"):  # refused at once
+            DreamClient(stale, start_server=False)
+    finally:
+        loopback.stop()
+
+
+def test_a_loopback_server_that_cannot_prove_the_token_hears_nothing_more(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPDREAM_TRANSPORT", "stdlib")
+    told = []
+
+    def impostor(connection: socket.socket) -> None:  # PLAIN, any password, a made-up proof
+        connection.sendall(GOOD_GREETING[:12] + b"PLAIN".ljust(20, b"\0") + bytes(32))
+        read_command(connection)  # HELLO with the password
+        connection.sendall(b"\x04\x08\x07WELCOME")
+        assert read_command(connection).startswith(b"\x08INITIATE")
+        connection.sendall(ROUTER_READY)
+        flags, size = read_exactly(connection, 2)
+        told.append(read_exactly(connection, size))
+        proof = b'{"v": 2, "type": "proof", "proof": "' + b"0" * 64 + b'"}'
+        connection.sendall(bytes([0, len(proof)]) + proof)
+        connection.settimeout(1.0)
+        with contextlib.suppress(TimeoutError):
+            told.append(connection.recv(1 << 16))  # b"": the client hung up
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            read_exactly(connection, 64)
+            impostor(connection)
+        listener.close()
+
+    server_thread = threading.Thread(target=serve, daemon=True)
+    server_thread.start()
+    endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    with pytest.raises(DreamError, match="could not prove it knows the token"):
+        DreamClient(Connection(endpoint, "the real token"), start_server=False)
+    server_thread.join(timeout=5)
+    prove, after = told
+    assert json.loads(prove)["type"] == "prove" and after == b""  # and then nothing more
+    assert b"the real token" not in prove
