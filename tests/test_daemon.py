@@ -988,7 +988,7 @@ def test_a_client_that_never_reads_cannot_pile_up_results_in_the_server(tmp_path
                  "image": meta},
                 pixels.tobytes(),
             )  # fmt: skip
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a generous bound: a busy machine is slow, not wrong
         while queue_of(server) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert queue_of(server) == [], "the jobs of a client that does not read went on"
