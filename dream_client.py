@@ -203,14 +203,7 @@ class DreamClient:
         if mechanism == "PLAIN":
             self._check_proof(connection)
         self._send({"type": "hello"})
-        reply = self._receive(HELLO_TIMEOUT_S)
-        if reply is None:
-            self.close()
-            raise DreamError(
-                f"No dream server answered at {connection.endpoint} within {HELLO_TIMEOUT_S:g} s. "
-                f"Start one with `dream-server` (its log: {log_path()})."
-            )
-        header, _ = reply
+        header = self._handshake_reply(connection)
         if header.get("type") == "error":
             self.close()
             raise _server_error(header)
@@ -232,21 +225,27 @@ class DreamClient:
         if isinstance(socket, Dealer):  # frames as long as the server may send, no longer
             socket.max_frame_bytes = int(header.get("max_pixels") or 0) * 16 + (1 << 20)
 
-    def _check_proof(self, connection: Connection) -> None:
-        """On the loopback, before the token or a pixel goes out: the server proves it knows
-        the token. A program on a dead server's port cannot, and hears nothing more."""
-        nonce = secrets.token_hex(16)
-        self._send({"type": "prove", "nonce": nonce}, with_token=False)
+    def _handshake_reply(self, connection: Connection, hint: str = "") -> dict:
+        """The header of the server's answer while connecting; none in time ends the try."""
         reply = self._receive(HELLO_TIMEOUT_S)
         if reply is None:
             self.close()
             raise DreamError(
                 f"No dream server answered at {connection.endpoint} within {HELLO_TIMEOUT_S:g} s. "
-                f"Start one with `dream-server` (its log: {log_path()}); if the server there "
-                "encrypts (it was started with --curve-dir), set DEEPDREAM_SERVER_KEY to the "
-                "`server_key` of its endpoint.json."
+                f"Start one with `dream-server` (its log: {log_path()}){hint}."
             )
-        proof = reply[0].get("proof")
+        return reply[0]
+
+    def _check_proof(self, connection: Connection) -> None:
+        """On the loopback, before the token or a pixel goes out: the server proves it knows
+        the token. A program on a dead server's port cannot, and hears nothing more."""
+        nonce = secrets.token_hex(16)
+        self._send({"type": "prove", "nonce": nonce}, with_token=False)
+        proof = self._handshake_reply(
+            connection,
+            "; if the server there encrypts (it was started with --curve-dir), set "
+            "DEEPDREAM_SERVER_KEY to the `server_key` of its endpoint.json",
+        ).get("proof")
         expected = server_proof(connection.token, nonce)
         if not (isinstance(proof, str) and hmac.compare_digest(proof, expected)):
             self.close()

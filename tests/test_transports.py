@@ -118,12 +118,18 @@ def read_command(connection: socket.socket) -> bytes:
     return read_exactly(connection, size)
 
 
-def fake_server(tmp_path: Path, behave) -> str:  # noqa: ANN001
-    """A socket file whose one peer reads the client's greeting, then runs `behave(connection)`
-    in a thread."""
-    path = str(tmp_path / "fake.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+def fake_server(tmp_path: Path | None, behave, linger_s: float = 5.0) -> str:  # noqa: ANN001
+    """A socket file in `tmp_path` (or, with None, a port on the loopback) whose one peer reads
+    the client's greeting, then runs `behave(connection)` in a thread, then keeps silent for
+    `linger_s`. Returns its endpoint."""
+    if tmp_path is None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    else:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp_path / "fake.sock"))
+        endpoint = f"ipc://{tmp_path / 'fake.sock'}"
     listener.listen(1)
 
     def serve() -> None:
@@ -131,11 +137,11 @@ def fake_server(tmp_path: Path, behave) -> str:  # noqa: ANN001
         with connection:
             read_exactly(connection, 64)
             behave(connection)
-            time.sleep(5)  # then silence until the test is done
+            time.sleep(linger_s)  # then silence until the test is done
         listener.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    return f"ipc://{path}"
+    return endpoint
 
 
 @pytest.mark.parametrize(
@@ -224,23 +230,12 @@ def test_a_loopback_server_that_cannot_prove_the_token_hears_nothing_more(tmp_pa
         with contextlib.suppress(TimeoutError):
             told.append(connection.recv(1 << 16))  # b"": the client hung up
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-
-    def serve() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            read_exactly(connection, 64)
-            impostor(connection)
-        listener.close()
-
-    server_thread = threading.Thread(target=serve, daemon=True)
-    server_thread.start()
-    endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    endpoint = fake_server(None, impostor, linger_s=0)
     with pytest.raises(DreamError, match="could not prove it knows the token"):
         DreamClient(Connection(endpoint, "the real token"), start_server=False)
-    server_thread.join(timeout=5)
+    deadline = time.monotonic() + 5
+    while len(told) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     prove, after = told
     assert json.loads(prove)["type"] == "prove" and after == b""  # and then nothing more
     assert b"the real token" not in prove
