@@ -31,6 +31,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PARAMETERS_FILE = os.path.join(HERE, "parameters.json")
 VISUALIZE_PARAMETERS_FILE = os.path.join(HERE, "parameters-visualize.json")
 ZOOM_PARAMETERS_FILE = os.path.join(HERE, "parameters-zoom.json")
+ZOOM_MEMORY_LIMIT = 2_000_000_000
+"""The frames of a zoom wait in the plug-in until the new image is made (so that a cancel leaves
+nothing behind): a zoom that would hold more is refused before it starts."""
 CONTEXT_MARGIN = 64
 """Pixels of the layer around the selection that the network sees, so the edge has context."""
 LAYOUTS = (
@@ -564,6 +567,15 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     if not inside:
         return failure(procedure, "The selection does not touch this layer: select part of it, "
                        "or Select > None to zoom into all of it.")  # fmt: skip
+    held = zoom["frames"] * width * height * 3
+    if held > ZOOM_MEMORY_LIMIT:
+        return failure(
+            procedure,
+            f"{zoom['frames']} frames of {width}x{height} would hold {held / 1e9:.1f} GB until "
+            f"the new image is made (at most {ZOOM_MEMORY_LIMIT / 1e9:.0f} GB): choose fewer "
+            "frames or a smaller selection, or run `deepdream zoom`, which writes each frame to "
+            "disk as it comes.",
+        )
     pixels = read(source, (x, y, width, height), "R'G'B' u8")
     frames = {}
     Gimp.progress_init("DeepDream Zoom: waiting for the dream server")

@@ -422,7 +422,14 @@ def test_the_zoom_makes_a_new_image_of_frames_that_playback_plays_and_leaves_the
 ):
     params = {**QUICK, "frames": 3, "zoom": 1.1, "steps-per-frame": 1, "fps": 8.0}
     scenario = {"name": "zoom", "procedure": "zoom", "ellipse": ELLIPSE, "params": params}
-    report = run_gimp(gimp, workspace, [scenario])["zoom"]
+    too_long = {"name": "zoom-too-long", "procedure": "zoom", "params": {"frames": 10000}}
+    reports = run_gimp(gimp, workspace, [scenario, too_long])
+    # 10000 frames of the 451x300 layer would wait in 4.1 GB: refused before any work
+    refused = reports["zoom-too-long"]
+    assert refused["status"] == "execution-error"
+    assert "4.1 GB" in refused["message"] and "`deepdream zoom`" in refused["message"]
+    assert refused["images_after"] == refused["images_before"]
+    report = reports["zoom"]
     assert report["status"] == "success", report
     assert report["images_after"] == report["images_before"] + 1
     assert report["size"] == ELLIPSE[2:]  # the selection's part of the layer
