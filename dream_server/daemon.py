@@ -409,7 +409,7 @@ class DreamServer:
                 if not all(worker.is_alive() for worker in self.workers):
                     log.error("a worker thread died: exiting so that a fresh daemon can start")
                     break
-                if self._idle_too_long():
+                if self._idle_for(self.idle_exit_s, self.last_activity):
                     log.info("idle for %.0f s: exiting", self.idle_exit_s)
                     break
                 if self._idle_for(self.idle_unload_s, self.last_work) and not self.unloaded:
@@ -449,9 +449,6 @@ class DreamServer:
         for client, job_id in {job.client: job.id for job in self.jobs.values()}.items():
             # a `pong` for its own job: every client takes it as a sign of life, nothing more
             self._send(client, encode("pong", job=job_id, known=True))
-
-    def _idle_too_long(self) -> bool:
-        return self._idle_for(self.idle_exit_s, self.last_activity)
 
     def _idle_for(self, seconds: float, since: float) -> bool:
         """Whether no job is waiting or running, and `seconds` have passed since `since`

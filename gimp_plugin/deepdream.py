@@ -650,6 +650,14 @@ def visualize(procedure, config):
     return succeeded(procedure, Gimp.Image, image)
 
 
+def described(procedure, menu_label, menu_path, blurb, help_text):
+    """Where the procedure sits in GIMP's menus, and what it says of itself."""
+    procedure.set_menu_label(menu_label)
+    procedure.add_menu_path(menu_path)
+    procedure.set_documentation(blurb, help_text, procedure.get_name())
+    procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
+
+
 class DeepDream(Gimp.PlugIn):
     def do_query_procedures(self):
         return [PROCEDURE, VISUALIZE_PROCEDURE, ZOOM_PROCEDURE]
@@ -663,19 +671,14 @@ class DeepDream(Gimp.PlugIn):
             return self.create_visualize(name)
         if name == ZOOM_PROCEDURE:
             return self.create_zoom(name)
-        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
-        procedure.set_image_types("RGB*, GRAY*")
-        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        procedure.set_menu_label("_DeepDream...")
-        procedure.add_menu_path("<Image>/Filters/Artistic")
-        procedure.set_documentation(
+        procedure = self.layer_procedure(name, run)
+        described(
+            procedure, "_DeepDream...", "<Image>/Filters/Artistic",
             "Dream on the selection with a neural network (DeepDream)",
             "Re-draws the selected part of the layer with what a layer of a pretrained network "
             "looks for, and adds it as a new layer above. Needs the DeepDream dream server "
             "(started automatically once install.py has set it up).",
-            name,
-        )
-        procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
+        )  # fmt: skip
         add_arguments(procedure, load_parameters())
         add_described_choice(
             procedure,
@@ -688,20 +691,22 @@ class DeepDream(Gimp.PlugIn):
         procedure.add_layer_return_value("layer", "Layer", "The new dreamed layer", False, FLAGS)
         return procedure
 
-    def create_zoom(self, name):
-        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_zoom, None)
+    def layer_procedure(self, name, run_function):
+        """A procedure on the active layer of an RGB or gray image."""
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_function, None)
         procedure.set_image_types("RGB*, GRAY*")
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        procedure.set_menu_label("DeepDream _Zoom...")
-        procedure.add_menu_path("<Image>/Filters/Animation")
-        procedure.set_documentation(
+        return procedure
+
+    def create_zoom(self, name):
+        procedure = self.layer_procedure(name, run_zoom)
+        described(
+            procedure, "DeepDream _Zoom...", "<Image>/Filters/Animation",
             "Dream an endless zoom into the layer",
             "Each frame is dreamed on the last one, moved a little closer (and turned or drifted, "
             "if asked). Opens a new image with a layer per frame, ready for Filters > Animation "
             "> Playback and for export as an animated GIF or WebP.",
-            name,
-        )
-        procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
+        )  # fmt: skip
         add_arguments(procedure, load_parameters(ZOOM_PARAMETERS_FILE))
         add_arguments(procedure, load_parameters())
         procedure.add_image_return_value("image", "Image", "The new image of frames", False, FLAGS)
@@ -709,15 +714,12 @@ class DeepDream(Gimp.PlugIn):
 
     def create_visualize(self, name):
         procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_visualize, None)
-        procedure.set_menu_label("DeepDream _Feature Visualization...")
-        procedure.add_menu_path("<Image>/File/Create")
-        procedure.set_documentation(
+        described(
+            procedure, "DeepDream _Feature Visualization...", "<Image>/File/Create",
             "See what a unit of a neural network looks for",
             "Renders images from noise that excite a layer, a channel, a neuron or an ImageNet "
             "class, and opens them as a new image with one layer per sample.",
-            name,
-        )
-        procedure.set_attribution("DeepDream for GIMP", "DeepDream for GIMP", "2026")
+        )  # fmt: skip
         procedure.add_enum_argument(
             "run-mode", "Run mode", "The run mode", Gimp.RunMode, Gimp.RunMode.NONINTERACTIVE, FLAGS
         )
