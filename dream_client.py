@@ -64,6 +64,8 @@ ALREADY_RUNNING = 1
 
 TRANSPORT_VARIABLE = "DEEPDREAM_TRANSPORT"
 """`stdlib` or `pyzmq` forces how the client talks; by default pyzmq where it imports."""
+UNREACHABLE = "unreachable"
+"""The code of an error that says no server answered: nothing is running where it looked."""
 
 
 def transport() -> str:
@@ -177,11 +179,16 @@ class DreamClient:
             for candidate in (same_place, record):
                 if self._try_greet(candidate):
                     return
+        if refused.code == UNREACHABLE:
+            raise DreamError(
+                f"No dream server is running at {given.endpoint}, where DEEPDREAM_ENDPOINT "
+                "points: start `dream-server` there, or unset DEEPDREAM_ENDPOINT so that "
+                "DeepDream starts its own.",
+                UNREACHABLE,
+            )
         raise DreamError(
-            f"{refused} The dream server did not take DEEPDREAM_TOKEN, and "
-            f"{state_dir() / ENDPOINT_FILE} names no server that answers: start `dream-server`, "
-            "then set DEEPDREAM_TOKEN to the token in that file, or unset DEEPDREAM_ENDPOINT and "
-            "DEEPDREAM_TOKEN so that the plug-in finds the server by itself.",
+            f"{refused} The dream server did not take DEEPDREAM_TOKEN: set it to the token in "
+            f"{state_dir() / ENDPOINT_FILE}, or unset it.",
             refused.code,
         )
 
@@ -232,7 +239,8 @@ class DreamClient:
             self.close()
             raise DreamError(
                 f"No dream server answered at {connection.endpoint} within {HELLO_TIMEOUT_S:g} s. "
-                f"Start one with `dream-server` (its log: {log_path()}){hint}."
+                f"Start one with `dream-server` (its log: {log_path()}){hint}.",
+                UNREACHABLE,
             )
         return reply[0]
 
@@ -295,7 +303,8 @@ class DreamClient:
         except ZmtpError as err:
             raise DreamError(
                 f"No dream server answered at {connection.endpoint} ({err}). Start one with "
-                f"`dream-server` (its log: {log_path()})."
+                f"`dream-server` (its log: {log_path()}).",
+                UNREACHABLE,
             ) from None
 
     @property

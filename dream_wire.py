@@ -24,6 +24,8 @@ from typing import Any
 PROTOCOL_VERSION = 2
 """2: the `check` and `animate` requests, `frame` messages, and progress with `loading` and
 `frame`/`frames`."""
+CUSTOM_PRESET = "custom"
+"""The preset that dreams the layers typed in `layers`: the dialog ties the two together."""
 ITEM_SIZES = {"u8": 1, "f32": 4}
 """Bytes per channel of each pixel type on the wire."""
 

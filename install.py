@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
+import importlib.util
 import json
 import os
+import plistlib
+import re
 import shlex
 import shutil
 import signal
@@ -46,23 +50,96 @@ PLUGIN_FILES = ("gimp_plugin/deepdream.py", "dream_client.py",
 the server."""
 
 
-def gimp_profiles() -> list[Path]:
-    """GIMP 3 profile folders of this user, for each way GIMP is installed."""
+GIMP_SERIES = "3"
+"""The GIMP these plug-ins are for: every 3.x release, each with a profile folder of its own
+(`GIMP/3.0`, `GIMP/3.2`, and whatever comes next), all running the same plug-in."""
+RELEASE = re.compile(rf"(?<![\d.])({GIMP_SERIES}\.\d+)(?:\.\d+)*(?![\d.])")
+"""A 3.x release in a program's name or version text (`gimp-console-3.2`, `3.2.6`): `3.2`."""
+GIMP_API = f"{GIMP_SERIES}.0"
+"""The version of GIMP's Python bindings and of its library folders, the same for every 3.x."""
+
+
+def release_key(release: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in release.split("."))
+
+
+def profile_base() -> Path:
+    """The folder that holds this user's GIMP profiles, one per release."""
     home = Path.home()
     if sys.platform == "win32":
-        return [Path(os.environ.get("APPDATA", home)) / "GIMP" / "3.0"]
+        return Path(os.environ.get("APPDATA", home)) / "GIMP"
     if sys.platform == "darwin":
-        return [home / "Library" / "Application Support" / "GIMP" / "3.0"]
-    return [system_profile(), home / ".var/app/org.gimp.GIMP/config/GIMP/3.0"]
+        return home / "Library" / "Application Support" / "GIMP"
+    return Path(os.environ.get("XDG_CONFIG_HOME", home / ".config")) / "GIMP"
 
 
-def system_profile() -> Path:
-    config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
-    return config / "GIMP" / "3.0"
+FLATPAK_PROFILE_BASE = Path.home() / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP"
+"""Where a Flatpak GIMP without access to the host's configuration keeps its profiles."""
 
 
-def gimp_installed() -> bool:
-    return any(shutil.which(name) for name in ("gimp-3.0", "gimp-console-3.0", "gimp"))
+def profile_releases(base: Path) -> list[str]:
+    """The releases whose profile folders exist under `base` (GIMP makes one at its first
+    start)."""
+    found = [folder.name for folder in base.glob(f"{GIMP_SERIES}.*")
+             if folder.is_dir() and RELEASE.fullmatch(folder.name)]  # fmt: skip
+    return sorted(found, key=release_key)
+
+
+def gimp_programs() -> list[Path]:
+    """The GIMP programs of this machine's PATH and of the Windows installer's folders."""
+    folders = [Path(f) for f in os.environ.get("PATH", "").split(os.pathsep) if f]
+    if sys.platform == "win32":
+        # the installer's folders, for everyone and for one user
+        for variable, below in (("ProgramFiles", ""), ("LOCALAPPDATA", "Programs")):
+            if os.environ.get(variable):
+                programs = Path(os.environ[variable]) / below
+                folders += [bundle / "bin" for bundle in programs.glob(f"GIMP {GIMP_SERIES}*")]
+    return [program for folder in folders for program in folder.glob("gimp*")]
+
+
+def system_releases() -> list[str]:
+    """The GIMP 3 releases installed with the system or from the Windows and macOS bundles:
+    from their programs' names (`gimp-3.2`, `gimp-console-3.2.exe`), the macOS bundle's
+    Info.plist, or else what a plain `gimp` says of its version."""
+    found = set()
+    plain = None
+    for program in gimp_programs():
+        name = program.name.removesuffix(".exe")
+        if match := RELEASE.fullmatch(name.removeprefix("gimp-console-").removeprefix("gimp-")):
+            found.add(match.group(1))
+        elif name in ("gimp", f"gimp-{GIMP_SERIES}", "gimp-console"):
+            plain = plain or program
+    if sys.platform == "darwin":
+        for info in Path("/Applications").glob("GIMP*.app/Contents/Info.plist"):
+            with contextlib.suppress(OSError, ValueError, plistlib.InvalidFileException):
+                bundle = plistlib.loads(info.read_bytes())
+                version = str(bundle.get("CFBundleShortVersionString", ""))
+                if match := RELEASE.fullmatch(version):
+                    found.add(match.group(1))
+    if not found and plain is not None:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            said = subprocess.run([str(plain), "--version"], capture_output=True, text=True,
+                                  timeout=60).stdout  # fmt: skip
+            if match := RELEASE.search(said):
+                found.add(match.group(1))
+    return sorted(found, key=release_key)
+
+
+def flatpak_release(flatpak: str) -> str | None:
+    """The release of the Flatpak GIMP, from `flatpak info` (`Version: 3.2.6`)."""
+    info = subprocess.run([flatpak, "info", FLATPAK_GIMP], capture_output=True, text=True)
+    if info.returncode != 0:
+        return None
+    for line in info.stdout.splitlines():
+        if line.strip().startswith("Version:") and (match := RELEASE.search(line)):
+            return match.group(1)
+    return GIMP_API  # a Flatpak GIMP 3 that does not say: the first release's profile
+
+
+def default_profiles() -> list[Path]:
+    """Where the plug-in goes when no GIMP is named: each installed release's profile (made
+    if GIMP has not run yet) and each release's profile that exists, system and Flatpak."""
+    return sorted({gimp.profile for gimp in find_gimps(None) if gimp.profile is not None})
 
 
 def parameter_files(python: Path) -> dict[str, str]:
@@ -97,66 +174,89 @@ def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
 
 
 FLATPAK_GIMP = "org.gimp.GIMP"
-INTERPRETER_FOLDERS = (
-    "/usr/lib/gimp/3.0/interpreters", "/usr/lib/x86_64-linux-gnu/gimp/3.0/interpreters",
-    "/usr/lib/aarch64-linux-gnu/gimp/3.0/interpreters",
-    "/Applications/GIMP.app/Contents/Resources/lib/gimp/3.0/interpreters",
-    os.path.expandvars(r"%ProgramFiles%\GIMP 3\lib\gimp\3.0\interpreters"),
+INTERPRETER_FOLDERS = tuple(
+    os.path.expandvars(folder.format(api=GIMP_API, series=GIMP_SERIES)) for folder in (
+        "/usr/lib/gimp/{api}/interpreters", "/usr/lib/x86_64-linux-gnu/gimp/{api}/interpreters",
+        "/usr/lib/aarch64-linux-gnu/gimp/{api}/interpreters",
+        "/Applications/GIMP.app/Contents/Resources/lib/gimp/{api}/interpreters",
+        r"%ProgramFiles%\GIMP {series}\lib\gimp\{api}\interpreters",
+    )
 )  # fmt: skip
 GIMP_PYTHON_PROBE = (
     "import sys; print(sys.version.split()[0], flush=True); import gi; "
-    "gi.require_version('Gimp', '3.0'); from gi.repository import Gimp\n"
+    f"gi.require_version('Gimp', '{GIMP_API}'); from gi.repository import Gimp\n"
     "try:\n    import zmq; print('pyzmq')\nexcept ImportError:\n    print('stdlib')"
 )
 
 
 @dataclass(frozen=True)
 class GimpFound:
-    """One GIMP 3 of this machine: where its profile is, as seen from here, and the command of
-    the Python it runs plug-ins with."""
+    """One GIMP 3 release of this machine: where its profile is, as seen from here, and the
+    command of the Python it runs plug-ins with."""
 
     kind: str
+    release: str | None
+    """`3.2`; None for a profile named with --gimp-dir."""
     profile: Path | None
-    """None where each use makes a profile of its own (the tests' GIMP)."""
+    """None where each use makes a profile of its own (the tests' GIMPs)."""
     python: list[str] | None
     sandboxed: bool = False
     """A Flatpak: its plug-ins cannot start a server outside the sandbox."""
+    installed: bool = True
+    """False for a profile left by a release that is no longer installed."""
+
+    def describe(self) -> str:
+        if self.release is None:
+            return f"GIMP of {self.profile}"
+        return f"GIMP {self.release} ({self.kind})"
 
 
 def find_gimps(given: list[Path] | None) -> list[GimpFound]:
-    """The GIMP 3s of this machine: installed with the system (or the Windows and macOS
-    bundles), as a Flatpak, and the tests' root; or the profiles `given` with --gimp-dir."""
+    """The GIMP 3 releases of this machine: installed with the system (or the Windows and macOS
+    bundles), as a Flatpak, and the tests' roots, each with its profile; the profiles of other
+    3.x releases that exist; or the profiles `given` with --gimp-dir."""
     if given:
-        return [GimpFound("given", profile, system_python()) for profile in given]
+        return [GimpFound("given", None, profile, system_python()) for profile in given]
     found = []
-    if gimp_installed() or any(interpreter_files()):
-        found.append(GimpFound("system", gimp_profiles()[0], system_python()))
+    base = profile_base()
+    installed = system_releases()
+    if not installed and any(interpreter_files()):
+        installed = [GIMP_API]  # GIMP 3's library is there, its programs are not on PATH
+    python = system_python()
+    for release in sorted({*installed, *profile_releases(base)}, key=release_key):
+        here = release in installed
+        kind = "system" if here else "a profile; this GIMP is not installed"
+        found.append(GimpFound(kind, release, base / release, python, installed=here))
     flatpak = shutil.which("flatpak")
-    if (
-        flatpak
-        and subprocess.run([flatpak, "info", FLATPAK_GIMP], capture_output=True).returncode == 0
-    ):
+    release = flatpak_release(flatpak) if flatpak else None
+    if release is not None:
         permissions = subprocess.run([flatpak, "info", "--show-permissions", FLATPAK_GIMP],
                                      capture_output=True, text=True).stdout  # fmt: skip
-        # Flathub's GIMP has xdg-config/GIMP: its profile is the host's ~/.config/GIMP/3.0.
+        # Flathub's GIMP has xdg-config/GIMP: its profiles are the host's ~/.config/GIMP/3.x.
         shares_profile = "xdg-config/GIMP" in permissions
-        profile = system_profile() if shares_profile else gimp_profiles()[1]
+        flatpak_base = base if shares_profile else FLATPAK_PROFILE_BASE
         python = [flatpak, "run", "--command=python3", FLATPAK_GIMP]
-        found.append(GimpFound(f"Flatpak {FLATPAK_GIMP}", profile, python, sandboxed=True))
-    root = test_root()
-    if (root / "usr" / "bin" / "gimp-console-3.0").exists():
-        python = (
-            ["chroot", str(root), "python3"]
-            if hasattr(os, "geteuid") and os.geteuid() == 0
-            else None
-        )
-        found.append(GimpFound(f"the tests' root {root}", None, python))
+        for other in sorted({release, *profile_releases(flatpak_base)}, key=release_key):
+            if not any(gimp.profile == flatpak_base / other for gimp in found):
+                found.append(GimpFound(f"Flatpak {FLATPAK_GIMP}", other, flatpak_base / other,
+                                       python, sandboxed=True,
+                                       installed=other == release))  # fmt: skip
+    for gimp in tests_gimps():
+        python = ["chroot", str(gimp.root), "python3"] if os.geteuid() == 0 else None
+        found.append(GimpFound(f"the tests' root {gimp.root}", gimp.version, None, python))
     return found
 
 
-def test_root() -> Path:
-    """Where tests/gimp/sandbox.py keeps the tests' GIMP 3."""
-    return Path(os.environ.get("DEEPDREAM_GIMP_ROOT", "/var/tmp/deepdream-gimp3-root"))
+def tests_gimps() -> list:
+    """The GIMPs that tests/gimp/sandbox.py keeps for the tests (none on Windows)."""
+    if not hasattr(os, "geteuid"):
+        return []
+    spec = importlib.util.spec_from_file_location("sandbox", ROOT / "tests" / "gimp" / "sandbox.py")
+    if spec is None or not Path(spec.origin).exists():
+        return []
+    sandbox = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sandbox)
+    return sandbox.ready_roots()
 
 
 def interpreter_files() -> list[Path]:
@@ -177,16 +277,23 @@ def system_python() -> list[str] | None:
     return [found] if found else None
 
 
+@functools.cache
+def probe_python(python: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """What a Python says of its version, of GIMP's bindings and of pyzmq (once per Python:
+    the releases of one system share it)."""
+    return subprocess.run([*python, "-c", GIMP_PYTHON_PROBE], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
 def check_gimp_python(gimp: GimpFound) -> bool:
     """Whether the Python that this GIMP runs plug-ins with can run the plug-in (it needs GIMP's
     bindings; pyzmq it uses where it has it); says what it found, and what to do."""
-    where = f"GIMP 3 ({gimp.kind})" if gimp.profile is None else f"GIMP of {gimp.profile}"
+    where = gimp.describe()
     if gimp.python is None:
         say(f"{where}: found no Python that it would run plug-ins with")
         return False
     try:
-        result = subprocess.run([*gimp.python, "-c", GIMP_PYTHON_PROBE], capture_output=True,
-                                text=True, timeout=120)  # fmt: skip
+        result = probe_python(tuple(gimp.python))
     except (OSError, subprocess.TimeoutExpired) as err:
         say(f"{where}: could not run {' '.join(gimp.python)} ({err})")
         return False
@@ -194,8 +301,9 @@ def check_gimp_python(gimp: GimpFound) -> bool:
     runs = f"{where}: runs plug-ins with {' '.join(gimp.python)} (Python {version})"
     if result.returncode != 0:
         say(
-            f"{runs}: it lacks GIMP's Python bindings (gi with Gimp 3.0): install them with "
-            "`sudo apt install gir1.2-gimp-3.0 python3-gi`, or check that this is GIMP 3"
+            f"{runs}: it lacks GIMP's Python bindings (gi with Gimp {GIMP_API}): install them with "
+            f"`sudo apt install gir1.2-gimp-{GIMP_API} python3-gi`, or check that this is GIMP "
+            f"{GIMP_SERIES}"
         )
         return False
     through = {"pyzmq": "pyzmq", "stdlib": "the standard library (it has no pyzmq)"}
@@ -304,14 +412,16 @@ def check(venv_dir: Path, given: list[Path] | None) -> int:
     schemas = parameter_files(python) if python.exists() else None
     gimps = find_gimps(given)
     if not gimps:
-        say("GIMP 3: none found (installed with the system, as a Flatpak, or the tests' root)")
+        say(f"GIMP {GIMP_SERIES}: none found (installed with the system, as a Flatpak, or the "
+            "tests' roots)")  # fmt: skip
     for gimp in gimps:
         if gimp.profile is None:
-            say(f"GIMP 3 ({gimp.kind}): the tests install the plug-in into profiles of their own")
+            say(f"{gimp.describe()}: the tests install the plug-in into profiles of their own")
         else:
             state = plugin_state(gimp.profile, schemas)
-            say(f"GIMP 3 ({gimp.kind}): profile {gimp.profile}; the plug-in is {state}")
-        check_gimp_python(gimp)
+            say(f"{gimp.describe()}: profile {gimp.profile}; the plug-in is {state}")
+        if gimp.installed:
+            check_gimp_python(gimp)
     python = venv_python(venv_dir)
     if python.exists():
         status = subprocess.run([str(python), "-m", "dream_server.daemon", "--status"],
@@ -536,11 +646,10 @@ def main() -> int:
     args.venv = args.venv.absolute()  # recorded for the plug-in, which runs elsewhere
     if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before anything checks
         sys.exit(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}.")
-    profiles = args.gimp_dir or gimp_profiles()
     if args.check:
         return check(args.venv, args.gimp_dir)
     if args.uninstall:
-        return uninstall(args.venv, profiles)
+        return uninstall(args.venv, args.gimp_dir or default_profiles())
     if args.service:
         python = venv_python(args.venv)
         if not python.exists():
@@ -555,14 +664,14 @@ def main() -> int:
         record_environment(python)
         stop_running_server()
         gimps = [gimp for gimp in find_gimps(args.gimp_dir) if gimp.profile is not None]
-        found = [gimp.profile for gimp in gimps]
-        found += [p for p in profiles if p.exists() and p not in found and not args.gimp_dir]
-        if found:
-            install_plugin(python, found)
+        if gimps:
+            install_plugin(python, sorted({gimp.profile for gimp in gimps}))
             for gimp in gimps:
-                check_gimp_python(gimp)
+                if gimp.installed:
+                    check_gimp_python(gimp)
         else:
-            say("no GIMP 3 found: skipped the plug-in (install GIMP 3, then run this again)")
+            say(f"no GIMP {GIMP_SERIES} found: skipped the plug-in (install GIMP "
+                f"{GIMP_SERIES}, then run this again)")  # fmt: skip
         if not args.no_sample:
             dream_sample(args.venv)
     except subprocess.CalledProcessError as err:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "gimp"))
 sys.path.insert(0, str(ROOT / "bench"))
 from daemon_speed import start_server  # noqa: E402
-from sandbox import find_gimp, install_plugin  # noqa: E402
+from sandbox import find_gimps, install_plugin  # noqa: E402
 
 IN_GIMP = r"""
 import json, statistics, time
@@ -60,7 +60,7 @@ with open(OUT, "w") as out:
 
 
 def main(repeats: int = 5) -> None:
-    gimp = find_gimp(build=True)
+    gimp = find_gimps(build=True)[-1]  # the newest GIMP
     scratch = gimp.scratch_dir()
     home = scratch / "server-home"  # its socket file must be where GIMP can see it
     profile = scratch / "profile"

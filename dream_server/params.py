@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+from dream_wire import CUSTOM_PRESET
+
 from .catalogue import DEFAULT_MODEL, MODELS, PRESET_LOOKS, PRESETS
 from .errors import InvalidParameter
 
-CUSTOM_PRESET = "custom"
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
@@ -242,11 +243,12 @@ VISUALIZE_PARAMETERS: tuple[Param, ...] = (
           choices=tuple(MODELS)),
     Param("layer", "string", "block7", "Layer",
           "The layer to show (`deepdream --list-layers MODEL` lists them)."),
-    Param("channel", "int", -1, "Channel (-1: all)",
-          "One channel of the layer to show; -1 shows what the whole layer responds to.",
+    Param("channel", "int", -1, "Channel",
+          "One channel (feature) of the layer to show; -1 shows what the whole layer responds "
+          "to.",
           minimum=-1, maximum=4095),
-    Param("neuron", "string", "", "Neuron",
-          "One neuron: CHANNEL,X,Y on the layer's grid (instead of the channel)."),
+    Param("neuron", "string", "", "One spot only",
+          "One neuron instead of a whole channel: CHANNEL,X,Y on the layer's grid."),
     Param("class", "string", "", "Class",
           "An ImageNet class to show instead of a layer (e.g. 'goldfish').",
           python_name="class_name"),
@@ -263,17 +265,18 @@ VISUALIZE_PARAMETERS: tuple[Param, ...] = (
           "Smooths away pixel static: higher gives calmer, flatter images, 0 none (it penalises "
           "differences between neighbouring pixels; 30 costs the unit nothing).",
           minimum=0.0, maximum=1000.0),
-    Param("frequency", "float", 0.0, "Hold back fine detail",
+    Param("frequency", "float", 0.0, "Broad shapes",
           "Higher gives broader shapes with less fine texture, 0 none (it penalises the energy "
           "above a 3x3 blur).",
           minimum=0.0, maximum=10000.0),
     Param("robustness", "bool", True, "Robust shapes",
           "Jitters, scales and rotates the image a little at every step, so that only shapes "
           "that survive it grow: off gives sharper but noisier patterns."),
-    Param("param", "choice", "fft", "Image basis",
+    Param("param", "choice", "fft", "Grow from",
           "fft: grows smooth colours and shapes from a frequency basis (clearer images); "
           "pixel: grows raw pixels (noisier, as in early feature visualization).",
-          choices=("fft", "pixel")),
+          choices=("fft", "pixel"),
+          choice_help={"fft": "smooth colours and shapes", "pixel": "raw pixels, noisier"}),
     Param("learning-rate", "float", 0.05, "Step size",
           "How far each optimisation step moves the image; higher is faster but rougher.",
           minimum=0.0001, maximum=1.0),
@@ -299,7 +302,8 @@ ZOOM_PARAMETERS: tuple[Param, ...] = (
     Param("steps-per-frame", "int", 5, "Steps per frame",
           "Steps per octave on each frame after the first: the picture already carries the "
           "dream, so a few add to it.", minimum=1, maximum=500),
-    Param("fps", "float", 12.0, "Frames per second", "How fast the animation plays.",
+    Param("fps", "float", 12.0, "Playback speed", "How fast the animation plays, in frames "
+          "per second.",
           minimum=1.0, maximum=120.0),
 )  # fmt: skip
 """How the camera moves through an endless zoom, and how fast it plays; with the dream's."""

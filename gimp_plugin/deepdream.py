@@ -18,11 +18,12 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+gi.require_version("Gtk", "3.0")
+from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dream_client import DreamClient  # noqa: E402
-from dream_wire import DreamCancelled, DreamError, log_path, schema_hash  # noqa: E402
+from dream_client import UNREACHABLE, DreamClient  # noqa: E402
+from dream_wire import CUSTOM_PRESET, DreamCancelled, DreamError, log_path, schema_hash  # noqa: E402
 
 PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
@@ -61,9 +62,50 @@ def connect():
     return DreamClient(schema=schema_hash(schemas))
 
 
-def add_arguments(procedure, parameters):
+BUTTON_MNEMONICS = set("ochrls")
+"""The letters of the dialogs' own buttons: _OK, _Cancel, _Help, _Reset, _Load and _Save (the
+defaults); the DeepDream dialog's preview adds _Preview's."""
+
+
+def with_mnemonics(labels, reserved=BUTTON_MNEMONICS):
+    """{label: the label with an underline under one of its letters}, no letter twice and none
+    of the dialogs' buttons' (every setting gets its Alt+key, and GIMP has no mnemonic to warn
+    about): a matching of labels to their letters, earlier letters first."""
+    owner = {}
+
+    def place(index, tried):
+        for letter in labels[index].lower():
+            if not letter.isalnum() or letter in reserved or letter in tried:
+                continue
+            tried.add(letter)
+            if letter not in owner or place(owner[letter], tried):
+                owner[letter] = index
+                return True
+        return False
+
+    for index in range(len(labels)):
+        place(index, set())
+    marked = {label: label for label in labels}
+    for letter, index in owner.items():
+        label = labels[index]
+        at = label.lower().index(letter)
+        marked[label] = label[:at] + "_" + label[at:]
+    return marked
+
+
+def add_arguments(
+    procedure, parameters, described_choices=(), layout=None, reserved=BUTTON_MNEMONICS
+):
+    """The parameters (as the engine defines them), then the plug-in's own choices
+    (name, label, help, entries, default), each label the layout shows with its Alt+key."""
+    hidden = layout.hidden if layout is not None else ()
+    labels = [param["label"] for param in parameters if param["name"] not in hidden]
+    mnemonics = with_mnemonics(labels + [choice[1] for choice in described_choices], reserved)
+    for name, label, help_text, entries, default in described_choices:
+        add_described_choice(procedure, name, mnemonics[label], help_text, entries, default)
     for param in parameters:
-        name, label, help_text = param["name"], param["label"], param["help"]
+        name, help_text = param["name"], param["help"]
+        label = mnemonics.get(param["label"], param["label"])
         kind, default = param["kind"], param["default"]
         if kind == "int":
             procedure.add_int_argument(
@@ -153,62 +195,94 @@ def read(drawable, rectangle, babl_format):
     )
 
 
-DREAM_DIALOG = (
-    ("what", "What to dream", ("preset", "model", "layers")),
-    ("how-much", "How much", ("strength", "steps", "octaves", "keep-colors")),
-    ("result", "The result", ("selection-mode",)),
-)
-"""The dream dialog's groups; every other argument goes under Advanced, folded."""
+class Layout:
+    """A dialog's arrangement: framed groups of arguments (every other argument under a folded
+    Advanced group) in two columns, so that it fits a 1366x768 laptop screen with Advanced open
+    and an error shown. `preview` in a column stands for the live preview and its status line,
+    `problem` for the line that says what the server refused."""
+
+    def __init__(self, title, groups, left, right, hidden=()):
+        self.title, self.groups, self.columns = title, groups, (left, right)
+        self.hidden = hidden
+        """Arguments for scripts only, not shown in the dialog."""
+
+
+DREAM_LAYOUT = Layout(
+    "DeepDream",
+    (("what", "What to dream", ("preset", "layers", "model")),
+     ("how-much", "How much", ("strength", "steps", "octaves", "keep-colors")),
+     ("result", "The result", ("selection-mode",))),
+    left=("preview", "advanced"),
+    right=("what", "how-much", "result", "problem"),
+)  # fmt: skip
+ZOOM_LAYOUT = Layout(
+    "DeepDream Zoom",
+    (("camera", "The camera", ("frames", "zoom", "rotate", "shift-x", "shift-y", "fps")),
+     ("what", "What to dream", ("preset", "layers", "model")),
+     ("how-much", "How much", ("strength", "steps", "steps-per-frame", "octaves"))),
+    left=("camera", "advanced"),
+    right=("what", "how-much", "problem"),
+    # a zoom's frames are the selection's size (tiles rarely matter), each adds to the last (a
+    # limit to the change of one makes little sense), and a dialog has Alt+keys for 19 settings
+    hidden=("tile-size", "max-change", "seed"),
+)  # fmt: skip
+VISUALIZE_LAYOUT = Layout(
+    "DeepDream Feature Visualization",
+    (("what", "What to show", ("layer", "channel", "class", "model")),
+     ("how-many", "Pictures", ("samples", "size", "layout")),
+     ("look", "Their look", ("steps", "diversity", "tv", "frequency", "robustness"))),
+    left=("what", "how-many"),
+    right=("look", "advanced", "problem"),
+)  # fmt: skip
 SLIDERS = ("strength", "steps", "octaves", "octave-scale", "step-size", "jitter", "smoothness",
            "max-change", "frames", "zoom", "rotate", "steps-per-frame")  # fmt: skip
-ZOOM_DIALOG = (
-    ("camera", "The camera", ("frames", "zoom", "rotate", "shift-x", "shift-y", "fps")),
-    ("what", "What to dream", ("preset", "model", "layers")),
-    ("how-much", "How much", ("strength", "steps", "steps-per-frame", "octaves")),
-)
-"""The zoom dialog's groups; the rest under Advanced, folded."""
+HANDED_BY_GIMP = ("run-mode", "image", "drawables")
+"""Arguments that GIMP fills in, which the artist never chooses."""
 
 
-def confirmed(procedure, config, title):
-    """Show the procedure's dialog, built from its arguments; False when cancelled."""
+def dream_dialog(procedure, config, layout, drawable=None, check=None):
+    """A dialog of the procedure's arguments laid out by `layout`, with a live preview of the
+    drawable's dream when given. OK closes it only once `check` (the server, in its words)
+    finds nothing against the settings; what it says stays under them, in red, until a setting
+    changes. False when cancelled."""
     GimpUi.init(procedure.get_name())
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
-    # The run mode is how a script calls it, nothing an artist chooses.
-    dialog.fill([arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"])
-    answer = dialog.run()
-    dialog.destroy()
-    return answer
-
-
-def dream_dialog(procedure, config, drawable, title="DeepDream", groups=DREAM_DIALOG,
-                 preview=True):  # fmt: skip
-    """The DeepDream dialog: a live preview, the arguments in framed groups and the rest in a
-    folded Advanced group. OK closes it only once the server has taken the settings (a wrong
-    layers text is said in the dialog, in the server's words). False when cancelled."""
-    GimpUi.init(procedure.get_name())
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
-    names = [arg.name for arg in procedure.get_arguments() if arg.name != "run-mode"]
-    for name in SLIDERS:
-        if name in names:  # each procedure has some of them
-            dialog.get_widget(name, GimpUi.SpinScale.__gtype__)
-    grouped = {name for _, _, members in groups for name in members}
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, layout.title)
+    names = [arg.name for arg in procedure.get_arguments()
+             if arg.name not in HANDED_BY_GIMP and arg.name not in layout.hidden]  # fmt: skip
+    for argument in procedure.get_arguments():
+        # every fraction a slider: GIMP's plain spin buttons want a range of 10 or more
+        fraction = argument.value_type == GObject.TYPE_DOUBLE
+        if argument.name in names and (argument.name in SLIDERS or fraction):
+            dialog.get_widget(argument.name, GimpUi.SpinScale.__gtype__)
+        elif argument.name in names and isinstance(argument, Gimp.ParamChoice):
+            # a list also for two choices, which GIMP 3.2 makes radio buttons without Alt+keys
+            dialog.get_widget(argument.name, GimpUi.StringComboBox.__gtype__)
+    grouped = {name for _, _, members in layout.groups for name in members}
     advanced = [name for name in names if name not in grouped]
-    containers = []
-    for group_id, group_title, members in (*groups, ("advanced", "Advanced", advanced)):
-        dialog.fill_box(f"{group_id}-box", list(members))
+    for group_id, group_title, members in (*layout.groups, ("advanced", "Advanced", advanced)):
+        dialog.fill_box(f"{group_id}-box", [name for name in members if name in names])
         dialog.get_label(f"{group_id}-title", group_title, False, False)
         fill = dialog.fill_expander if group_id == "advanced" else dialog.fill_frame
         fill(group_id, f"{group_id}-title", False, f"{group_id}-box")
-        containers.append(group_id)
     problem = wrapped(dialog.get_label("problem", "", True, False))
-    live = DreamPreview(dialog, config, drawable) if preview else None
-    shown = ["preview", "preview-status"] if preview else []
-    dialog.fill([*shown, *containers, "problem"])
+    live = DreamPreview(dialog, config, drawable) if drawable is not None else None
+    for index, column in enumerate(layout.columns):
+        members = [shown for item in column for shown in
+                   (("preview", "preview-status") if item == "preview" else (item,))
+                   if shown not in ("preview", "preview-status") or live is not None]  # fmt: skip
+        dialog.fill_box(f"column-{index}", members).set_spacing(8)
+    columns = dialog.fill_box("columns", ["column-0", "column-1"])
+    columns.set_orientation(Gtk.Orientation.HORIZONTAL)
+    columns.set_spacing(16)
+    dialog.fill(["columns"])
+    if "layers" in names:
+        tie_layers_to_custom(config)
+    changed = config.connect("notify", lambda *_: problem.set_markup(""))
     try:
         while dialog.run():
             if live is not None:
                 live.cancel()  # the check would wait behind its render on the server
-            refused = refusal(dream_params(config, load_parameters()))
+            refused = check() if check is not None else None
             if refused is None:
                 return True
             if live is not None:
@@ -218,32 +292,58 @@ def dream_dialog(procedure, config, drawable, title="DeepDream", groups=DREAM_DI
             )
         return False
     finally:
+        config.disconnect(changed)
         if live is not None:
             live.close()
         dialog.destroy()
+
+
+def tie_layers_to_custom(config):
+    """Typed layers belong to the custom preset, so that the preset shown is what is dreamed:
+    typing layers chooses it, emptying them goes back to the preset chosen before, choosing
+    another preset empties Layers, and remembered values that disagree open with the preset
+    that the layers make."""
+    chosen_before = [config.get_property("preset")]
+
+    def layers_typed(*_):
+        preset = config.get_property("preset")
+        if (config.get_property("layers") or "").strip():
+            if preset != CUSTOM_PRESET:
+                chosen_before[0] = preset
+                config.set_property("preset", CUSTOM_PRESET)
+        elif preset == CUSTOM_PRESET and chosen_before[0] != CUSTOM_PRESET:
+            config.set_property("preset", chosen_before[0])
+
+    def preset_chosen(*_):
+        if config.get_property("preset") != CUSTOM_PRESET and config.get_property("layers"):
+            config.set_property("layers", "")
+
+    layers_typed()
+    config.connect("notify::layers", layers_typed)
+    config.connect("notify::preset", preset_chosen)
 
 
 def wrapped(label):
     """A label that wraps its lines (a server's message can be long) instead of widening the
     dialog past the screen."""
     label.set_line_wrap(True)
-    label.set_max_width_chars(60)
+    label.set_max_width_chars(44)
     label.set_xalign(0.0)
     return label
 
 
-def refusal(params):
-    """What the server says against these dream parameters, in one line, or None."""
+def refusal(config):
+    """What the server says against the dream settings, in one line, or None."""
     try:
         with connect() as client:
-            client.check(params)
+            client.check(dream_params(config, load_parameters()))
     except DreamError as err:
         return str(err)
     return None
 
 
 PREVIEW_NOTE = "Preview: at full size, as the dream will look here"
-CONNECTION_FAILURES = {"dream_failed", "bad_token", "internal"}
+CONNECTION_FAILURES = {"dream_failed", "bad_token", "internal", UNREACHABLE}
 """Error codes after which the preview connects again rather than keep its connection."""
 PREVIEW_CONTEXT = 32
 """Pixels around the previewed area that the network sees: enough for its edges to look like
@@ -274,12 +374,34 @@ class DreamPreview:
         self._thread = threading.Thread(target=self._render_requests, daemon=True)
         self._thread.start()
         self._settling = None
+        self._shown = None
+        self._params = dream_params(config, load_parameters())
+        self._centre_on_selection()
         self.widget.connect("invalidated", self._ask)  # opened, scrolled, switched on
         self._notify = config.connect("notify", self._setting_changed)
 
+    def _centre_on_selection(self):
+        """Open on the middle of the selection (of the layer without one), where the subject
+        usually is, rather than on its top-left corner."""
+        _, x, y, width, height = self.drawable.mask_intersect()
+        shown_width, shown_height = self.widget.get_size()
+        self.widget.set_position(max(0, x + (width - shown_width) // 2),
+                                 max(0, y + (height - shown_height) // 2))  # fmt: skip
+
     def _setting_changed(self, *_):
-        """Ask again once the settings have been still for SETTLE_MS (a dragged slider changes
-        them many times a second); sooner than GIMP's own 200 ms wait for invalidated previews."""
+        """Show the layer as it is at once (the dream shown was of other settings), and ask
+        again once the settings have been still for SETTLE_MS (a dragged slider changes them
+        many times a second); sooner than GIMP's own 200 ms wait for invalidated previews."""
+        params = dream_params(self.config, load_parameters())
+        if params == self._params:
+            return  # told of a setting that kept its value
+        self._params = params
+        with self._changed:
+            self._generation += 1  # what is under way was for the settings before
+        if self._shown is not None and self.widget.get_update():
+            pixels, width = self._shown
+            self.widget.draw_buffer(pixels, width * self.channels)
+            self.status.set_text("Preview: dreaming with the new settings...")
         if self._settling is not None:
             GLib.source_remove(self._settling)
         self._settling = GLib.timeout_add(SETTLE_MS, self._settled)
@@ -297,6 +419,7 @@ class DreamPreview:
         width, height = widget.get_size()
         region = Region(self.drawable, x, y, width, height, PREVIEW_CONTEXT)
         pixels = read(self.drawable, region.context, self.babl_format)
+        self._shown = (region.crop(pixels, self.channels, 1), width)
         params = dream_params(self.config, load_parameters())
         with self._changed:
             self._generation += 1
@@ -466,7 +589,8 @@ def source_layer(image, drawables, purpose):
 def dream_on(procedure, run_mode, image, drawables, config):
     source = source_layer(image, drawables, "dream on")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    if interactive and not dream_dialog(procedure, config, source):
+    if interactive and not dream_dialog(procedure, config, DREAM_LAYOUT, source,
+                                        check=lambda: refusal(config)):  # fmt: skip
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     parameters = load_parameters()
@@ -558,8 +682,8 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     new image is made once every frame is back: a cancelled zoom leaves nothing behind."""
     source = source_layer(image, drawables, "zoom into")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    if interactive and not dream_dialog(procedure, config, source, "DeepDream Zoom", ZOOM_DIALOG,
-                                        preview=False):  # fmt: skip
+    if interactive and not dream_dialog(procedure, config, ZOOM_LAYOUT,
+                                        check=lambda: refusal(config)):  # fmt: skip
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters())
     zoom = dream_params(config, load_parameters(ZOOM_PARAMETERS_FILE))
@@ -631,7 +755,7 @@ def succeeded(procedure, kind, value):
 def visualize(procedure, config):
     """File > Create > DeepDream Feature Visualization: a new image, one layer per sample."""
     interactive = config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE
-    if interactive and not confirmed(procedure, config, "DeepDream Feature Visualization"):
+    if interactive and not dream_dialog(procedure, config, VISUALIZE_LAYOUT):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters(VISUALIZE_PARAMETERS_FILE))
     sheet = config.get_property("layout") == "sheet"
@@ -679,15 +803,15 @@ class DeepDream(Gimp.PlugIn):
             "looks for, and adds it as a new layer above. Needs the DeepDream dream server "
             "(started automatically once install.py has set it up).",
         )  # fmt: skip
-        add_arguments(procedure, load_parameters())
-        add_described_choice(
-            procedure,
+        selection_mode = (
             "selection-mode",
-            "Selection as",
+            "Selection becomes",
             "How the selection shapes the new layer",
             SELECTION_MODES,
             "mask",
         )
+        add_arguments(procedure, load_parameters(), [selection_mode], DREAM_LAYOUT,
+                      reserved=BUTTON_MNEMONICS | {"p"})  # and _Preview  # fmt: skip
         procedure.add_layer_return_value("layer", "Layer", "The new dreamed layer", False, FLAGS)
         return procedure
 
@@ -707,8 +831,8 @@ class DeepDream(Gimp.PlugIn):
             "if asked). Opens a new image with a layer per frame, ready for Filters > Animation "
             "> Playback and for export as an animated GIF or WebP.",
         )  # fmt: skip
-        add_arguments(procedure, load_parameters(ZOOM_PARAMETERS_FILE))
-        add_arguments(procedure, load_parameters())
+        parameters = load_parameters(ZOOM_PARAMETERS_FILE) + load_parameters()
+        add_arguments(procedure, parameters, layout=ZOOM_LAYOUT)
         procedure.add_image_return_value("image", "Image", "The new image of frames", False, FLAGS)
         return procedure
 
@@ -723,9 +847,10 @@ class DeepDream(Gimp.PlugIn):
         procedure.add_enum_argument(
             "run-mode", "Run mode", "The run mode", Gimp.RunMode, Gimp.RunMode.NONINTERACTIVE, FLAGS
         )
-        add_arguments(procedure, load_parameters(VISUALIZE_PARAMETERS_FILE))
-        add_described_choice(procedure, "layout", "Layout", "How the samples are laid out",
-                             LAYOUTS, "layers")  # fmt: skip
+        layout = ("layout", "Stack or sheet", "How the samples are laid out", LAYOUTS, "layers")
+        add_arguments(
+            procedure, load_parameters(VISUALIZE_PARAMETERS_FILE), [layout], VISUALIZE_LAYOUT
+        )
         procedure.add_image_return_value("image", "Image", "The new image", False, FLAGS)
         return procedure
 

@@ -18,7 +18,7 @@ from conftest import ROOT, SAMPLES, start_server
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "gimp"))
-from sandbox import Gimp, find_gimp, install_plugin  # noqa: E402
+from sandbox import SUITES, Gimp, find_gimps, install_plugin  # noqa: E402
 
 from dream_client import DreamClient  # noqa: E402
 
@@ -29,18 +29,27 @@ ELLIPSE = [100, 60, 220, 160]  # x, y, width, height on the 451x300 cat
 FEATHER = 30.0
 
 
-@pytest.fixture(scope="session")
-def gimp() -> Gimp:
-    found = find_gimp(build=False)
-    if found is None:
+GIMPS = find_gimps()
+"""Every GIMP 3 line that artists run, each in a root of its own (tests/gimp/sandbox.py)."""
+
+
+def gimp_id(gimp: Gimp | None) -> str:
+    return f"gimp-{gimp.version}" if gimp else "no-gimp"
+
+
+@pytest.fixture(scope="session", params=GIMPS or [None], ids=gimp_id)
+def gimp(request) -> Gimp:  # noqa: ANN001
+    if len({found.version for found in GIMPS}) < len(SUITES):
         reason = (
-            "NO GIMP 3 HERE: the GIMP tests did not run. Install Debian 13's gimp, or build "
-            "the Debian 13 root with `python3 tests/gimp/sandbox.py` (as root)."
+            f"NOT EVERY GIMP 3 IS HERE (found: {GIMPS or 'none'}): the GIMP tests run in one "
+            f"root per Debian release ({', '.join(SUITES)}); build them with "
+            "`python3 tests/gimp/sandbox.py` (as root)."
         )
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
-        pytest.skip(reason)
-    return found
+        if request.param is None:
+            pytest.skip(reason)
+    return request.param
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +67,40 @@ def workspace(gimp):
     yield scratch, profile, server
     server.stop()
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_install_py_puts_the_plug_in_where_this_gimp_looks(gimp, workspace):
+    """An artist's first install: this GIMP installed but never started (no profile yet), a
+    profile left by another 3.x release; `python3 install.py`, then GIMP finds DeepDream."""
+    scratch = workspace[0]
+    home = scratch / "artist"
+    other = "3.0" if gimp.version != "3.0" else "3.2"
+    (home / ".config" / "GIMP" / other).mkdir(parents=True)
+    programs = (
+        gimp.root / "usr" / "bin"
+        if gimp.root
+        else Path(shutil.which("gimp-console-" + gimp.version)).parent
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "XDG_CONFIG_HOME"}
+    installed = subprocess.run(
+        [sys.executable, ROOT / "install.py", "--venv", sys.prefix, "--no-sample"],
+        env={**environment, "HOME": str(home), "DEEPDREAM_HOME": str(scratch / "artist-state"),
+             "PATH": f"{os.environ['PATH']}{os.pathsep}{programs}"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    for release in (gimp.version, other):
+        folder = home / ".config" / "GIMP" / release / "plug-ins" / "deepdream"
+        assert f"installed the GIMP plug-in in {folder}" in installed.stdout, installed.stdout
+    answer = scratch / "found.txt"
+    script = scratch / "find-deepdream.py"
+    script.write_text(
+        f"open({gimp.inside(answer)!r}, 'w').write("
+        "str(Gimp.get_pdb().procedure_exists('plug-in-deepdream')))\n"
+    )
+    command = gimp.batch_command(script, {"HOME": gimp.inside(home)})
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert answer.read_text() == "True", ran.stdout + ran.stderr
 
 
 def server_for_gimp(gimp: Gimp, server) -> dict[str, str]:  # noqa: ANN001
@@ -514,21 +557,34 @@ def test_an_unreachable_server_gives_a_clear_error_and_changes_nothing(gimp, wor
     nobody = f"ipc://{gimp.inside(workspace[0])}/nobody.sock"
     report = run_gimp(gimp, workspace, [scenario], endpoint=nobody)["unreachable"]
     assert report["status"] == "execution-error"
-    assert f"No dream server answered at {nobody}" in report["message"]
+    assert report["message"] == (
+        f"No dream server is running at {nobody}, where DEEPDREAM_ENDPOINT points: start "
+        "`dream-server` there, or unset DEEPDREAM_ENDPOINT so that DeepDream starts its own."
+    )
     assert report["layers_after"] == report["layers_before"]
 
 
 ARTIFACTS = ROOT / "test-artifacts" / "gimp-gui"
-NO_STARTUP_DIALOGS = "(color-profile-policy keep)\n(show-welcome-dialog no)\n(show-tips no)\n"
+NO_STARTUP_DIALOGS = (
+    "(color-profile-policy keep)\n(show-welcome-dialog no)\n(show-tips no)\n"
+    # GIMP's usual title, and the active layer's name, which a test reads as a person would
+    '(image-title-format "%D*%f-%p.%i (%t, %L) %wx%h [%n]")\n'
+)
+SCREEN = (1366, 768)
+"""A laptop's screen: every dialog must fit on it whole."""
+WIDGET_MAP = ROOT / "tests" / "gimp" / "widget_map"
 
 
 class Screen:
-    """GIMP's GUI on a virtual X screen, driven with xdotool like a person at the keyboard."""
+    """GIMP's GUI on a virtual X screen, driven with xdotool like a person at the keyboard and
+    mouse; the plug-in's widgets are found by their words (tests/gimp/widget_map), wherever the
+    theme puts them."""
 
     def __init__(self, gimp: Gimp, display: str, scratch: Path) -> None:
         self.gimp = gimp
         self.display = display
         self.scratch = scratch
+        self.map_file = scratch / "widgets.json"
 
     def tool(self, program: str, *args: str, check: bool = True) -> str:
         command = self.gimp.command(program, list(args), {"DISPLAY": self.display})
@@ -556,11 +612,6 @@ class Screen:
             self.tool("xdotool", "key", "--window", window, key)
             time.sleep(0.6)
 
-    def click(self, window: str, x: int, y: int) -> None:
-        """A left click at (x, y) in the window."""
-        self.tool("xdotool", "mousemove", "--window", window, str(x), str(y), "click", "1")
-        time.sleep(0.6)
-
     def type(self, window: str, text: str) -> None:
         self.tool("xdotool", "type", "--window", window, "--delay", "50", text)
         time.sleep(0.6)
@@ -568,54 +619,143 @@ class Screen:
     def screenshot(self, name: str) -> None:
         self.tool("import", "-window", "root", self.gimp.inside(self.scratch / name))
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.scratch / name, ARTIFACTS / name)
+        shutil.copy(self.scratch / name, ARTIFACTS / f"{self.gimp.version}-{name}")
 
-    def grab(self, window: str, box: tuple[int, int, int, int]) -> np.ndarray:
-        """The pixels shown in a box (x, y, width, height) of the window."""
+    def grab(self, box: list[int]) -> np.ndarray:
+        """The pixels shown in a box (x, y, width, height) of the screen."""
         x, y, width, height = box
         path = self.scratch / "grab.png"
-        self.tool("import", "-window", window, "-crop", f"{width}x{height}+{x}+{y}", "+repage",
+        self.tool("import", "-window", "root", "-crop", f"{width}x{height}+{x}+{y}", "+repage",
                   self.gimp.inside(path))  # fmt: skip
         return np.asarray(Image.open(path).convert("RGB"), np.float32)
+
+    # -- the plug-in's widgets, by their words ----------------------------------------------
+
+    def dialog(self, title: str, timeout: float = 30) -> dict:
+        """The plug-in's window of that title as its widget map last described it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                for window in json.loads(self.map_file.read_text())["windows"]:
+                    if window["title"] == title:
+                        return window
+            time.sleep(0.25)
+        raise AssertionError(f"the plug-in shows no window titled '{title}'")
+
+    def fresh_dialog(self, title: str) -> dict:
+        """The window as described after this moment (what a person sees now)."""
+        asked = time.time()
+        while True:
+            window = self.dialog(title)
+            if json.loads(self.map_file.read_text())["time"] > asked + 0.1:
+                return window
+            time.sleep(0.2)
+
+    def control(self, title: str, words: str) -> dict:
+        """The widget a person means by these words: the one a label of those words names (its
+        mnemonic widget, else the first control beside it), or a button that says them."""
+        widgets = self.fresh_dialog(title)["widgets"]
+        by_id = {widget["id"]: widget for widget in widgets}
+        for widget in widgets:
+            if widget.get("text") != words:
+                continue
+            if widget["type"] != "Label":  # it carries its own words: a button, a spin scale
+                return widget
+            if "for" in widget and widget["for"] in by_id:
+                return by_id[widget["for"]]
+            beside = [w for w in widgets if w["parent"] == widget["parent"]
+                      and w["id"] != widget["id"] and w["type"] != "Label"]  # fmt: skip
+            return beside[0] if beside else widget
+        raise AssertionError(f"no control '{words}' in '{title}': " + ", ".join(
+            sorted({w["text"] for w in widgets if w.get("text")})))  # fmt: skip
+
+    def widget_of_type(self, title: str, kind: str) -> dict:
+        return next(w for w in self.fresh_dialog(title)["widgets"] if w["type"] == kind)
+
+    def click(self, widget: dict) -> None:
+        """A left click in the middle of the widget."""
+        x, y, width, height = widget["box"]
+        self.tool("xdotool", "mousemove", str(x + width // 2), str(y + height // 2), "click", "1")
+        time.sleep(0.6)
+
+    def choose(self, title: str, words: str, value: str) -> None:
+        """Pick a value of the choice that these words name, from its list, with the keys."""
+        for _ in range(12):
+            combo = self.control(title, words)
+            if combo.get("value") == value:
+                return
+            self.click(combo)  # opens the list on the current entry
+            self.tool("xdotool", "key", "Down", "Return")
+            time.sleep(0.6)
+        raise AssertionError(f"'{value}' could not be chosen in '{words}'")
+
+
+def gimp_warnings(log: Path) -> list[str]:
+    """What GIMP printed from or about the plug-in that a terminal would show: warnings and
+    CRITICALs."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [line for line in lines
+            if any(mark in line for mark in ("WARNING", "CRITICAL", "Warning", "mnemonic",
+                                             "does not exist", "Traceback"))
+            and ("deepdream" in line.lower() or "gimp_procedure" in line or "mnemonic" in line
+                 or "_gimp_pdb" in line or "Traceback" in line)]  # fmt: skip
 
 
 @contextlib.contextmanager
 def gimp_gui(gimp: Gimp, workspace, display: str):
-    """GIMP's GUI with the cat open, on a virtual screen of its own, talking to the test's
-    server; everything it started ends with it."""
+    """GIMP's GUI with the cat open, on a laptop-sized virtual screen of its own, talking to
+    the test's server; everything it started ends with it. What GIMP prints goes to
+    gimp-gui.log, read by the tests."""
     scratch, profile, server = workspace
     (profile / "gimprc").write_text(NO_STARTUP_DIALOGS)
+    for settings in (profile / "plug-in-settings").glob("plug-in-deepdream*"):
+        settings.unlink()  # each test starts from the defaults
+    widget_map = scratch / "widget_map"
+    shutil.copytree(WIDGET_MAP, widget_map, dirs_exist_ok=True)
+    screen = Screen(gimp, display, scratch)
+    screen.map_file.unlink(missing_ok=True)
     environment = {
         "HOME": gimp.inside(scratch / "home"),
         "DISPLAY": display,
         "GIMP3_DIRECTORY": gimp.inside(profile),
+        "PYTHONPATH": gimp.inside(widget_map),
+        "DEEPDREAM_WIDGET_MAP": gimp.inside(screen.map_file),
         **server_for_gimp(gimp, server),
     }
+    width, height = SCREEN
     xvfb = subprocess.Popen(
-        gimp.command("Xvfb", [display, "-screen", "0", "1600x1000x24", "-nolisten", "tcp"], {}),
+        gimp.command(
+            "Xvfb", [display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"], {}
+        ),  # fmt: skip
         start_new_session=True,
     )
     time.sleep(1)
+    log = open(scratch / "gimp-gui.log", "w")  # noqa: SIM115 - closed when GIMP has ended
     app = subprocess.Popen(
-        gimp.command(
-            "gimp-3.0", ["--no-splash", gimp.inside(scratch / "chelsea.png")], environment
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        gimp.gui_command(["--no-splash", gimp.inside(scratch / "chelsea.png")], environment),
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    screen = Screen(gimp, display, scratch)
     try:
         yield screen
     finally:
         end_session(app)
         end_session(xvfb)
+        log.close()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(scratch / "gimp-gui.log", ARTIFACTS / f"{gimp.version}-gimp{display[1:]}.log")
+
+
+def fits_the_screen(window: dict) -> bool:
+    x, y, width, height = window["box"]
+    return x >= 0 and y >= 0 and x + width <= SCREEN[0] and y + height <= SCREEN[1]
 
 
 def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp, workspace):
     with gimp_gui(gimp, workspace, ":97") as screen:
         main = screen.wait_for_window("1 layer)")
-        screen.tool("xdotool", "mousemove", "1590", "990")  # no tooltips over the menus
+        screen.tool("xdotool", "mousemove", "1360", "760")  # no tooltips over the menus
         screen.screenshot("1-opened.png")
         screen.keys(main, "alt+r", "a")  # Filters > Artistic, by their mnemonics
         screen.screenshot("2-filters-artistic.png")
@@ -637,16 +777,15 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         screen.keys(main, "alt+f", "Down", "Right")  # File > Create
         screen.screenshot("8-file-create.png")
         screen.keys(main, "f")  # DeepDream Feature Visualization...
-        screen.wait_for_window("DeepDream Feature Visualization", timeout=30)
-        screen.screenshot("9-visualize-dialog.png")  # no run mode, plain words
-
-
-# Where things are in the DeepDream dialog, in its window's pixels (GIMP 3.0's default theme).
-PREVIEW_AREA = (30, 30, 160, 160)
-PREVIEW_TOGGLE = (24, 241)
-PRESET_CHOICE = (300, 314)
-LAYERS_ENTRY = (300, 386)
-FRAMES_NUMBER = (345, 47)  # in the DeepDream Zoom dialog
+        title = "DeepDream Feature Visualization"
+        screen.wait_for_window(title, timeout=30)
+        screen.click(screen.control(title, "Advanced"))
+        screen.screenshot("9-visualize-dialog.png")  # grouped, in plain words
+        visualize = screen.fresh_dialog(title)
+        words = {widget.get("text") for widget in visualize["widgets"]}
+        assert {"What to show", "Pictures", "Their look", "Broad shapes"} <= words
+        assert fits_the_screen(visualize), visualize["box"]
+    assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
 
 def jobs_done(server) -> int:  # noqa: ANN001
@@ -681,57 +820,95 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
         dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
         done = wait_for_a_new_job(server, done)  # the dialog opens with a preview
         screen.screenshot("preview-1-animals.png")
-        animals = screen.grab(dialog, PREVIEW_AREA)
+        area = screen.widget_of_type("DeepDream", "PreviewArea")["box"]
+        animals = screen.grab(area)
 
-        screen.click(dialog, *PREVIEW_TOGGLE)  # the preview off: the layer as it is
+        screen.click(screen.control("DeepDream", "Preview"))  # off: the layer as it is
         screen.screenshot("preview-2-off.png")
-        original = screen.grab(dialog, PREVIEW_AREA)
+        original = screen.grab(area)
         # A dream moves pixels by about 10 levels in 255 on average; the same pixels by 0.
         assert np.abs(animals - original).mean() > 5
 
-        screen.click(dialog, *PRESET_CHOICE)
-        screen.keys(dialog, "Down", "Return")  # animals -> objects
+        screen.choose("DeepDream", "Preset", "objects")
         time.sleep(2)
         assert jobs_done(server) == done  # no preview asked for while it is off
-        assert np.array_equal(screen.grab(dialog, PREVIEW_AREA), original)
+        assert np.array_equal(screen.grab(area), original)
 
-        screen.click(dialog, *PREVIEW_TOGGLE)  # on again: the objects' dream
+        screen.click(screen.control("DeepDream", "Preview"))  # on again: the objects' dream
         done = wait_for_a_new_job(server, done)
         screen.screenshot("preview-3-objects.png")
-        objects = screen.grab(dialog, PREVIEW_AREA)
+        objects = screen.grab(area)
         assert np.abs(objects - original).mean() > 5
         assert np.abs(objects - animals).mean() > 3  # another look
 
-        screen.click(dialog, *LAYERS_ENTRY)
+        screen.click(screen.control("DeepDream", "Layers"))
         screen.type(dialog, "block99")
+        assert screen.control("DeepDream", "Preset")["value"] == "custom"  # what is dreamed
+        screen.click(screen.control("DeepDream", "Advanced"))
         screen.keys(dialog, "alt+o")  # OK: the server refuses the layers, the dialog stays
         time.sleep(3)
         screen.screenshot("preview-4-wrong-layers.png")
-        assert screen.window_titles().get(dialog) == "DeepDream"
-        assert any(title.endswith("1 layer) 451x300 – GIMP") or "1 layer)" in title
-                   for title in screen.window_titles().values())  # fmt: skip
+        shown = screen.fresh_dialog("DeepDream")
+        refusal = [w["text"] for w in shown["widgets"] if "block99" in w.get("text", "")]
+        assert refusal, "the server's refusal is not shown"
+        assert fits_the_screen(shown), f"{shown['box']} is not on a {SCREEN} screen"
+        assert "1 layer)" in screen.window_titles()[main]
 
-        screen.click(dialog, *LAYERS_ENTRY)
-        screen.keys(dialog, "ctrl+a", "BackSpace", "alt+o")  # mended: OK dreams
+        screen.click(screen.control("DeepDream", "Layers"))
+        screen.keys(dialog, "ctrl+a", "BackSpace")  # mended: the refusal goes
+        time.sleep(1)
+        shown = screen.fresh_dialog("DeepDream")
+        assert not [w for w in shown["widgets"] if "block99" in w.get("text", "")]
+        assert screen.control("DeepDream", "Preset")["value"] == "objects"  # as chosen before
+        screen.click(screen.control("DeepDream", "OK"))
         screen.wait_for_window("2 layers)")
         screen.screenshot("preview-5-dreamed.png")
-        screen.keys(main, "ctrl+z")
-        screen.wait_for_window("1 layer)", timeout=20)
+        assert "[objects 4x10 · DeepDream" in screen.window_titles()[main]
+    assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
+
+
+def test_layers_typed_once_never_override_a_preset_chosen_later(gimp, workspace):
+    with gimp_gui(gimp, workspace, ":94") as screen:
+        main = screen.wait_for_window("1 layer)")
+        screen.keys(main, "alt+r", "a", "d")
+        dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
+        screen.click(screen.control("DeepDream", "Layers"))
+        screen.type(dialog, "block7")
+        assert screen.control("DeepDream", "Preset")["value"] == "custom"
+        screen.click(screen.control("DeepDream", "OK"))
+        screen.wait_for_window("2 layers)")
+        assert "[block7 4x10 · DeepDream" in screen.window_titles()[main]
+
+        screen.keys(main, "alt+r", "a", "d")  # opens with the values just used
+        dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
+        assert screen.control("DeepDream", "Layers")["value"] == "block7"
+        assert screen.control("DeepDream", "Preset")["value"] == "custom"
+        screen.choose("DeepDream", "Preset", "objects")
+        assert screen.control("DeepDream", "Layers")["value"] == ""
+        screen.screenshot("presets-objects-chosen.png")
+        screen.click(screen.control("DeepDream", "OK"))
+        screen.wait_for_window("3 layers)")
+        assert "[objects 4x10 · DeepDream" in screen.window_titles()[main]
+    assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
 
 def test_in_the_gui_the_zoom_dialog_makes_a_new_image_of_frames(gimp, workspace):
     with gimp_gui(gimp, workspace, ":95") as screen:
         main = screen.wait_for_window("1 layer)")
-        screen.tool("xdotool", "mousemove", "1590", "990")
+        screen.tool("xdotool", "mousemove", "1360", "760")
         screen.keys(main, "alt+r", "i")  # Filters > Animation
         screen.screenshot("zoom-1-filters-animation.png")
         screen.keys(main, "z")  # DeepDream Zoom...
         dialog = screen.wait_for_window("DeepDream Zoom", timeout=30, exact=True)
-        screen.click(dialog, *FRAMES_NUMBER)  # into the number, as a person edits it
-        screen.keys(dialog, "ctrl+a")
+        frames = screen.control("DeepDream Zoom", "Frames")
+        screen.keys(dialog, "alt+" + frames["label"][frames["label"].index("_") + 1].lower())
+        screen.keys(dialog, "ctrl+a")  # into the number by its Alt+key, as a person edits it
         screen.type(dialog, "3")
         screen.keys(dialog, "Tab")
+        screen.click(screen.control("DeepDream Zoom", "Advanced"))
         screen.screenshot("zoom-2-dialog.png")
+        assert fits_the_screen(screen.fresh_dialog("DeepDream Zoom"))
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("3 layers)")  # a new image, a layer per frame
         screen.screenshot("zoom-3-frames.png")
+    assert gimp_warnings(workspace[0] / "gimp-gui.log") == []

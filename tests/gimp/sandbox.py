@@ -1,38 +1,53 @@
-"""A real GIMP 3 for the tests: the system's, or one in a Debian 13 root built once and reused.
+"""Real GIMP 3s for the tests: each released line in a Debian root built once and reused.
 
-Debian 13 ships GIMP 3 (`apt-get install gimp`); on Debian 12, whose GIMP is 2.10, GIMP 3 runs
-from a Debian 13 root made with debootstrap (needs root and the Debian mirror). The root lives
-in /var/tmp (`DEEPDREAM_GIMP_ROOT` moves it) so that later runs on the same machine reuse it.
+Debian 13 (trixie) ships GIMP 3.0 and Debian sid ships GIMP 3.2: a root of each, made with
+debootstrap (needs root and the Debian mirror), gives the tests both GIMPs that artists run,
+whatever this machine's own Debian is. The roots live in /var/tmp (`DEEPDREAM_GIMP_ROOTS` moves
+them) so that later runs on the same machine reuse them. Which GIMP a root holds is read from
+its binaries (`gimp-console-3.2`), never written down here.
 
-    python3 tests/gimp/sandbox.py          # make sure a GIMP 3 is there; print how to run it
+    python3 tests/gimp/sandbox.py          # make sure every root is there
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PACKAGES = [
     "gimp", "python3-gi", "gir1.2-gimp-3.0", "python3-zmq",
     "xvfb", "xauth", "xdotool", "imagemagick", "x11-utils",
 ]  # fmt: skip
-SUITE = "trixie"
+SUITES = ("trixie", "sid")
+"""Debian 13, whose GIMP is 3.0, and Debian's next release, whose GIMP is 3.2."""
 MIRROR = "http://deb.debian.org/debian"
 READY_MARK = ".deepdream-gimp-ready"
+CONSOLE = re.compile(r"gimp-console-(3\.\d+)$")
 
 
-def root_dir() -> Path:
-    return Path(os.environ.get("DEEPDREAM_GIMP_ROOT", "/var/tmp/deepdream-gimp3-root"))
+def roots_dir() -> Path:
+    return Path(os.environ.get("DEEPDREAM_GIMP_ROOTS", "/var/tmp"))
+
+
+def root_dir(suite: str) -> Path:
+    return roots_dir() / f"deepdream-gimp-{suite}"
 
 
 class Gimp:
-    """How to run GIMP 3 and where it sees files: `host_dir` on this machine is `inside(...)`."""
+    """How to run one GIMP 3 and where it sees files: `host_dir` on this machine is
+    `inside(...)` for GIMP."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, version: str) -> None:
         self.root = root
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"GIMP {self.version}" + (f" in {self.root}" if self.root else "")
 
     def inside(self, path: Path) -> str:
         """The path as GIMP sees it."""
@@ -55,7 +70,10 @@ class Gimp:
         """gimp-console running a Python script (a path GIMP can see) and quitting."""
         code = f"exec(open({self.inside(script)!r}).read())"
         args = ["-i", "--quit", "--batch-interpreter", "python-fu-eval", "-b", code]
-        return self.command("gimp-console-3.0", args, environment)
+        return self.command(f"gimp-console-{self.version}", args, environment)
+
+    def gui_command(self, args: list[str], environment: dict[str, str]) -> list[str]:
+        return self.command(f"gimp-{self.version}", args, environment)
 
     def command(self, program: str, args: list[str], environment: dict[str, str]) -> list[str]:
         assignments = [f"{key}={value}" for key, value in environment.items()]
@@ -83,34 +101,66 @@ def install_plugin(profile: Path, home: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def find_gimp(build: bool = False) -> Gimp | None:
-    """The system's GIMP 3, else the Debian 13 root (built first when `build`), else None."""
-    if shutil.which("gimp-console-3.0"):
-        return Gimp(None)
-    root = root_dir()
-    if not (root / READY_MARK).exists():
-        if not build:
-            return None
-        build_root(root)
-    mount_system_dirs(root)
-    return Gimp(root)
+def console_version(bin_dir: Path) -> str | None:
+    """The GIMP 3 version whose `gimp-console-3.N` is in the folder."""
+    found = [match.group(1) for program in sorted(bin_dir.glob("gimp-console-3.*"))
+             if (match := CONSOLE.match(program.name))]  # fmt: skip
+    return found[-1] if found else None
 
 
-def build_root(root: Path) -> None:
-    if os.geteuid() != 0:
-        raise SystemExit(f"Building the GIMP 3 root in {root} needs root.")
-    if not shutil.which("debootstrap"):
-        run(["apt-get", "update", "-q"])
-        run(["apt-get", "install", "-y", "-q", "debootstrap"])
+def find_gimps(build: bool = False) -> list[Gimp]:
+    """The tests' GIMP 3s: one per Debian root (built first when `build`; the roots build side
+    by side), and the system's own where it has one."""
+    missing = [s for s in SUITES if not (root_dir(s) / READY_MARK).exists()]
+    if build and missing:
+        if os.geteuid() != 0:
+            raise SystemExit(f"Building the GIMP roots in {roots_dir()} needs root.")
+        if not shutil.which("debootstrap"):
+            run(["apt-get", "update", "-q"])
+            run(["apt-get", "install", "-y", "-q", "debootstrap"])
+        with ThreadPoolExecutor(len(missing)) as pool:
+            list(pool.map(build_root, missing))
+    gimps = []
+    system = next((v for v in map(console_version, system_bin_dirs()) if v), None)
+    if system is not None:
+        gimps.append(Gimp(None, system))
+    for gimp in ready_roots():
+        if gimp.version != system:
+            mount_system_dirs(gimp.root)
+            gimps.append(gimp)
+    return gimps
+
+
+def ready_roots() -> list[Gimp]:
+    """The roots built so far, with the GIMP each holds (not yet ready to run: see find_gimps)."""
+    ready = []
+    for suite in SUITES:
+        root = root_dir(suite)
+        version = console_version(root / "usr" / "bin")
+        if (root / READY_MARK).exists() and version:
+            ready.append(Gimp(root, version))
+    return ready
+
+
+def system_bin_dirs() -> list[Path]:
+    return [Path(folder) for folder in os.environ.get("PATH", "").split(os.pathsep) if folder]
+
+
+def build_root(suite: str) -> None:
+    root = root_dir(suite)
     if root.exists():
         unmount_system_dirs(root)
         shutil.rmtree(root)
-    print(
-        f"[gimp] building a Debian 13 root with GIMP 3 in {root} (a few minutes, once)", flush=True
-    )
-    run(["debootstrap", "--variant=minbase", SUITE, str(root), MIRROR])
+    print(f"[gimp] building a Debian {suite} root with its GIMP in {root} (a few minutes, once)",
+          flush=True)  # fmt: skip
+    run(["debootstrap", "--variant=minbase", suite, str(root), MIRROR])
     mount_system_dirs(root)
     shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
+    # A mirror may serve sid's index a while after its Valid-Until: for a test root, that is
+    # better than no root at all.
+    (root / "etc" / "apt" / "apt.conf.d" / "99deepdream").write_text(
+        'Acquire::Check-Valid-Until "false";\n'
+    )
     chroot = ["chroot", str(root), "env", "DEBIAN_FRONTEND=noninteractive"]
     run([*chroot, "apt-get", "update", "-q"])
     run([*chroot, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES])
@@ -137,6 +187,5 @@ def run(command: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    gimp = find_gimp(build=True)
-    where = "the system" if gimp.root is None else f"the Debian 13 root in {gimp.root}"
-    print(f"[gimp] GIMP 3 is ready in {where}")
+    for gimp in find_gimps(build=True):
+        print(f"[gimp] ready: {gimp}")
