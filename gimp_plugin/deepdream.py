@@ -212,8 +212,10 @@ DREAM_LAYOUT = Layout(
     (("what", "What to dream", ("preset", "layers", "model")),
      ("how-much", "How much", ("strength", "steps", "octaves", "keep-colors")),
      ("result", "The result", ("selection-mode",))),
-    left=("preview", "advanced"),
-    right=("what", "how-much", "result", "problem"),
+    # one column: beside the settings, the preview resized itself with every status line and
+    # never showed a dream (seen in GIMP 3.0.4)
+    left=("preview", "what", "how-much", "result", "advanced", "problem"),
+    right=(),
 )  # fmt: skip
 ZOOM_LAYOUT = Layout(
     "DeepDream Zoom",
@@ -256,7 +258,7 @@ def dream_dialog(procedure, config, layout, drawable=None, check=None):
             dialog.get_widget(argument.name, GimpUi.SpinScale.__gtype__)
         elif argument.name in names and isinstance(argument, Gimp.ParamChoice):
             # a list also for two choices, which GIMP 3.2 makes radio buttons without Alt+keys
-            dialog.get_widget(argument.name, GimpUi.StringComboBox.__gtype__)
+            dialog.get_widget(argument.name, Gtk.ComboBox.__gtype__)
     grouped = {name for _, _, members in layout.groups for name in members}
     advanced = [name for name in names if name not in grouped]
     for group_id, group_title, members in (*layout.groups, ("advanced", "Advanced", advanced)):
@@ -271,7 +273,8 @@ def dream_dialog(procedure, config, layout, drawable=None, check=None):
                    (("preview", "preview-status") if item == "preview" else (item,))
                    if shown not in ("preview", "preview-status") or live is not None]  # fmt: skip
         dialog.fill_box(f"column-{index}", members).set_spacing(8)
-    columns = dialog.fill_box("columns", ["column-0", "column-1"])
+    used = [f"column-{index}" for index, column in enumerate(layout.columns) if column]
+    columns = dialog.fill_box("columns", used)
     columns.set_orientation(Gtk.Orientation.HORIZONTAL)
     columns.set_spacing(16)
     dialog.fill(["columns"])
@@ -325,9 +328,12 @@ def tie_layers_to_custom(config):
 
 def wrapped(label):
     """A label that wraps its lines (a server's message can be long) instead of widening the
-    dialog past the screen."""
+    dialog past the screen, and keeps its width."""
     label.set_line_wrap(True)
-    label.set_max_width_chars(44)
+    # as wide whatever it says: a column that changed width would resize the preview, which
+    # then draws the layer again and asks for a new dream
+    label.set_width_chars(40)
+    label.set_max_width_chars(40)
     label.set_xalign(0.0)
     return label
 
@@ -376,17 +382,8 @@ class DreamPreview:
         self._settling = None
         self._shown = None
         self._params = dream_params(config, load_parameters())
-        self._centre_on_selection()
         self.widget.connect("invalidated", self._ask)  # opened, scrolled, switched on
         self._notify = config.connect("notify", self._setting_changed)
-
-    def _centre_on_selection(self):
-        """Open on the middle of the selection (of the layer without one), where the subject
-        usually is, rather than on its top-left corner."""
-        _, x, y, width, height = self.drawable.mask_intersect()
-        shown_width, shown_height = self.widget.get_size()
-        self.widget.set_position(max(0, x + (width - shown_width) // 2),
-                                 max(0, y + (height - shown_height) // 2))  # fmt: skip
 
     def _setting_changed(self, *_):
         """Show the layer as it is at once (the dream shown was of other settings), and ask

@@ -1,6 +1,6 @@
 """Loaded by the plug-ins' Python in the GUI tests (this folder is on their PYTHONPATH): twice a
 second it writes where each widget of the plug-in's open windows is on the screen, with its words
-(label, accessible name, tooltip), so that a test finds a widget as a person does, by what it
+(label, tooltip), so that a test finds a widget as a person does, by what it
 says, and clicks it wherever the theme put it.
 
 It waits until the plug-in has loaded GTK itself (it never chooses GTK's version) and writes
@@ -26,9 +26,6 @@ def _describe(widget, toplevel, origin, parent_id):
     if position is not None:
         entry["box"] = [origin[0] + position[0], origin[1] + position[1], allocation.width,
                         allocation.height]  # fmt: skip
-    accessible = widget.get_accessible()
-    if accessible is not None and accessible.get_name():
-        entry["accessible"] = accessible.get_name()
     if widget.get_tooltip_text():
         entry["tooltip"] = widget.get_tooltip_text()
     if isinstance(widget, Gtk.Label):
