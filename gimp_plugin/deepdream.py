@@ -212,10 +212,8 @@ DREAM_LAYOUT = Layout(
     (("what", "What to dream", ("preset", "layers", "model")),
      ("how-much", "How much", ("strength", "steps", "octaves", "keep-colors")),
      ("result", "The result", ("selection-mode",))),
-    # one column: beside the settings, the preview resized itself with every status line and
-    # never showed a dream (seen in GIMP 3.0.4)
-    left=("preview", "what", "how-much", "result", "advanced", "problem"),
-    right=(),
+    left=("preview", "advanced"),
+    right=("what", "how-much", "result", "problem"),
 )  # fmt: skip
 ZOOM_LAYOUT = Layout(
     "DeepDream Zoom",
@@ -371,6 +369,12 @@ class DreamPreview:
         self.config = config
         self.drawable = drawable
         self.widget = dialog.get_drawable_preview("preview", drawable)
+        # Its own size, whatever its column does: a preview that grows draws the layer again
+        # and asks for a new dream, which, beside settings that re-flow, never ends.
+        self.widget.set_hexpand(False)
+        self.widget.set_vexpand(False)
+        self.widget.set_halign(Gtk.Align.START)
+        self.widget.set_valign(Gtk.Align.START)
         self.status = wrapped(dialog.get_label("preview-status", PREVIEW_NOTE, False, False))
         self.babl_format, self.channels = preview_format(drawable)
         self._wanted = None

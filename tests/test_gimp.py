@@ -613,7 +613,9 @@ class Screen:
             time.sleep(0.6)
 
     def type(self, window: str, text: str) -> None:
-        self.tool("xdotool", "type", "--window", window, "--delay", "50", text)
+        """Type into the focused widget of the window, as a keyboard does."""
+        self.tool("xdotool", "windowfocus", window)
+        self.tool("xdotool", "type", "--delay", "50", text)
         time.sleep(0.6)
 
     def screenshot(self, name: str) -> None:
@@ -659,6 +661,9 @@ class Screen:
         for widget in widgets:
             if widget.get("text") != words:
                 continue
+            inside = [w for w in widgets if w["parent"] == widget["id"] and w["type"] != "Label"]
+            if widget["type"].startswith("Label") and widget["type"] != "Label" and inside:
+                return inside[0]  # GIMP's labelled widgets: the control beside their label
             if widget["type"] != "Label":  # it carries its own words: a button, a spin scale
                 return widget
             if "for" in widget and widget["for"] in by_id:
@@ -678,19 +683,25 @@ class Screen:
         self.tool("xdotool", "mousemove", str(x + width // 2), str(y + height // 2), "click", "1")
         time.sleep(0.6)
 
-    def choose(self, title: str, words: str, value: str) -> None:
-        """Pick a value of the choice that these words name, from its list, with the keys."""
+    def alt_key(self, title: str, words: str) -> str:
+        """The Alt+key that the label of these words underlines."""
+        label = next(w["label"] for w in self.fresh_dialog(title)["widgets"]
+                     if w.get("text") == words and "_" in w.get("label", ""))  # fmt: skip
+        return "alt+" + label[label.index("_") + 1].lower()
+
+    def choose(self, title: str, words: str, value: str, window: str) -> None:
+        """Pick a value of the choice that these words name, from the keyboard: its Alt+key,
+        then the arrow keys, one step at a time, the other way at the end of the list."""
+        self.keys(window, self.alt_key(title, words))
         direction, before = "Down", None
         for _ in range(24):
-            combo = self.control(title, words)
-            if combo.get("value") == value:
+            now = self.control(title, words).get("value")
+            if now == value:
                 return
-            if combo.get("value") == before:  # the end of the list: the other way
+            if now == before:  # the end of the list: the other way
                 direction = "Up"
-            before = combo.get("value")
-            self.click(combo)  # opens the list on the current entry
-            self.tool("xdotool", "key", direction, "Return")
-            time.sleep(0.6)
+            before = now
+            self.keys(window, direction)
         raise AssertionError(f"'{value}' could not be chosen in '{words}'")
 
 
@@ -749,6 +760,8 @@ def gimp_gui(gimp: Gimp, workspace, display: str):
         log.close()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(scratch / "gimp-gui.log", ARTIFACTS / f"{gimp.version}-gimp{display[1:]}.log")
+        if screen.map_file.exists():
+            shutil.copy(screen.map_file, ARTIFACTS / f"{gimp.version}-widgets{display[1:]}.json")
 
 
 def fits_the_screen(window: dict) -> bool:
@@ -833,7 +846,7 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
         # A dream moves pixels by about 10 levels in 255 on average; the same pixels by 0.
         assert np.abs(animals - original).mean() > 5
 
-        screen.choose("DeepDream", "Preset", "objects")
+        screen.choose("DeepDream", "Preset", "objects", dialog)
         time.sleep(2)
         assert jobs_done(server) == done  # no preview asked for while it is off
         assert np.array_equal(screen.grab(area), original)
@@ -847,6 +860,7 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
 
         screen.click(screen.control("DeepDream", "Layers"))
         screen.type(dialog, "block99")
+        screen.keys(dialog, "Tab")  # on to the next setting
         assert screen.control("DeepDream", "Preset")["value"] == "custom"  # what is dreamed
         screen.click(screen.control("DeepDream", "Advanced"))
         screen.keys(dialog, "alt+o")  # OK: the server refuses the layers, the dialog stays
@@ -855,6 +869,7 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
         shown = screen.fresh_dialog("DeepDream")
         refusal = [w["text"] for w in shown["widgets"] if "block99" in w.get("text", "")]
         assert refusal, "the server's refusal is not shown"
+        assert fits_the_screen(shown), f"{shown['box']} is not on a {SCREEN} screen"
         assert "1 layer)" in screen.window_titles()[main]
 
         screen.click(screen.control("DeepDream", "Layers"))
@@ -877,6 +892,7 @@ def test_layers_typed_once_never_override_a_preset_chosen_later(gimp, workspace)
         dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
         screen.click(screen.control("DeepDream", "Layers"))
         screen.type(dialog, "block7")
+        screen.keys(dialog, "Tab")
         assert screen.control("DeepDream", "Preset")["value"] == "custom"
         screen.click(screen.control("DeepDream", "OK"))
         screen.wait_for_window("2 layers)")
@@ -886,7 +902,7 @@ def test_layers_typed_once_never_override_a_preset_chosen_later(gimp, workspace)
         dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
         assert screen.control("DeepDream", "Layers")["value"] == "block7"
         assert screen.control("DeepDream", "Preset")["value"] == "custom"
-        screen.choose("DeepDream", "Preset", "objects")
+        screen.choose("DeepDream", "Preset", "objects", dialog)
         assert screen.control("DeepDream", "Layers")["value"] == ""
         screen.screenshot("presets-objects-chosen.png")
         screen.click(screen.control("DeepDream", "OK"))

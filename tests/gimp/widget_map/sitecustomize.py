@@ -17,7 +17,7 @@ MAP_FILE = os.environ.get("DEEPDREAM_WIDGET_MAP")
 
 
 def _describe(widget, toplevel, origin, parent_id):
-    from gi.repository import Gtk
+    from gi.repository import GimpUi, Gtk
 
     entry = {"id": id(widget), "parent": parent_id, "type": type(widget).__name__,
              "name": widget.get_name(), "sensitive": widget.is_sensitive()}  # fmt: skip
@@ -43,33 +43,36 @@ def _describe(widget, toplevel, origin, parent_id):
         entry["active"] = widget.get_active()
     if isinstance(widget, Gtk.Entry):
         entry["value"] = widget.get_text()
-    if isinstance(widget, Gtk.ComboBox) and widget.get_active_id() is not None:
+    if isinstance(widget, GimpUi.StringComboBox):
+        entry["value"] = GimpUi.StringComboBox.get_active(widget)
+    elif isinstance(widget, Gtk.ComboBox) and widget.get_active_id() is not None:
         entry["value"] = widget.get_active_id()
     return entry
 
 
-def _walk(widget, toplevel, origin, parent_id, found):
+def _walk(widget, toplevel, origin, parent_id, found, alive):
     from gi.repository import Gtk
 
     if not widget.get_mapped():
         return
+    alive.append(widget)  # a wrapper kept alive keeps its id: ids name widgets within a map
     found.append(_describe(widget, toplevel, origin, parent_id))
     if isinstance(widget, Gtk.Container):
         for child in widget.get_children():
-            _walk(child, toplevel, origin, id(widget), found)
+            _walk(child, toplevel, origin, id(widget), found, alive)
 
 
 def _write_map():
     from gi.repository import Gtk
 
-    windows = []
+    windows, alive = [], []
     for window in Gtk.Window.list_toplevels():
         gdk_window = window.get_window()
         if not window.get_mapped() or gdk_window is None:
             continue
         _, x, y = gdk_window.get_origin()
         widgets = []
-        _walk(window, window, (x, y), None, widgets)
+        _walk(window, window, (x, y), None, widgets, alive)
         box = [x, y, window.get_allocated_width(), window.get_allocated_height()]
         windows.append({"title": window.get_title() or "", "box": box, "widgets": widgets})
     partial = f"{MAP_FILE}.{os.getpid()}"
