@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from dream_wire import INSTALL_RECORD, EndpointRecord, ensure_state_dir, state_dir
+from dream_link.wire import INSTALL_RECORD, EndpointRecord, ensure_state_dir, state_dir
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VENV = ROOT / ".venv"
@@ -44,11 +44,8 @@ PYTEST_NO_TESTS = 5
 PLUGIN_NAME = "deepdream"
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
 """PyPI's torch for Windows runs on the CPU only; PyTorch's own index has the CUDA builds."""
-PLUGIN_FILES = ("gimp_plugin/deepdream.py", "dream_client.py",
-                "dream_zmtp.py", "dream_wire.py")  # fmt: skip
-"""Copied into the plug-in's folder: the plug-in, its client, and what the client shares with
-the server."""
-
+PLUGIN_PACKAGE = "dream_link"
+"""Standard library only: the client, its ZMTP, and the protocol it shares with the server."""
 
 GIMP_SERIES = "3"
 """The GIMP these plug-ins are for: every 3.x release, each with a profile folder of its own
@@ -155,18 +152,29 @@ def parameter_files(python: Path) -> dict[str, str]:
     }
 
 
+def plugin_contents(python: Path) -> dict[str, str]:
+    """What goes into the plug-in's folder, by path inside it: the plug-in, the package it
+    talks to the server with, and the parameter files its dialogs are built from."""
+    contents = {"deepdream.py": (ROOT / "gimp_plugin" / "deepdream.py").read_text()}
+    for module in sorted((ROOT / PLUGIN_PACKAGE).glob("*.py")):
+        contents[f"{PLUGIN_PACKAGE}/{module.name}"] = module.read_text()
+    contents.update(parameter_files(python))
+    return contents
+
+
 def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:
-    """Copy the plug-in into each profile's plug-ins folder (folder name = file name)."""
-    schemas = parameter_files(python)
+    """Write the plug-in into each profile's plug-ins folder (folder name = file name), in
+    place of what an earlier release put there."""
+    contents = plugin_contents(python)
     installed = []
     for profile in profiles:
         target = profile / "plug-ins" / PLUGIN_NAME
-        target.mkdir(parents=True, exist_ok=True)
-        for name in PLUGIN_FILES:
+        if target.is_dir():
+            shutil.rmtree(target)
+        for name, text in contents.items():
             # a fresh modification time: GIMP reads the procedures again, new settings and all
-            shutil.copy(ROOT / name, target / Path(name).name)
-        for file_name, schema in schemas.items():
-            (target / file_name).write_text(schema)
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            (target / name).write_text(text)
         (target / "deepdream.py").chmod(0o755)
         installed.append(target)
         say(f"installed the GIMP plug-in in {target}")
@@ -314,15 +322,13 @@ def check_gimp_python(gimp: GimpFound) -> bool:
     return True
 
 
-def plugin_state(profile: Path, schemas: dict[str, str] | None) -> str:
+def plugin_state(profile: Path, contents: dict[str, str] | None) -> str:
     """`installed and current`, `installed from another release: ...`, or `missing`."""
     folder = profile / "plug-ins" / PLUGIN_NAME
     if not (folder / "deepdream.py").exists():
         return "missing"
-    wanted = {Path(name).name: (ROOT / name).read_text() for name in PLUGIN_FILES}
-    wanted.update(schemas or {})
     stale = sorted(
-        name for name, text in wanted.items()
+        name for name, text in (contents or {}).items()
         if not (folder / name).exists() or (folder / name).read_text() != text
     )  # fmt: skip
     if stale:
@@ -409,7 +415,7 @@ def run_tests(python: Path, pytest_args: list[str]) -> int:
 
 def check(venv_dir: Path, given: list[Path] | None) -> int:
     python = venv_python(venv_dir)
-    schemas = parameter_files(python) if python.exists() else None
+    contents = plugin_contents(python) if python.exists() else None
     gimps = find_gimps(given)
     if not gimps:
         say(f"GIMP {GIMP_SERIES}: none found (installed with the system, as a Flatpak, or the "
@@ -418,7 +424,7 @@ def check(venv_dir: Path, given: list[Path] | None) -> int:
         if gimp.profile is None:
             say(f"{gimp.describe()}: the tests install the plug-in into profiles of their own")
         else:
-            state = plugin_state(gimp.profile, schemas)
+            state = plugin_state(gimp.profile, contents)
             say(f"{gimp.describe()}: profile {gimp.profile}; the plug-in is {state}")
         if gimp.installed:
             check_gimp_python(gimp)

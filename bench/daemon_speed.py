@@ -2,7 +2,7 @@
 
 1. Round trip of a 4000x3000 RGBA u8 frame through the server with a no-op job (strength 0),
    against a plain copy of the same buffer (target: at most 3x the copy), with pyzmq and with
-   the standard library's ZMTP (dream_zmtp.py, what GIMPs without pyzmq use): through the
+   the standard library's ZMTP (dream_link/zmtp.py, what GIMPs without pyzmq use): through the
    default socket file, through TCP on the loopback (PLAIN: where there are no socket files),
    and through TCP encrypted with CURVE (pyzmq only: a server with keys, as a remote one has).
 2. Cold start: process start to `hello_ok`, with the default model (target: under 5 s).
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dream_client import Connection, DreamClient  # noqa: E402
+from dream_link.client import Connection, DreamClient  # noqa: E402
 
 
 def start_server(home: Path, *options: str) -> tuple[subprocess.Popen, float, Connection]:

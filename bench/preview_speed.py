@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon_speed import start_server  # noqa: E402
 
-from dream_client import DreamClient  # noqa: E402
-from dream_wire import DreamCancelled  # noqa: E402
+from dream_link.client import DreamClient  # noqa: E402
+from dream_link.wire import DreamCancelled  # noqa: E402
 
 AREA, CONTEXT = 256, 32  # the plug-in's PREVIEW_CONTEXT
 OPEN_SETTLE_S, CHANGE_SETTLE_S = 0.2, 0.05

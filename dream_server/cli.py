@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dream_wire import Progress
+from dream_link.wire import Progress
 
 from . import __version__
 from .catalogue import MODELS, model_spec

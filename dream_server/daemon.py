@@ -38,8 +38,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from dream_client import Connection, DreamClient
-from dream_wire import (
+from dream_link.client import Connection, DreamClient
+from dream_link.wire import (
     ENDPOINT_FILE,
     PLAIN_USERNAME,
     EndpointRecord,

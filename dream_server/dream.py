@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dream_wire import Progress, ProgressCallback
+from dream_link.wire import Progress, ProgressCallback
 
 from .devices import precision, tune_for
 from .errors import DreamCancelled, InvalidImage, OutOfMemory

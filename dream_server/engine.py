@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dream_wire import ProgressCallback
+from dream_link.wire import ProgressCallback
 
 from . import visualize
 from .devices import autocast_dtype, select_device, tune_for

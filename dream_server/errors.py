@@ -4,7 +4,7 @@ Every error the engine raises on purpose is a `DreamError`: its text says what h
 what to do next, so the edges (the CLI, the daemon's replies, the GIMP dialog) show it as is.
 """
 
-from dream_wire import DreamCancelled, DreamError
+from dream_link.wire import DreamCancelled, DreamError
 
 __all__ = [
     "DreamCancelled",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
-from dream_wire import CUSTOM_PRESET
+from dream_link.wire import CUSTOM_PRESET
 
 from .catalogue import DEFAULT_MODEL, MODELS, PRESET_LOOKS, PRESETS
 from .errors import InvalidParameter
@@ -429,7 +429,7 @@ PLUGIN_PARAMETERS = {"dream": DREAM_PARAMETERS, "visualize": VISUALIZE_PARAMETER
 
 def plugin_schemas() -> dict[str, list[dict[str, Any]]]:
     """The schema of each of PLUGIN_PARAMETERS: a plug-in installed from another release has
-    other ones (see dream_wire.schema_hash)."""
+    other ones (see dream_link.wire.schema_hash)."""
     return {name: parameter_schema(parameters) for name, parameters in PLUGIN_PARAMETERS.items()}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dream_wire import ITEM_SIZES, PROTOCOL_VERSION, REQUESTS, FrameDescription, Progress
+from dream_link.wire import ITEM_SIZES, PROTOCOL_VERSION, REQUESTS, FrameDescription, Progress
 
 from .engine import Engine
 from .errors import DreamError
@@ -170,7 +170,7 @@ def decode_header(frame: bytes, token: str) -> dict[str, Any]:
     job = header.get("job")
     job = job if isinstance(job, str) and 0 < len(job) <= JOB_ID_LIMIT else None
     presented = header.get("token")
-    asked_before_the_token = header.get("type") == "prove"  # see dream_wire.security
+    asked_before_the_token = header.get("type") == "prove"  # see dream_link.wire.security
     if not asked_before_the_token and not (
         isinstance(presented, str)
         and presented.isascii()

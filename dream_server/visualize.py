@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dream_wire import Progress, ProgressCallback
+from dream_link.wire import Progress, ProgressCallback
 
 from . import transforms
 from .dream import StopCheck

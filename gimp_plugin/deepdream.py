@@ -21,9 +21,9 @@ gi.require_version("Gegl", "0.4")
 gi.require_version("Gtk", "3.0")
 from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dream_client import UNREACHABLE, DreamClient  # noqa: E402
-from dream_wire import CUSTOM_PRESET, DreamCancelled, DreamError, log_path, schema_hash  # noqa: E402
+# install.py puts the dream_link package beside this file, where Python finds it
+from dream_link.client import UNREACHABLE, DreamClient  # noqa: E402
+from dream_link.wire import CUSTOM_PRESET, DreamCancelled, DreamError, log_path, schema_hash  # noqa: E402
 
 PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"

@@ -106,7 +106,7 @@ class RunningServer:
 
     @property
     def connection(self):  # noqa: ANN201
-        from dream_client import Connection
+        from dream_link.client import Connection
 
         return Connection(
             self.record["endpoint"], self.record["token"], self.record.get("server_key")

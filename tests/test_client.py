@@ -14,10 +14,10 @@ import pytest
 import zmq
 from conftest import ROOT, start_server
 
-from dream_client import DreamClient
+from dream_link.client import DreamClient
+from dream_link.wire import DreamError, schema_hash, state_dir
 from dream_server.devices import devices
 from dream_server.params import plugin_schemas
-from dream_wire import DreamError, schema_hash, state_dir
 
 
 @pytest.fixture()
@@ -43,8 +43,7 @@ def test_the_client_needs_only_the_standard_library_and_pyzmq():
         "        if name.split('.')[0] in ('numpy', 'torch', 'gi', 'PIL', 'dream_server'):\n"
         "            raise ImportError(f'{name} is not allowed in the client')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "sys.path.insert(0, 'gimp_plugin')\n"
-        "import dream_client\n"
+        "import dream_link.client\n"
         "print('ok')\n"
     )
     run = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, capture_output=True, text=True)
@@ -98,7 +97,7 @@ def test_pixels_that_do_not_match_their_size_are_refused_before_sending(server):
 
 
 def test_messages_name_the_log_where_the_server_runs(server):
-    from dream_client import Connection
+    from dream_link.client import Connection
 
     with DreamClient(server.connection) as client:
         assert client.server_log == str(server.home / "dream-server.log")

@@ -22,14 +22,14 @@ import zmq
 import zmq.auth
 from conftest import ROOT, photo, start_server
 
-from dream_client import Connection, DreamClient
+from dream_link.client import Connection, DreamClient
+from dream_link.wire import PROTOCOL_VERSION, DreamError
 from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.models import MODELS
 from dream_server.motion import CameraMove, zoom_sequence
 from dream_server.params import DreamParams, VisualizeParams, ZoomParams
 from dream_server.sheets import contact_sheet
-from dream_wire import PROTOCOL_VERSION, DreamError
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
 LONG = {"octaves": 4, "steps": 200}
@@ -395,7 +395,7 @@ def test_a_queued_job_is_removed_by_cancel(server):
 
 CLIENT_THAT_WILL_BE_KILLED = """
 import sys, numpy as np
-from dream_client import DreamClient, Connection
+from dream_link.client import DreamClient, Connection
 connection = Connection(sys.argv[1], sys.argv[2])
 pixels = np.zeros((480, 640, 3), np.uint8)
 with DreamClient(connection) as client:
@@ -933,7 +933,7 @@ def test_a_killed_client_frees_its_worker_while_the_other_keeps_dreaming(two_cpu
 
 KEEP_DREAMING = """
 import json, sys, zmq
-from dream_wire import PROTOCOL_VERSION
+from dream_link.wire import PROTOCOL_VERSION
 socket = zmq.Context().socket(zmq.DEALER)
 socket.connect(sys.argv[1])
 pixels = bytes(96 * 64 * 3)

@@ -20,7 +20,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent / "gimp"))
 from sandbox import SUITES, Gimp, find_gimps, install_plugin  # noqa: E402
 
-from dream_client import DreamClient  # noqa: E402
+from dream_link.client import DreamClient  # noqa: E402
 
 pytestmark = pytest.mark.gimp
 

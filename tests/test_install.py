@@ -11,7 +11,7 @@ import time
 
 from conftest import ROOT, start_server
 
-from dream_client import Connection, DreamClient
+from dream_link.client import Connection, DreamClient
 
 
 def uninstall(home, tmp_path, environment=os.environ) -> subprocess.CompletedProcess:  # noqa: ANN001, B008

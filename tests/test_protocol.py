@@ -1,4 +1,4 @@
-"""The protocol is written once, as data in dream_wire.py, and once for people in
+"""The protocol is written once, as data in dream_link/wire.py, and once for people in
 docs/PROTOCOL.md: the two say the same."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 
 from conftest import ROOT
 
-from dream_wire import JOB_ENDINGS, REQUESTS
+from dream_link.wire import JOB_ENDINGS, REQUESTS
 
 FRAME_NAMES = ("image", "mask", "guide")
 

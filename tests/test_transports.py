@@ -1,6 +1,6 @@
-"""The client's two ways to the server: pyzmq, and ZMTP in the standard library (dream_zmtp.py) for
-the GIMPs whose Python has no pyzmq. Both against the real daemon; the standard library's also
-against peers that are broken or hostile."""
+"""The client's two ways to the server: pyzmq, and ZMTP in the standard library
+(dream_link/zmtp.py) for the GIMPs whose Python has no pyzmq. Both against the real daemon; the
+standard library's also against peers that are broken or hostile."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, start_server
 
-from dream_client import Connection, DreamClient
-from dream_wire import DreamCancelled, DreamError
-from dream_zmtp import Dealer, ZmtpError
+from dream_link.client import Connection, DreamClient
+from dream_link.wire import DreamCancelled, DreamError
+from dream_link.zmtp import Dealer, ZmtpError
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
 
@@ -56,9 +56,8 @@ def test_without_pyzmq_the_client_loads_and_dreams_through_the_standard_library(
         "        if name.split('.')[0] in ('zmq', 'numpy', 'torch', 'PIL', 'dream_server'):\n"
         "            raise ImportError(f'{name} is not in this Python')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "sys.path.insert(0, 'gimp_plugin')\n"
-        "import hashlib, dream_client\n"
-        "with dream_client.DreamClient() as client:\n"
+        "import hashlib, dream_link.client\n"
+        "with dream_link.client.DreamClient() as client:\n"
         "    result = client.dream(bytes(range(256)) * 72, 96, 64, 3,\n"
         "                          {'octaves': 1, 'steps': 2, 'preset': 'textures'})\n"
         "    print(type(client._socket).__name__, hashlib.sha256(result).hexdigest())\n"

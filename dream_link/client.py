@@ -1,8 +1,8 @@
 """Client for the DeepDream dream server (docs/PROTOCOL.md).
 
-Standard library, and pyzmq where it imports (else dream_zmtp.py speaks ZeroMQ's protocol over the
-server's socket file): it runs inside GIMP's own Python, next to the plug-in, and under pytest.
-It finds the server through `DEEPDREAM_ENDPOINT` (+ `DEEPDREAM_TOKEN`, and
+Standard library, and pyzmq where it imports (else zmtp.py beside it speaks ZeroMQ's protocol
+over the server's socket file): it runs inside GIMP's own Python, next to the plug-in, and under
+pytest. It finds the server through `DEEPDREAM_ENDPOINT` (+ `DEEPDREAM_TOKEN`, and
 `DEEPDREAM_SERVER_KEY` for an encrypted remote server) or through the endpoint file the server
 writes, and starts a server from the environment `install.py` recorded when none answers.
 """
@@ -20,12 +20,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-try:  # GIMP's own Python on Windows, macOS and Flatpak has no pyzmq: then dream_zmtp.py speaks
+try:  # GIMP's own Python on Windows, macOS and Flatpak has no pyzmq: then dream_link/zmtp.py speaks
     import zmq
 except ImportError:
     zmq = None
 
-from dream_wire import (
+from .wire import (
     ENDPOINT_FILE,
     INSTALL_RECORD,
     ITEM_SIZES,
@@ -47,7 +47,7 @@ from dream_wire import (
     server_proof,
     state_dir,
 )
-from dream_zmtp import Dealer, ZmtpError
+from .zmtp import Dealer, ZmtpError
 
 HELLO_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 0.5
@@ -78,7 +78,7 @@ def transport() -> str:
 
 
 class _PyzmqDealer:
-    """A pyzmq DEALER with the few calls the client makes, as dream_zmtp.Dealer has them."""
+    """A pyzmq DEALER with the few calls the client makes, as dream_link.zmtp.Dealer has them."""
 
     def __init__(self, socket) -> None:  # noqa: ANN001
         self.socket = socket

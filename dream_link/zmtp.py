@@ -3,7 +3,7 @@
 GIMP on Windows, macOS and Flatpak runs plug-ins with a Python of its own that has no pyzmq.
 This speaks ZMTP 3.1 (rfc.zeromq.org/spec/37: greeting, security handshake, READY with
 Socket-Type DEALER, multipart messages of short and long frames) with the mechanisms of a local
-server (dream_wire.security): NULL over its socket file, which only its user can open, and
+server (dream_link.wire.security): NULL over its socket file, which only its user can open, and
 PLAIN (spec 24) over the loopback, where there is no socket file (Windows). Encryption (CURVE,
 for servers on other machines) needs pyzmq.
 
