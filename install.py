@@ -154,12 +154,86 @@ def parameter_files(python: Path) -> dict[str, str]:
 
 def plugin_contents(python: Path) -> dict[str, str]:
     """What goes into the plug-in's folder, by path inside it: the plug-in, the package it
-    talks to the server with, and the parameter files its dialogs are built from."""
+    talks to the server with, the parameter files its dialogs are built from, and the help
+    domain its Help buttons open (GIMP looks for help/<language>/gimp-help.xml, then help/en)."""
     contents = {"deepdream.py": (ROOT / "gimp_plugin" / "deepdream.py").read_text()}
     for module in sorted((ROOT / PLUGIN_PACKAGE).glob("*.py")):
         contents[f"{PLUGIN_PACKAGE}/{module.name}"] = module.read_text()
     contents.update(parameter_files(python))
+    contents["help/en/gimp-help.xml"] = HELP_INDEX
+    contents["help/en/index.html"] = help_page()
     return contents
+
+
+HELP_SECTIONS = ("## In GIMP", "## Feature visualization")
+"""The README's sections that GIMP's Help button opens for the plug-in's dialogs."""
+HELP_INDEX = """<?xml version="1.0" encoding="UTF-8"?>
+<gimp-help>
+  <help-missing ref="index.html"/>
+</gimp-help>
+"""
+"""The help domain's map (help/en/gimp-help.xml): every help id of the plug-in leads to the page."""
+
+
+def help_page() -> str:
+    """The README's words for the dialogs as a page for a browser: the same text, written once."""
+    readme = (ROOT / "README.md").read_text()
+    parts = []
+    for heading in HELP_SECTIONS:
+        start = readme.index(f"\n{heading}\n") + 1
+        end = readme.find("\n## ", start + 1)
+        parts.append(readme[start : end if end > 0 else None])
+    body = markdown_to_html("\n".join(parts))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>DeepDream for GIMP</title><style>body{max-width:46em;margin:2em auto;"
+        "font-family:sans-serif;line-height:1.45;padding:0 1em}pre{overflow-x:auto}"
+        "</style></head>\n<body>\n" + body + "</body></html>\n"
+    )
+
+
+def markdown_to_html(text: str) -> str:
+    """The Markdown that the README uses: headings, paragraphs, lists, code blocks and tables
+    (kept as text), code, emphasis and links."""
+
+    def inline(line: str) -> str:
+        line = escape(line)
+        line = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", line)
+        line = re.sub(r"`([^`]+)`", r"<code>\1</code>", line)
+        line = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", line)
+        line = re.sub(r"\*([^*]+)\*", r"<em>\1</em>", line)
+        return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', line)
+
+    html, block, fenced = [], [], False
+
+    def close() -> None:
+        if block:
+            first = block[0]
+            if first.startswith("#"):
+                level = len(first) - len(first.lstrip("#"))
+                html.append(f"<h{level}>{inline(first.lstrip('# '))}</h{level}>")
+            elif first.startswith("|"):
+                html.append("<pre>" + escape("\n".join(block)) + "</pre>")
+            elif first.startswith("- "):
+                items = " ".join(block).split("- ")[1:]
+                html.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
+            else:
+                html.append(f"<p>{inline(' '.join(block))}</p>")
+            block.clear()
+
+    for line in text.splitlines():
+        if line.startswith("```"):
+            close()
+            html.append("</pre>" if fenced else "<pre>")
+            fenced = not fenced
+        elif fenced:
+            html[-1] += escape(line) + "\n"
+        elif not line.strip():
+            close()
+        else:
+            block.append(line)
+    close()
+    return "\n".join(html) + "\n"
 
 
 def install_plugin(python: Path, profiles: list[Path]) -> list[Path]:

@@ -19,7 +19,7 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
+from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject, Gtk  # noqa: E402
 
 # install.py puts the dream_link package beside this file, where Python finds it
 from dream_link.client import UNREACHABLE, DreamClient  # noqa: E402
@@ -29,6 +29,7 @@ PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
 ZOOM_PROCEDURE = "plug-in-deepdream-zoom"
 HERE = os.path.dirname(os.path.abspath(__file__))
+HELP_DOMAIN = "deepdream-for-gimp"
 PARAMETERS_FILE = os.path.join(HERE, "parameters.json")
 VISUALIZE_PARAMETERS_FILE = os.path.join(HERE, "parameters-visualize.json")
 ZOOM_PARAMETERS_FILE = os.path.join(HERE, "parameters-zoom.json")
@@ -386,8 +387,17 @@ class DreamPreview:
         self._settling = None
         self._shown = None
         self._params = dream_params(config, load_parameters())
+        self._centre_on_selection()
         self.widget.connect("invalidated", self._ask)  # opened, scrolled, switched on
         self._notify = config.connect("notify", self._setting_changed)
+
+    def _centre_on_selection(self):
+        """Open on the middle of the selection (of the layer without one), where the subject
+        usually is, rather than on the top-left corner of its bounds."""
+        _, x, y, width, height = self.drawable.mask_intersect()
+        shown_width, shown_height = self.widget.get_size()
+        self.widget.set_position(max(0, x + (width - shown_width) // 2),
+                                 max(0, y + (height - shown_height) // 2))  # fmt: skip
 
     def _setting_changed(self, *_):
         """Show the layer as it is at once (the dream shown was of other settings), and ask
@@ -719,6 +729,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     # The first frame at the bottom, as Playback plays them; GIMP reads each delay from the name.
     layers = [(f"Frame {index + 1} ({delay}ms)", frames[index]) for index in sorted(frames)]
     movie = new_image(*size, reversed(layers))
+    titled(movie, f"{os.path.splitext(image.get_name())[0]} zoom", beside=image)
     Gimp.progress_end()
     if interactive:
         Gimp.Display.new(movie)
@@ -745,6 +756,20 @@ def new_image(width, height, layers):
     return image
 
 
+def titled(image, title, beside=None):
+    """Name a new image after what it is, which GIMP shows in its title instead of
+    "[Untitled]": as the file that Save proposes, beside the source image (else in Pictures).
+    Nothing is saved, and closing it still asks."""
+    source = beside.get_file() if beside is not None else None
+    if source is not None and source.get_path():
+        folder = os.path.dirname(source.get_path())
+    else:
+        pictures = GLib.get_user_special_dir(GLib.UserDirectory.DIRECTORY_PICTURES)
+        folder = pictures or GLib.get_home_dir()
+    name = title.replace("/", "-").replace(os.sep, "-") + ".xcf"
+    image.set_file(Gio.File.new_for_path(os.path.join(folder, name)))
+
+
 def succeeded(procedure, kind, value):
     """The procedure's return values: success, and the new layer or image."""
     result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
@@ -769,6 +794,9 @@ def visualize(procedure, config):
 
         width, height, samples = client.visualize(params, on_progress=show, sheet=sheet)
     image = new_image(width, height, samples)  # the first sample on top
+    # the unit the samples show, as their names say it: "block7/5 #1", "block7/5 · 4 samples"
+    unit = samples[0][0].split(" #")[0].split(" · ")[0]
+    titled(image, f"{unit} feature visualization")
     Gimp.progress_end()
     if interactive:
         Gimp.Display.new(image)
@@ -785,6 +813,9 @@ def described(procedure, menu_label, menu_path, blurb, help_text):
 
 class DeepDream(Gimp.PlugIn):
     def do_query_procedures(self):
+        # Help in the dialogs opens the README's words on them, which install.py puts here
+        # (GIMP takes a help domain only while it asks for the procedures)
+        self.set_help_domain(HELP_DOMAIN, Gio.File.new_for_path(os.path.join(HERE, "help")))
         return [PROCEDURE, VISUALIZE_PROCEDURE, ZOOM_PROCEDURE]
 
     def do_set_i18n(self, name):

@@ -410,6 +410,7 @@ def test_feature_visualization_opens_a_new_image_with_a_layer_per_sample(gimp, w
     assert report["status"] == "success", report
     assert report["images_after"] == report["images_before"] + 1
     assert report["size"] == [96, 96]
+    assert report["title"] == "block7-5 feature visualization.xcf"  # not "[Untitled]"
     assert sorted(layer["name"] for layer in report["layers"]) == [
         "block7/5 #1", "block7/5 #2", "block7/5 #3"
     ]  # fmt: skip
@@ -474,6 +475,7 @@ def test_the_zoom_makes_a_new_image_of_frames_that_playback_plays_and_leaves_the
     assert refused["images_after"] == refused["images_before"]
     report = reports["zoom"]
     assert report["status"] == "success", report
+    assert report["title"] == "chelsea zoom.xcf"
     assert report["images_after"] == report["images_before"] + 1
     assert report["size"] == ELLIPSE[2:]  # the selection's part of the layer
     # The top layer is the last frame; GIMP reads each layer's delay from its name.
@@ -683,6 +685,20 @@ class Screen:
         self.tool("xdotool", "mousemove", str(x + width // 2), str(y + height // 2), "click", "1")
         time.sleep(0.6)
 
+    def unfold(self, title: str, words: str) -> None:
+        """Open the folded group of these words by a click on its title."""
+        widgets = self.fresh_dialog(title)["widgets"]
+        label = next(w for w in widgets if w.get("text") == words and w["type"] == "Label")
+        expander = next(w for w in widgets if w["id"] == label["parent"])
+        self.click(label)
+        unfolded = next(w for w in self.fresh_dialog(title)["widgets"] if w["id"] == expander["id"])
+        assert unfolded["expanded"], f"'{words}' did not open"
+
+    def scrolled_to(self, title: str) -> dict[str, float]:
+        """Where the window's scrolled view is: {"horizontal": x, "vertical": y}."""
+        return {w["orientation"]: w["value"] for w in self.fresh_dialog(title)["widgets"]
+                if w["type"] == "Scrollbar"}  # fmt: skip
+
     def alt_key(self, title: str, words: str) -> str:
         """The Alt+key that the label of these words underlines."""
         label = next(w["label"] for w in self.fresh_dialog(title)["widgets"]
@@ -716,6 +732,25 @@ def gimp_warnings(log: Path) -> list[str]:
                  or "_gimp_pdb" in line or "Traceback" in line)]  # fmt: skip
 
 
+def browser_for(gimp: Gimp, scratch: Path) -> None:
+    """The web browser of the GUI tests' desktop: it writes each address it is asked to open
+    into opened.txt (GIMP's help opens pages in the desktop's browser for HTML)."""
+    browser = scratch / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" >> {gimp.inside(scratch / "opened.txt")}\n')
+    browser.chmod(0o755)
+    applications = scratch / "home" / ".local" / "share" / "applications"
+    applications.mkdir(parents=True, exist_ok=True)
+    (applications / "test-browser.desktop").write_text(
+        "[Desktop Entry]\nType=Application\nName=Test browser\n"
+        f"Exec={gimp.inside(browser)} %u\nMimeType=text/html;\n"
+    )
+    config = scratch / "home" / ".config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "mimeapps.list").write_text(
+        "[Default Applications]\ntext/html=test-browser.desktop\n"
+    )
+
+
 @contextlib.contextmanager
 def gimp_gui(gimp: Gimp, workspace, display: str):
     """GIMP's GUI with the cat open, on a laptop-sized virtual screen of its own, talking to
@@ -725,6 +760,7 @@ def gimp_gui(gimp: Gimp, workspace, display: str):
     (profile / "gimprc").write_text(NO_STARTUP_DIALOGS)
     for settings in (profile / "plug-in-settings").glob("plug-in-deepdream*"):
         settings.unlink()  # each test starts from the defaults
+    browser_for(gimp, scratch)
     widget_map = scratch / "widget_map"
     shutil.copytree(WIDGET_MAP, widget_map, dirs_exist_ok=True)
     screen = Screen(gimp, display, scratch)
@@ -764,6 +800,15 @@ def gimp_gui(gimp: Gimp, workspace, display: str):
             shutil.copy(screen.map_file, ARTIFACTS / f"{gimp.version}-widgets{display[1:]}.json")
 
 
+def wait_for_file(path: Path, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text()
+        time.sleep(0.3)
+    raise AssertionError(f"nothing wrote {path} within {timeout} s")
+
+
 def fits_the_screen(window: dict) -> bool:
     x, y, width, height = window["box"]
     return x >= 0 and y >= 0 and x + width <= SCREEN[0] and y + height <= SCREEN[1]
@@ -779,6 +824,9 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         screen.keys(main, "d")  # DeepDream...
         dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
         screen.screenshot("3-dialog.png")
+        screen.click(screen.control("DeepDream", "Help"))  # the README's words on the dialog
+        opened = wait_for_file(workspace[0] / "opened.txt")
+        assert opened.strip().endswith("/plug-ins/deepdream/help/en/index.html"), opened
         screen.keys(dialog, "Return")
         screen.wait_for_window("2 layers)")
         screen.screenshot("4-dreamed.png")
@@ -796,7 +844,7 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         screen.keys(main, "f")  # DeepDream Feature Visualization...
         title = "DeepDream Feature Visualization"
         screen.wait_for_window(title, timeout=30)
-        screen.click(screen.control(title, "Advanced"))
+        screen.unfold(title, "Advanced")
         screen.screenshot("9-visualize-dialog.png")  # grouped, in plain words
         visualize = screen.fresh_dialog(title)
         words = {widget.get("text") for widget in visualize["widgets"]}
@@ -838,6 +886,9 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
         done = wait_for_a_new_job(server, done)  # the dialog opens with a preview
         screen.screenshot("preview-1-animals.png")
         area = screen.widget_of_type("DeepDream", "PreviewArea")["box"]
+        # no selection: it opens on the middle of the 451x300 layer
+        middle = {"horizontal": (451 - area[2]) // 2, "vertical": (300 - area[3]) // 2}
+        assert screen.scrolled_to("DeepDream") == middle
         animals = screen.grab(area)
 
         screen.click(screen.control("DeepDream", "Preview"))  # off: the layer as it is
@@ -862,7 +913,7 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
         screen.type(dialog, "block99")
         screen.keys(dialog, "Tab")  # on to the next setting
         assert screen.control("DeepDream", "Preset")["value"] == "custom"  # what is dreamed
-        screen.click(screen.control("DeepDream", "Advanced"))
+        screen.unfold("DeepDream", "Advanced")
         screen.keys(dialog, "alt+o")  # OK: the server refuses the layers, the dialog stays
         time.sleep(3)
         screen.screenshot("preview-4-wrong-layers.png")
@@ -924,7 +975,7 @@ def test_in_the_gui_the_zoom_dialog_makes_a_new_image_of_frames(gimp, workspace)
         screen.keys(dialog, "ctrl+a")  # into the number by its Alt+key, as a person edits it
         screen.type(dialog, "3")
         screen.keys(dialog, "Tab")
-        screen.click(screen.control("DeepDream Zoom", "Advanced"))
+        screen.unfold("DeepDream Zoom", "Advanced")
         screen.screenshot("zoom-2-dialog.png")
         assert fits_the_screen(screen.fresh_dialog("DeepDream Zoom"))
         screen.keys(dialog, "alt+o")

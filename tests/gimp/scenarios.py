@@ -86,6 +86,7 @@ def run_visualize(scenario):
     if status == Gimp.PDBStatusType.SUCCESS:
         image = result.index(1)
         report["size"] = [image.get_width(), image.get_height()]
+        report["title"] = image.get_name()
         report["layers"] = [describe(layer) for layer in image.get_layers()]
         for index, layer in enumerate(image.get_layers()):
             dump(
@@ -124,6 +125,7 @@ def run_zoom(scenario):
     if status == Gimp.PDBStatusType.SUCCESS:
         movie = result.index(1)
         report["size"] = [movie.get_width(), movie.get_height()]
+        report["title"] = movie.get_name()
         report["frames"] = [describe(item) for item in movie.get_layers()]  # top first
         for index, frame in enumerate(reversed(movie.get_layers())):  # the first frame first
             dump(frame, 0, 0, frame.get_width(), frame.get_height(), "R'G'B' u8",

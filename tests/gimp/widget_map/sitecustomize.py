@@ -43,6 +43,11 @@ def _describe(widget, toplevel, origin, parent_id):
         entry["active"] = widget.get_active()
     if isinstance(widget, Gtk.Entry):
         entry["value"] = widget.get_text()
+    if isinstance(widget, Gtk.Scrollbar):  # where a scrolled view is
+        entry["value"] = widget.get_adjustment().get_value()
+        entry["orientation"] = widget.get_orientation().value_nick
+    if isinstance(widget, Gtk.Expander):
+        entry["expanded"] = widget.get_expanded()
     if isinstance(widget, GimpUi.StringComboBox):
         entry["value"] = GimpUi.StringComboBox.get_active(widget)
     elif isinstance(widget, Gtk.ComboBox) and widget.get_active_id() is not None:
