@@ -365,13 +365,30 @@ class DreamClient:
         return False
 
     def status(self) -> dict:
-        self._send({"type": "status"})
+        return self._ask({"type": "status"}, "status_ok", "a status request")
+
+    def estimate(self, of: str, params: dict, width: int = 0, height: int = 0,
+                 zoom: dict | None = None) -> float | None:  # fmt: skip
+        """About how many seconds a job (`of`: submit, animate or visualize) would take on
+        this server, from its last jobs of that kind; None before it has done one."""
+        header = {"type": "estimate", "of": of, "params": params}
+        if of != "visualize":
+            header.update(width=width, height=height)
+        if zoom is not None:
+            header["zoom"] = zoom
+        return self._ask(header, "estimate_ok", "an estimate").get("seconds")
+
+    def _ask(self, header: dict, answer: str, what: str) -> dict:
+        """Send a request that is not a job and wait for its answer."""
+        self._send(header)
         deadline = time.monotonic() + HELLO_TIMEOUT_S
         while time.monotonic() < deadline:
             reply = self._receive(max(0.0, deadline - time.monotonic()))
-            if reply and reply[0].get("type") == "status_ok":  # not a late reply to a job
+            if reply and reply[0].get("type") == answer:  # not a late reply to a job
                 return reply[0]
-        raise DreamError("The dream server did not answer a status request.")
+            if reply and reply[0].get("type") == "error" and reply[0].get("job") is None:
+                raise _server_error(reply[0])
+        raise DreamError(f"The dream server did not answer {what}.")
 
     # -- dreaming -----------------------------------------------------------------------------
 

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-PROTOCOL_VERSION = 2
-"""2: the `check` and `animate` requests, `frame` messages, and progress with `loading` and
+PROTOCOL_VERSION = 3
+"""3: the `estimate` request. 2: the `check` and `animate` requests, `frame` messages, and
+progress with `loading` and
 `frame`/`frames`."""
 CUSTOM_PRESET = "custom"
 """The preset that dreams the layers typed in `layers`: the dialog ties the two together."""
@@ -62,6 +63,7 @@ REQUESTS = {
     "cancel": Request(replies=("cancelled", "error"), job=True),
     "ping": Request(replies=("pong",)),
     "status": Request(replies=("status_ok",)),
+    "estimate": Request(replies=("estimate_ok",)),
 }
 """Every request the server takes (docs/PROTOCOL.md is the same table for people)."""
 JOB_ENDINGS = frozenset({"result", "error", "cancelled"})

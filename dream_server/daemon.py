@@ -56,6 +56,7 @@ from dream_link.wire import (
 )
 
 from . import __version__
+from .cost import Paces, Work
 from .devices import devices
 from .engine import Engine
 from .errors import DreamCancelled, DreamError, OutOfMemory
@@ -68,6 +69,7 @@ from .protocol import (
     decode_header,
     encode,
     frame_meta,
+    parse_estimate,
     proof_nonce,
 )
 
@@ -107,6 +109,9 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     worker: Worker | None = None
     cancelling: bool = False
+    work: Work | None = None
+    """What it computes, which its time is noted against (see cost.py)."""
+    started: float | None = None
 
 
 class Worker(threading.Thread):
@@ -356,6 +361,8 @@ class DreamServer:
             self.sockets[worker] = socket
         self.idle: list[Worker] = list(self.workers)
         self.jobs: dict[str, Job] = {}
+        self.paces = Paces()
+        """How long the jobs of each kind took here, for estimates."""
         self.waiting: dict[bytes, collections.deque[str]] = {}
         """Each client's jobs not yet running, in order."""
         self.last_served: dict[bytes, float] = {}
@@ -461,10 +468,19 @@ class DreamServer:
         while socket.poll(0):
             kind, job_id, client, *reply = socket.recv_multipart(copy=False)
             if kind.bytes == b"done":
-                self.jobs.pop(job_id.bytes.decode(), None)
+                job = self.jobs.pop(job_id.bytes.decode(), None)
+                if self._succeeded(job, reply[0]):
+                    self.paces.note(job.work, time.monotonic() - job.started)
                 self.idle.append(worker)
                 self.last_activity = self.last_work = time.monotonic()
             self._send(client.bytes, *reply)
+
+    @staticmethod
+    def _succeeded(job: Job | None, ending: zmq.Frame) -> bool:
+        """Whether a job whose work is timed ended with its result (not cancelled, not failed)."""
+        if job is None or job.work is None or job.started is None:
+            return False
+        return json.loads(ending.bytes).get("type") == "result"
 
     def _dispatch(self) -> None:
         """Start waiting jobs on idle workers, one client's job at a time, clients in turn."""
@@ -478,7 +494,7 @@ class DreamServer:
                 del self.waiting[client]
             self.last_served[client] = time.monotonic()
             worker = self.idle.pop(0)
-            job.worker = worker
+            job.worker, job.started = worker, time.monotonic()
             message, job.message = job.message, None
             self.sockets[worker].send_multipart(
                 [b"job", job.id.encode(), job.client, *message], copy=False
@@ -576,17 +592,21 @@ class DreamServer:
             self._reply(client, encode("status_ok", **self.status()))
         elif kind == "cancel":
             self._cancel(client, header["job"])
+        elif kind == "estimate":
+            seconds, jobs = self.paces.estimate(parse_estimate(header, self.max_pixels))
+            self._reply(client, encode("estimate_ok", seconds=seconds, jobs=jobs))
         elif kind in JOB_PARSERS:
-            JOB_PARSERS[kind](header, frames, self.max_pixels)  # refused here, before any work
-            self._queue(client, header["job"], [header_frame, *frames])
+            # refused here, before any work
+            work = JOB_PARSERS[kind](header, frames, self.max_pixels).work()
+            self._queue(client, header["job"], [header_frame, *frames], work)
 
-    def _queue(self, client: bytes, job_id: str, message: list) -> None:
+    def _queue(self, client: bytes, job_id: str, message: list, work: Work | None) -> None:
         if job_id in self.jobs:
             raise BadMessage("bad_job", f"Job {job_id!r} is already queued or running.", job_id)
         if len(self.jobs) >= MAX_QUEUED_JOBS:
             raise BadMessage("busy", f"{len(self.jobs)} jobs are waiting already: try again "
                              "when some have finished.", job_id)  # fmt: skip
-        self.jobs[job_id] = Job(job_id, client, message)
+        self.jobs[job_id] = Job(job_id, client, message, work=work)
         self.unloaded = False
         self.waiting.setdefault(client, collections.deque()).append(job_id)
         self.counters["jobs"] += 1

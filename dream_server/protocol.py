@@ -16,6 +16,7 @@ import numpy as np
 
 from dream_link.wire import ITEM_SIZES, PROTOCOL_VERSION, REQUESTS, FrameDescription, Progress
 
+from .cost import Work, dream_work, visualize_work, zoom_work
 from .engine import Engine
 from .errors import DreamError
 from .imagefile import rgb8
@@ -47,6 +48,9 @@ class Submission:
     mask: np.ndarray | None
     guide: np.ndarray | None
 
+    def work(self) -> Work:
+        return dream_work(self.image.shape[1], self.image.shape[0], self.params)
+
     def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
         """The result frames, and extra fields for the result header; `on_frame(index, count,
         image)` sends an image on its way before the job ends (an animation's frames)."""
@@ -65,6 +69,9 @@ class VisualizeRequest:
     params: VisualizeParams
     sheet: bool = False
 
+    def work(self) -> Work:
+        return visualize_work(self.params)
+
     def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
         images = engine.visualize(self.params, on_progress=on_progress, should_stop=should_stop)
         labels = sample_labels(self.params)
@@ -82,6 +89,9 @@ class CheckRequest:
     job: str
     params: DreamParams
 
+    def work(self) -> None:
+        return None  # too little to time
+
     def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
         engine.objective(self.params, engine.model(self.params.model))
         return [], {}
@@ -96,6 +106,9 @@ class AnimateRequest:
     params: DreamParams
     zoom: ZoomParams
     image: np.ndarray
+
+    def work(self) -> Work:
+        return zoom_work(self.image.shape[1], self.image.shape[0], self.params, self.zoom)
 
     def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
         count = self.zoom.frames
@@ -118,11 +131,11 @@ def _checked_params(header: dict[str, Any], kind: type) -> Any:
     """The header's `params`, validated by the engine's parameter definition."""
     params = header.get("params", {})
     if not isinstance(params, dict):
-        raise BadMessage("bad_parameter", "'params' must be a JSON object.", header["job"])
+        raise BadMessage("bad_parameter", "'params' must be a JSON object.", header.get("job"))
     try:
         return kind.from_mapping(params)
     except DreamError as err:
-        raise BadMessage("bad_parameter", str(err), header["job"]) from None
+        raise BadMessage("bad_parameter", str(err), header.get("job")) from None
 
 
 def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> VisualizeRequest:
@@ -144,15 +157,40 @@ def parse_check(header: dict[str, Any], frames: list, max_pixels: int) -> CheckR
 def parse_animate(header: dict[str, Any], frames: list, max_pixels: int) -> AnimateRequest:
     job = header["job"]
     dream_params = _checked_params(header, DreamParams)
+    image = pixel_array(header.get("image"), frames[0], "image", max_pixels, job)
+    return AnimateRequest(job, dream_params, _zoom_params(header), image)
+
+
+def _zoom_params(header: dict[str, Any]) -> ZoomParams:
     zoom = header.get("zoom", {})
     if not isinstance(zoom, dict):
-        raise BadMessage("bad_parameter", "'zoom' must be a JSON object.", job)
+        raise BadMessage("bad_parameter", "'zoom' must be a JSON object.", header.get("job"))
     try:
-        zoom_params = ZoomParams.from_mapping(zoom)
+        return ZoomParams.from_mapping(zoom)
     except DreamError as err:
-        raise BadMessage("bad_parameter", str(err), job) from None
-    image = pixel_array(header.get("image"), frames[0], "image", max_pixels, job)
-    return AnimateRequest(job, dream_params, zoom_params, image)
+        raise BadMessage("bad_parameter", str(err), header.get("job")) from None
+
+
+ESTIMATED = ("submit", "animate", "visualize")
+
+
+def parse_estimate(header: dict[str, Any], max_pixels: int) -> Work:
+    """The work of the job an `estimate` describes: `of` (its type), its `params` (and `zoom`),
+    and for an image its `width` and `height`."""
+    of = header.get("of")
+    if of not in ESTIMATED:
+        raise BadMessage("bad_header", f"'of' must be one of {', '.join(ESTIMATED)}; got {of!r}.")
+    if of == "visualize":
+        return visualize_work(_checked_params(header, VisualizeParams))
+    width, height = header.get("width"), header.get("height")
+    if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0
+               for side in (width, height)) or width * height > max_pixels:  # fmt: skip
+        raise BadMessage("bad_header", f"'width' and 'height' must be whole numbers over 0 "
+                         f"with at most {max_pixels} pixels together.")  # fmt: skip
+    params = _checked_params(header, DreamParams)
+    if of == "animate":
+        return zoom_work(width, height, params, _zoom_params(header))
+    return dream_work(width, height, params)
 
 
 def decode_header(frame: bytes, token: str) -> dict[str, Any]:

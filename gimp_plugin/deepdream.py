@@ -387,13 +387,15 @@ class DreamPreview:
         self._settling = None
         self._shown = None
         self._params = dream_params(config, load_parameters())
-        self._centre_on_selection()
+        self._centred = False
         self.widget.connect("invalidated", self._ask)  # opened, scrolled, switched on
         self._notify = config.connect("notify", self._setting_changed)
 
     def _centre_on_selection(self):
         """Open on the middle of the selection (of the layer without one), where the subject
-        usually is, rather than on the top-left corner of its bounds."""
+        usually is, rather than on the top-left corner of its bounds; once the preview has its
+        size, which it has by its first drawing."""
+        self._centred = True
         _, x, y, width, height = self.drawable.mask_intersect()
         shown_width, shown_height = self.widget.get_size()
         self.widget.set_position(max(0, x + (width - shown_width) // 2),
@@ -426,6 +428,8 @@ class DreamPreview:
     def _ask(self, widget):
         """GIMP wants the preview drawn again: read the pixels here (GIMP's calls belong to
         this thread) and hand the request to the render thread."""
+        if not self._centred:
+            self._centre_on_selection()
         x, y = widget.get_position()
         width, height = widget.get_size()
         region = Region(self.drawable, x, y, width, height, PREVIEW_CONTEXT)
@@ -715,6 +719,9 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     frames = {}
     Gimp.progress_init("DeepDream Zoom: waiting for the dream server")
     with connect() as client:
+        seconds = client.estimate("animate", params, width, height, zoom)
+        if not worth_the_wait("DeepDream Zoom", f"{zoom['frames']} frames", seconds, interactive):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
         def show(progress):
             Gimp.progress_update(progress.fraction)
@@ -729,11 +736,47 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     # The first frame at the bottom, as Playback plays them; GIMP reads each delay from the name.
     layers = [(f"Frame {index + 1} ({delay}ms)", frames[index]) for index in sorted(frames)]
     movie = new_image(*size, reversed(layers))
-    titled(movie, f"{os.path.splitext(image.get_name())[0]} zoom", beside=image)
+    titled(movie, "zoom", beside=image)
     Gimp.progress_end()
     if interactive:
         Gimp.Display.new(movie)
     return succeeded(procedure, Gimp.Image, movie)
+
+
+ASK_OVER_S = 180
+"""A job expected to take longer is started only once the artist says so."""
+
+
+def worth_the_wait(title, what, seconds, interactive):
+    """Say in the status bar about how long the job will take on this server (from how long
+    its last jobs took), and ask before one of over ASK_OVER_S; False when the artist says no."""
+    if seconds is None:  # the server has not done such a job yet
+        Gimp.progress_set_text(f"{title}: {what}, the first of its kind on this server")
+        return True
+    Gimp.progress_set_text(f"{title}: {what}, {about(seconds)}")
+    if not interactive or seconds <= ASK_OVER_S:
+        return True
+    question = Gtk.MessageDialog(
+        title=title, modal=True, message_type=Gtk.MessageType.QUESTION,
+        text=f"{what.capitalize()} will take {about(seconds)} on this dream server.",
+        secondary_text="That is what its last jobs of this kind took. Fewer frames, steps or "
+        "a smaller size go faster.",
+    )  # fmt: skip
+    question.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    question.add_button("_Go ahead", Gtk.ResponseType.OK)
+    question.set_default_response(Gtk.ResponseType.OK)
+    answer = question.run()
+    question.destroy()
+    return answer == Gtk.ResponseType.OK
+
+
+def about(seconds):
+    """`about 40 s`, `about 12 minutes`, `about 2.5 hours`."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} minutes"
+    return f"about {seconds / 3600:.1f} hours"
 
 
 def new_image(width, height, layers):
@@ -758,16 +801,25 @@ def new_image(width, height, layers):
 
 def titled(image, title, beside=None):
     """Name a new image after what it is, which GIMP shows in its title instead of
-    "[Untitled]": as the file that Save proposes, beside the source image (else in Pictures).
-    Nothing is saved, and closing it still asks."""
-    source = beside.get_file() if beside is not None else None
-    if source is not None and source.get_path():
-        folder = os.path.dirname(source.get_path())
+    "[Untitled]": as the file that Save proposes, `chelsea zoom.xcf` beside the source image
+    `beside` (else in Pictures). Nothing is saved, and closing it still asks."""
+    source = file_of(beside) if beside is not None else None
+    if source is not None:
+        folder = os.path.dirname(source)
+        title = f"{os.path.splitext(os.path.basename(source))[0]} {title}"
     else:
         pictures = GLib.get_user_special_dir(GLib.UserDirectory.DIRECTORY_PICTURES)
         folder = pictures or GLib.get_home_dir()
     name = title.replace("/", "-").replace(os.sep, "-") + ".xcf"
     image.set_file(Gio.File.new_for_path(os.path.join(folder, name)))
+
+
+def file_of(image):
+    """The path of the file the image was opened from, saved as or exported to, if any."""
+    for file in (image.get_xcf_file(), image.get_imported_file(), image.get_exported_file()):
+        if file is not None and file.get_path():
+            return file.get_path()
+    return None
 
 
 def succeeded(procedure, kind, value):
@@ -787,6 +839,10 @@ def visualize(procedure, config):
     sheet = config.get_property("layout") == "sheet"
     Gimp.progress_init("DeepDream: rendering from noise")
     with connect() as client:
+        seconds = client.estimate("visualize", params)
+        pictures = f"{params['samples']} pictures"
+        if not worth_the_wait(VISUALIZE_LAYOUT.title, pictures, seconds, interactive):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
         def show(progress):
             Gimp.progress_update(progress.fraction)

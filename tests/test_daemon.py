@@ -24,6 +24,7 @@ from conftest import ROOT, photo, start_server
 
 from dream_link.client import Connection, DreamClient
 from dream_link.wire import PROTOCOL_VERSION, DreamError
+from dream_server.cost import dream_work
 from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.models import MODELS
@@ -178,6 +179,37 @@ def test_the_first_job_on_a_model_says_the_model_is_loading(tmp_path, monkeypatc
             client.dream(cat_pixels(3, "u8").tobytes(), 96, 64, 3,
                          {**QUICK, "model": "inception-v1"}, on_progress=again.append)  # fmt: skip
             assert [report.loading for report in again] == [None] * len(again)
+    finally:
+        fresh.stop()
+
+
+def test_a_server_estimates_a_job_from_how_long_its_last_jobs_took(tmp_path):
+    fresh = start_server(tmp_path / "home")
+    try:
+        with DreamClient(fresh.connection) as client:
+            assert client.estimate("submit", QUICK, 96, 64) is None  # nothing done yet here
+            started = time.monotonic()
+            client.dream(cat_pixels(3, "u8").tobytes(), 96, 64, 3, QUICK)
+            took = time.monotonic() - started
+            same = client.estimate("submit", QUICK, 96, 64)
+            assert 0 < same <= took  # the server's part of what the client waited
+            # in proportion to the work: each octave's pixels times its steps
+            bigger = client.estimate("submit", {**QUICK, "steps": 2 * QUICK["steps"]}, 192, 128)
+            ratio = dream_work(192, 128, DreamParams.from_mapping(QUICK))[2] / dream_work(
+                96, 64, DreamParams.from_mapping(QUICK))[2]  # fmt: skip
+            assert bigger == pytest.approx(same * 2 * ratio, rel=1e-9)
+            zoom = {"frames": 10, "steps-per-frame": 1}
+            frames = client.estimate("animate", QUICK, 96, 64, zoom)
+            later = 9 * dream_work(96, 64, DreamParams.from_mapping({**QUICK, "steps": 1}))[2]
+            first = dream_work(96, 64, DreamParams.from_mapping(QUICK))[2]
+            assert frames == pytest.approx(same * (first + later) / first, rel=1e-9)
+            # feature visualization, or another model, has a pace of its own
+            assert client.estimate("visualize", {"samples": 1, "size": 64, "steps": 8}) is None
+            assert client.estimate("submit", {**QUICK, "model": "googlenet"}, 96, 64) is None
+            with pytest.raises(DreamError, match="'width' and 'height' must be whole numbers"):
+                client.estimate("submit", QUICK, 0, 64)
+            with pytest.raises(DreamError, match="'frames' must be"):
+                client.estimate("animate", QUICK, 96, 64, {"frames": 0})
     finally:
         fresh.stop()
 

@@ -689,10 +689,10 @@ class Screen:
         """Open the folded group of these words by a click on its title."""
         widgets = self.fresh_dialog(title)["widgets"]
         label = next(w for w in widgets if w.get("text") == words and w["type"] == "Label")
-        expander = next(w for w in widgets if w["id"] == label["parent"])
         self.click(label)
-        unfolded = next(w for w in self.fresh_dialog(title)["widgets"] if w["id"] == expander["id"])
-        assert unfolded["expanded"], f"'{words}' did not open"
+        unfolded = [w for w in self.fresh_dialog(title)["widgets"]
+                    if w["type"] == "Expander" and w.get("text") == words]  # fmt: skip
+        assert unfolded and unfolded[0]["expanded"], f"'{words}' did not open"
 
     def scrolled_to(self, title: str) -> dict[str, float]:
         """Where the window's scrolled view is: {"horizontal": x, "vertical": y}."""
@@ -791,6 +791,8 @@ def gimp_gui(gimp: Gimp, workspace, display: str):
     try:
         yield screen
     finally:
+        with contextlib.suppress(Exception):  # what the screen showed last, for a failure
+            screen.screenshot(f"last{display[1:]}.png")
         end_session(app)
         end_session(xvfb)
         log.close()
@@ -822,12 +824,12 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         screen.keys(main, "alt+r", "a")  # Filters > Artistic, by their mnemonics
         screen.screenshot("2-filters-artistic.png")
         screen.keys(main, "d")  # DeepDream...
-        dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
+        screen.wait_for_window("DeepDream", timeout=30, exact=True)
         screen.screenshot("3-dialog.png")
         screen.click(screen.control("DeepDream", "Help"))  # the README's words on the dialog
         opened = wait_for_file(workspace[0] / "opened.txt")
         assert opened.strip().endswith("/plug-ins/deepdream/help/en/index.html"), opened
-        screen.keys(dialog, "Return")
+        screen.click(screen.control("DeepDream", "OK"))
         screen.wait_for_window("2 layers)")
         screen.screenshot("4-dreamed.png")
         screen.keys(main, "ctrl+z")
@@ -981,4 +983,30 @@ def test_in_the_gui_the_zoom_dialog_makes_a_new_image_of_frames(gimp, workspace)
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("3 layers)")  # a new image, a layer per frame
         screen.screenshot("zoom-3-frames.png")
+    assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
+
+
+def test_a_zoom_that_would_take_long_says_how_long_and_asks_first(gimp, workspace):
+    server = workspace[2]
+    with DreamClient(server.connection) as client:  # a pace for the built-in model here
+        client.dream(bytes(96 * 64 * 3), 96, 64, 3, {"octaves": 1, "steps": 2})
+    with gimp_gui(gimp, workspace, ":93") as screen:
+        main = screen.wait_for_window("1 layer)")
+        screen.keys(main, "alt+r", "i", "z")  # Filters > Animation > DeepDream Zoom...
+        dialog = screen.wait_for_window("DeepDream Zoom", timeout=30, exact=True)
+        screen.keys(dialog, screen.alt_key("DeepDream Zoom", "Frames"), "ctrl+a")
+        screen.type(dialog, "2000")
+        screen.keys(dialog, "Tab")
+        done = jobs_done(server)
+        screen.click(screen.control("DeepDream Zoom", "OK"))
+        deadline = time.monotonic() + 30
+        while not [w for w in screen.fresh_dialog("DeepDream Zoom")["widgets"]
+                   if "2000 frames will take about" in w.get("text", "")]:  # fmt: skip
+            assert time.monotonic() < deadline, "the zoom did not say how long it would take"
+        screen.screenshot("zoom-4-asks.png")
+        screen.click(screen.control("DeepDream Zoom", "Cancel"))
+        time.sleep(3)
+        assert jobs_done(server) == done  # nothing was started
+        assert "1 layer)" in screen.window_titles()[main]
+        assert not any("Frame" in title for title in screen.window_titles().values())
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
