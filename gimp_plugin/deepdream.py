@@ -235,8 +235,8 @@ VISUALIZE_LAYOUT = Layout(
     left=("what", "how-many"),
     right=("look", "advanced", "problem"),
 )  # fmt: skip
-SLIDERS = ("strength", "steps", "octaves", "octave-scale", "step-size", "jitter", "smoothness",
-           "max-change", "frames", "zoom", "rotate", "steps-per-frame")  # fmt: skip
+SLIDERS = ("steps", "octaves", "jitter", "frames", "steps-per-frame")
+"""Whole numbers shown as sliders; every fraction is one too."""
 HANDED_BY_GIMP = ("run-mode", "image", "drawables")
 """Arguments that GIMP fills in, which the artist never chooses."""
 
@@ -736,7 +736,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     # The first frame at the bottom, as Playback plays them; GIMP reads each delay from the name.
     layers = [(f"Frame {index + 1} ({delay}ms)", frames[index]) for index in sorted(frames)]
     movie = new_image(*size, reversed(layers))
-    titled(movie, "zoom", beside=image)
+    titled(movie, "zoom", source)
     Gimp.progress_end()
     if interactive:
         Gimp.Display.new(movie)
@@ -799,14 +799,16 @@ def new_image(width, height, layers):
     return image
 
 
-def titled(image, title, beside=None):
+def titled(image, title, source=None):
     """Name a new image after what it is, which GIMP shows in its title instead of
-    "[Untitled]": as the file that Save proposes, `chelsea zoom.xcf` beside the source image
-    `beside` (else in Pictures). Nothing is saved, and closing it still asks."""
-    source = file_of(beside) if beside is not None else None
+    "[Untitled]": as the file that Save proposes, `chelsea zoom.xcf` for the `source` layer's,
+    beside its image's file where GIMP knows one (a script's images may have none), else in
+    Pictures. Nothing is saved, and closing it still asks."""
+    path = file_of(source.get_image()) if source is not None else None
     if source is not None:
-        folder = os.path.dirname(source)
-        title = f"{os.path.splitext(os.path.basename(source))[0]} {title}"
+        title = f"{os.path.splitext(os.path.basename(path or source.get_name()))[0]} {title}"
+    if path is not None:
+        folder = os.path.dirname(path)
     else:
         pictures = GLib.get_user_special_dir(GLib.UserDirectory.DIRECTORY_PICTURES)
         folder = pictures or GLib.get_home_dir()
@@ -816,7 +818,9 @@ def titled(image, title, beside=None):
 
 def file_of(image):
     """The path of the file the image was opened from, saved as or exported to, if any."""
-    for file in (image.get_xcf_file(), image.get_imported_file(), image.get_exported_file()):
+    files = (image.get_file(), image.get_xcf_file(), image.get_imported_file(),
+             image.get_exported_file())  # fmt: skip
+    for file in files:
         if file is not None and file.get_path():
             return file.get_path()
     return None

@@ -81,17 +81,28 @@ def test_install_py_puts_the_plug_in_where_this_gimp_looks(gimp, workspace):
         if gimp.root
         else Path(shutil.which("gimp-console-" + gimp.version)).parent
     )
-    environment = {key: value for key, value in os.environ.items() if key != "XDG_CONFIG_HOME"}
+    artist = {key: value for key, value in os.environ.items() if key != "XDG_CONFIG_HOME"}
+    artist.update(HOME=str(home), DEEPDREAM_HOME=str(scratch / "artist-state"),
+                  PATH=f"{os.environ['PATH']}{os.pathsep}{programs}")  # fmt: skip
     installed = subprocess.run(
         [sys.executable, ROOT / "install.py", "--venv", sys.prefix, "--no-sample"],
-        env={**environment, "HOME": str(home), "DEEPDREAM_HOME": str(scratch / "artist-state"),
-             "PATH": f"{os.environ['PATH']}{os.pathsep}{programs}"},
-        capture_output=True, text=True, timeout=600,
+        env=artist, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert installed.returncode == 0, installed.stdout + installed.stderr
     for release in (gimp.version, other):
         folder = home / ".config" / "GIMP" / release / "plug-ins" / "deepdream"
         assert f"installed the GIMP plug-in in {folder}" in installed.stdout, installed.stdout
+    check = subprocess.run(
+        [sys.executable, ROOT / "install.py", "--check", "--venv", sys.prefix],
+        env=artist, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    profiles = home / ".config" / "GIMP"
+    assert (f"GIMP {gimp.version} (system): profile {profiles / gimp.version}; the plug-in is "
+            "installed and current") in check.stdout, check.stdout  # fmt: skip
+    assert (
+        f"GIMP {other} (a profile; this GIMP is not installed): profile "
+        f"{profiles / other}; the plug-in is installed and current"
+    ) in check.stdout
     answer = scratch / "found.txt"
     script = scratch / "find-deepdream.py"
     script.write_text(
@@ -475,7 +486,10 @@ def test_the_zoom_makes_a_new_image_of_frames_that_playback_plays_and_leaves_the
     assert refused["images_after"] == refused["images_before"]
     report = reports["zoom"]
     assert report["status"] == "success", report
-    assert report["title"] == "chelsea zoom.xcf"
+    # named after the photo's file, or where a script's image has none (GIMP 3.0), its layer
+    named_after = Path(report["source_file"] or report["layers_before"][0]["name"]).stem
+    assert report["title"] == f"{named_after} zoom.xcf"
+    assert named_after in ("chelsea", "Background")
     assert report["images_after"] == report["images_before"] + 1
     assert report["size"] == ELLIPSE[2:]  # the selection's part of the layer
     # The top layer is the last frame; GIMP reads each layer's delay from its name.
@@ -997,13 +1011,13 @@ def test_a_zoom_that_would_take_long_says_how_long_and_asks_first(gimp, workspac
         screen.keys(dialog, screen.alt_key("DeepDream Zoom", "Frames"), "ctrl+a")
         screen.type(dialog, "2000")
         screen.keys(dialog, "Tab")
-        done = jobs_done(server)
         screen.click(screen.control("DeepDream Zoom", "OK"))
         deadline = time.monotonic() + 30
         while not [w for w in screen.fresh_dialog("DeepDream Zoom")["widgets"]
                    if "2000 frames will take about" in w.get("text", "")]:  # fmt: skip
             assert time.monotonic() < deadline, "the zoom did not say how long it would take"
         screen.screenshot("zoom-4-asks.png")
+        done = jobs_done(server)  # the settings' check, and nothing since
         screen.click(screen.control("DeepDream Zoom", "Cancel"))
         time.sleep(3)
         assert jobs_done(server) == done  # nothing was started

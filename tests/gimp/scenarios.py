@@ -126,6 +126,8 @@ def run_zoom(scenario):
         movie = result.index(1)
         report["size"] = [movie.get_width(), movie.get_height()]
         report["title"] = movie.get_name()
+        files = (image.get_file(), image.get_imported_file(), image.get_exported_file())
+        report["source_file"] = next((f.get_path() for f in files if f is not None), None)
         report["frames"] = [describe(item) for item in movie.get_layers()]  # top first
         for index, frame in enumerate(reversed(movie.get_layers())):  # the first frame first
             dump(frame, 0, 0, frame.get_width(), frame.get_height(), "R'G'B' u8",
