@@ -556,7 +556,8 @@ class DreamServer:
     def _send_held(self) -> None:
         for client in list(self.held):
             held = self.held[client]
-            while held and client not in self.gone and self._deliver(client, held[0]):
+            # a delivery may find the connection closed, which drops all that the client held
+            while held and self._deliver(client, held[0]) and client not in self.gone:
                 self.held_bytes[client] -= _size(held.popleft())
             if not held:
                 self.held.pop(client, None)

@@ -1006,6 +1006,21 @@ def test_connections_closing_while_others_arrive_cancel_no_one_elses_job(server)
     assert lost == []
 
 
+def test_a_client_that_asks_much_reads_nothing_and_leaves_does_not_end_the_server(tmp_path):
+    server = start_server(tmp_path / "home")
+    try:
+        for _ in range(3):
+            flooder = Raw(server)
+            for _ in range(20000):  # replies pile up: the server holds what cannot go out
+                flooder.send({"type": "status"})
+            flooder.socket.close(linger=0)
+            time.sleep(1.0)
+            assert server.process.poll() is None, server.process.stdout.read().decode()[-3000:]
+        assert dream_alone(server, cat_pixels(3, "u8"), QUICK)
+    finally:
+        server.stop()
+
+
 def test_a_client_that_never_reads_cannot_pile_up_results_in_the_server(tmp_path):
     server = start_server(tmp_path / "home")
     try:
