@@ -37,6 +37,7 @@ from .wire import (
     FrameDescription,
     Progress,
     ProgressCallback,
+    check_endpoint,
     client_secret_key,
     ensure_state_dir,
     in_flatpak,
@@ -169,6 +170,10 @@ class DreamClient:
         keeps the environment it started with, and a restarted server has a new token), the
         token and key of the endpoint file, at the same endpoint, then at the file's."""
         try:
+            check_endpoint(given.endpoint)
+        except DreamError as err:
+            raise DreamError(f"DEEPDREAM_ENDPOINT: {err}") from None
+        try:
             self._connect_and_greet(given)
             return
         except DreamError as err:
@@ -201,6 +206,7 @@ class DreamClient:
             return False
 
     def _connect_and_greet(self, connection: Connection) -> None:
+        check_endpoint(connection.endpoint)
         mechanism = security(connection.endpoint, connection.server_key)
         if transport() == "stdlib":
             socket = self._stdlib_dealer(connection, mechanism)

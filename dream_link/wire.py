@@ -252,6 +252,20 @@ def server_proof(token: str, nonce: str) -> str:
                     hashlib.sha256).hexdigest()  # fmt: skip
 
 
+def check_endpoint(endpoint: str, binding: bool = False) -> None:
+    """A DreamError that says what is wrong with `endpoint` (`ipc://PATH` or `tcp://HOST:PORT`,
+    the port from 1 to 65535; 0 too where a server binds, for any free port)."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return
+    host, colon, port = endpoint.removeprefix("tcp://").rpartition(":")
+    lowest = 0 if binding else 1
+    if not endpoint.startswith("tcp://") or not colon or not host:
+        raise DreamError(f"{endpoint!r} is not an endpoint: write ipc://PATH or tcp://HOST:PORT.")
+    if not port.isdigit() or not lowest <= int(port) <= 65535:
+        raise DreamError(f"{endpoint!r} has no port from {lowest} to 65535: write "
+                         "tcp://HOST:PORT, e.g. tcp://127.0.0.1:5757.")  # fmt: skip
+
+
 def is_loopback(endpoint: str) -> bool:
     """Whether `endpoint` stays on this machine."""
     if endpoint.startswith(("ipc://", "inproc://")):

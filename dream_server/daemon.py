@@ -44,6 +44,7 @@ from dream_link.wire import (
     PLAIN_USERNAME,
     EndpointRecord,
     Progress,
+    check_endpoint,
     client_secret_key,
     ensure_state_dir,
     is_loopback,
@@ -933,6 +934,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     args.bind = args.bind or default_bind(folder)
+    try:
+        check_endpoint(args.bind, binding=True)
+    except DreamError as err:
+        print(f"dream-server: --bind: {err}", file=sys.stderr)
+        return 2
     if not is_loopback(args.bind) and curve is None:
         print(
             f"dream-server: refusing to listen on {args.bind} without encryption: create keys "

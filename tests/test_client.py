@@ -158,3 +158,11 @@ def test_in_gimps_flatpak_the_client_finds_the_hosts_server_and_says_how_to_star
             assert client.connection.endpoint == host_server.record["endpoint"]
     finally:
         host_server.stop()
+
+
+def test_an_endpoint_without_a_real_port_is_refused_before_connecting(home, monkeypatch, transport):
+    monkeypatch.setenv("DEEPDREAM_ENDPOINT", "tcp://127.0.0.1:99999")
+    monkeypatch.setenv("DEEPDREAM_TOKEN", "x")
+    with pytest.raises(DreamError, match=r"DEEPDREAM_ENDPOINT: 'tcp://127.0.0.1:99999' has no "
+                       r"port from 1 to 65535: write tcp://HOST:PORT"):  # fmt: skip
+        DreamClient()

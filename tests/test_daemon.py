@@ -1006,6 +1006,18 @@ def test_connections_closing_while_others_arrive_cancel_no_one_elses_job(server)
     assert lost == []
 
 
+def test_a_port_out_of_range_is_refused_before_the_server_starts(tmp_path):
+    home = tmp_path / "home"
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_server.daemon", "--bind", "tcp://127.0.0.1:99999"],
+        env={**os.environ, "DEEPDREAM_HOME": str(home)}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "--bind: 'tcp://127.0.0.1:99999' has no port from 0 to 65535" in run.stderr
+    assert not (home / "endpoint.json").exists()
+
+
 def test_a_client_that_asks_much_reads_nothing_and_leaves_does_not_end_the_server(tmp_path):
     server = start_server(tmp_path / "home")
     try:
