@@ -220,7 +220,14 @@ class DreamClient:
         if header.get("type") == "error":
             self.close()
             raise _server_error(header)
-        if header.get("type") != "hello_ok" or header.get("v") != PROTOCOL_VERSION:
+        if header.get("type") != "hello_ok":
+            self.close()
+            raise DreamError(
+                f"The program at {connection.endpoint} did not answer as a dream server does "
+                f"(it sent {str(header.get('type'))[:40]!r} to hello): restart `dream-server`, "
+                "or check DEEPDREAM_ENDPOINT."
+            )
+        if header.get("v") != PROTOCOL_VERSION:
             self.close()
             raise DreamError(
                 f"The dream server at {connection.endpoint} speaks another protocol version "

@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, start_server
 
 from dream_link.client import Connection, DreamClient
-from dream_link.wire import DreamCancelled, DreamError
+from dream_link.wire import PROTOCOL_VERSION, DreamCancelled, DreamError
 from dream_link.zmtp import Dealer, ZmtpError
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
@@ -187,6 +187,25 @@ def test_a_broken_peer_after_the_handshake_gives_a_clear_error(tmp_path, after_r
         dealer.receive(timeout_s=2.0)
     assert time.monotonic() - began < 3.0
     dealer.close()
+
+
+def test_a_peer_that_answers_hello_with_something_else_is_not_taken_for_a_server(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DEEPDREAM_TRANSPORT", "stdlib")  # the fake peer speaks ZMTP by hand
+    progress = json.dumps({"type": "progress", "v": PROTOCOL_VERSION}).encode()
+
+    def behave(connection: socket.socket) -> None:
+        connection.sendall(GOOD_GREETING + ROUTER_READY)
+        read_command(connection)
+        with contextlib.suppress(OSError):  # until the client hangs up
+            for _ in range(100):
+                connection.sendall(b"\x00" + bytes([len(progress)]) + progress)
+
+    endpoint = fake_server(tmp_path, behave)
+    with pytest.raises(DreamError, match=r"did not answer as a dream server does \(it sent "
+                       r"'progress' to hello\): restart `dream-server`"):  # fmt: skip
+        DreamClient(Connection(endpoint, "a token"))
 
 
 def test_a_peer_that_says_nothing_is_a_message_that_never_came(tmp_path):
