@@ -52,6 +52,8 @@ from .zmtp import Dealer, ZmtpError
 
 HELLO_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 0.5
+SEND_TIMEOUT_MS = 1000
+"""A message that no connection takes in this long has nowhere to go: the server is gone."""
 SERVER_SILENCE_S = 3.0
 """No reply at all (not even to pings) for this long: the server has gone."""
 STOP_CHECK_S = 0.05
@@ -85,7 +87,10 @@ class _PyzmqDealer:
         self.socket = socket
 
     def send(self, frames: list) -> None:
-        self.socket.send_multipart(frames, copy=False)
+        try:
+            self.socket.send_multipart(frames, copy=False)
+        except zmq.Again:  # after SNDTIMEO: no connection takes it (none is made again)
+            raise ZmtpError("its connection is gone") from None
 
     def receive(self, timeout_s: float) -> list[memoryview] | None:
         if not self.socket.poll(int(timeout_s * 1000)):
@@ -279,6 +284,11 @@ class DreamClient:
     def _pyzmq_dealer(self, connection: Connection, mechanism: str):  # noqa: ANN202
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        # One connection, proven once: libzmq would reconnect by itself, and after a server
+        # dies that may be to whatever took its port, which has proven nothing. A lost server
+        # is noticed by its silence instead, and a new client proves the new one.
+        socket.setsockopt(zmq.RECONNECT_IVL, -1)
+        socket.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         if mechanism == "CURVE":
             if not connection.server_key:
                 socket.close(linger=0)
@@ -492,6 +502,12 @@ class DreamClient:
         width, height = self._last_result["width"], self._last_result["height"]
         return width, height, list(zip(labels, frames, strict=True))
 
+    def _stopped_answering(self) -> DreamError:
+        return DreamError(
+            "The dream server stopped answering in the middle of the dream: it may have crashed "
+            f"or been stopped. See {self.server_log}, then try again."
+        )
+
     def _await_result(
         self,
         job: str,
@@ -507,16 +523,16 @@ class DreamClient:
                 raise DreamCancelled()
             now = time.monotonic()
             if now - last_ping >= PING_INTERVAL_S:  # tells the server this client still waits
-                self._send({"type": "ping", "job": job})
+                try:
+                    self._send({"type": "ping", "job": job})
+                except DreamError:  # its connection is gone
+                    raise self._stopped_answering() from None
                 last_ping = now
             reply = self._receive(wait_s)
             now = time.monotonic()
             if reply is None:
                 if now - last_heard > SERVER_SILENCE_S:
-                    raise DreamError(
-                        f"The dream server stopped answering in the middle of the dream: it may "
-                        f"have crashed or been stopped. See {self.server_log}, then try again."
-                    )
+                    raise self._stopped_answering()
                 if now - last_progress > self.inactivity_timeout_s:
                     self.cancel(job)
                     raise DreamError(

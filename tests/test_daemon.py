@@ -618,6 +618,25 @@ def test_a_squatter_on_a_dead_servers_endpoint_gets_neither_token_nor_pixels(tmp
     assert not any(record["token"].encode() in frame for frames in heard for frame in frames)
 
 
+def test_a_client_kept_open_never_talks_to_what_took_its_dead_servers_port(tmp_path, transport):
+    # as the dialog's preview keeps its client open
+    server = start_server(tmp_path / "home", "--bind", "tcp://127.0.0.1:0")
+    record, heard = server.record, []
+    with DreamClient(server.connection, start_server=False) as client:
+        assert client.dream(bytes(64 * 48 * 3), 64, 48, 3, QUICK)
+        server.process.kill()
+        server.process.wait()
+        stop = squat(record["endpoint"], "PLAIN", heard)  # lets in any password
+        try:
+            time.sleep(1.0)  # ten of libzmq's reconnect intervals
+            with pytest.raises(DreamError, match="Lost the dream server"):
+                client.dream(bytes(64 * 48 * 3), 64, 48, 3, QUICK)
+        finally:
+            stop()
+    assert heard == []
+    server.stop()
+
+
 def run_dream_server(home: Path, *args: str) -> subprocess.CompletedProcess:
     """`dream-server ARGS` with its state in `home`, to its end."""
     return subprocess.run(
