@@ -69,6 +69,8 @@ TRANSPORT_VARIABLE = "DEEPDREAM_TRANSPORT"
 """`stdlib` or `pyzmq` forces how the client talks; by default pyzmq where it imports."""
 UNREACHABLE = "unreachable"
 """The code of an error that says no server answered: nothing is running where it looked."""
+LOST = "lost"
+"""The code of an error that says the connection to the server is gone."""
 
 
 def transport() -> str:
@@ -218,9 +220,19 @@ class DreamClient:
         else:
             socket = _PyzmqDealer(self._pyzmq_dealer(connection, mechanism))
         self._socket, self.connection = socket, connection
-        if mechanism == "PLAIN":
-            self._check_proof(connection)
-        self._send({"type": "hello"})
+        try:
+            if mechanism == "PLAIN":
+                self._check_proof(connection)
+            self._send({"type": "hello"})
+        except DreamError as err:
+            if err.code != LOST:
+                raise
+            self.close()  # no connection took the first words: nothing answered there
+            raise DreamError(
+                f"No dream server answered at {connection.endpoint}. Start one with "
+                f"`dream-server` (its log: {log_path()}).",
+                UNREACHABLE,
+            ) from None
         header = self._handshake_reply(connection)
         if header.get("type") == "error":
             self.close()
@@ -361,7 +373,7 @@ class DreamClient:
         try:
             self._socket.send([json.dumps(message).encode(), *frames])
         except ZmtpError as err:
-            raise DreamError(f"Lost the dream server ({err}): try again.") from None
+            raise DreamError(f"Lost the dream server ({err}): try again.", LOST) from None
 
     def _receive(self, timeout_s: float) -> tuple[dict, list[memoryview]] | None:
         try:

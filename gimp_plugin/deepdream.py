@@ -22,7 +22,7 @@ gi.require_version("Gtk", "3.0")
 from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject, Gtk  # noqa: E402
 
 # install.py puts the dream_link package beside this file, where Python finds it
-from dream_link.client import UNREACHABLE, DreamClient  # noqa: E402
+from dream_link.client import LOST, UNREACHABLE, DreamClient  # noqa: E402
 from dream_link.wire import CUSTOM_PRESET, DreamCancelled, DreamError, log_path, schema_hash  # noqa: E402
 
 PROCEDURE = "plug-in-deepdream"
@@ -348,7 +348,7 @@ def refusal(config):
 
 
 PREVIEW_NOTE = "Preview: at full size, as the dream will look here"
-CONNECTION_FAILURES = {"dream_failed", "bad_token", "internal", UNREACHABLE}
+CONNECTION_FAILURES = {"dream_failed", "bad_token", "internal", UNREACHABLE, LOST}
 """Error codes after which the preview connects again rather than keep its connection."""
 PREVIEW_CONTEXT = 32
 """Pixels around the previewed area that the network sees: enough for its edges to look like
