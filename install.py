@@ -33,7 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from dream_link.wire import INSTALL_RECORD, EndpointRecord, ensure_state_dir, state_dir
+from dream_link.wire import (
+    INSTALL_RECORD,
+    EndpointRecord,
+    ensure_state_dir,
+    state_dir,
+    write_private_text,
+)
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_VENV = ROOT / ".venv"
@@ -596,13 +602,13 @@ def install_service(python: Path) -> int:
     elif sys.platform == "darwin":
         path = service_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(launchd_plist(python))
+        write_private_text(path, launchd_plist(python))
         say(f"wrote {path}")
         steps = [["launchctl", "load", "-w", str(path)]]
     else:
         path = service_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(systemd_unit(python))
+        write_private_text(path, systemd_unit(python))
         say(f"wrote {path}")
         steps = [["systemctl", "--user", "daemon-reload"],
                  ["systemctl", "--user", "enable", "--now", SYSTEMD_UNIT]]  # fmt: skip

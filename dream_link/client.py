@@ -44,6 +44,7 @@ from .wire import (
     is_loopback,
     log_path,
     plain_password,
+    private_file,
     security,
     server_proof,
     state_dir,
@@ -629,7 +630,8 @@ def start_local_server() -> Connection:
         detached = {"start_new_session": True}
     ensure_state_dir()
     try:
-        with open(log_path(), "a") as log:  # errors before the server's own logging starts
+        # errors before the server's own logging starts
+        with os.fdopen(private_file(log_path()), "a") as log:
             process = subprocess.Popen(
                 [python, "-m", "dream_server.daemon", "--idle-exit", str(IDLE_EXIT_MINUTES)],
                 stdin=subprocess.DEVNULL,

@@ -324,6 +324,24 @@ def ensure_state_dir() -> Path:
     return folder
 
 
+def private_file(path: Path, truncate: bool = False) -> int:
+    """A descriptor of `path` for reading and appending, the file readable and writable by
+    this user only whatever the umask (its log names files and jobs; a service's unit holds
+    the command it runs), also when it existed with a wider mode."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)  # Windows' too
+    fd = os.open(path, flags, 0o600)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)
+    if truncate:
+        os.ftruncate(fd, 0)
+    return fd
+
+
+def write_private_text(path: Path, text: str) -> None:
+    with os.fdopen(private_file(path, truncate=True), "w") as file:
+        file.write(text)
+
+
 def log_path() -> Path:
     return state_dir() / LOG_FILE
 

@@ -50,6 +50,7 @@ from dream_link.wire import (
     is_loopback,
     log_path,
     plain_password,
+    private_file,
     schema_hash,
     security,
     server_proof,
@@ -714,7 +715,7 @@ def take_lock(folder: Path):  # noqa: ANN201 - an open file holding the lock
     """One daemon per user: an exclusive lock on a file in the state folder, or None when
     another process holds it. The system lets go of it when the process ends, however it ends,
     so a crash leaves no stale lock."""
-    handle = open(folder / LOCK_FILE, "a+b")  # noqa: SIM115 - held for the daemon's lifetime
+    handle = os.fdopen(private_file(folder / LOCK_FILE), "a+b")  # held while it serves
     try:
         if os.name == "nt":
             import msvcrt  # Windows has no flock: a lock on the file's first byte instead
@@ -735,7 +736,7 @@ class PrivateLogFile(logging.handlers.RotatingFileHandler):
     """A rotating log readable by this user only: it names jobs, files and models."""
 
     def _open(self):  # noqa: ANN202
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = private_file(Path(self.baseFilename))
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
 

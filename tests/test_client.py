@@ -66,6 +66,20 @@ def test_with_no_server_running_it_starts_one_from_the_recorded_environment(home
         )
 
 
+def test_the_server_it_starts_keeps_its_log_and_lock_private_whatever_the_umask(home):
+    (home / "daemon.json").write_text(json.dumps({"python": sys.executable}))
+    (home / "dream-server.log").write_text("an older log, made readable to all\n")
+    (home / "dream-server.log").chmod(0o666)
+    everyone = os.umask(0)  # files would be created readable and writable by all
+    try:
+        with DreamClient() as client:
+            assert client.ping()
+    finally:
+        os.umask(everyone)
+    for name in ("dream-server.log", "daemon.lock"):
+        assert (home / name).stat().st_mode & 0o777 == 0o600, name
+
+
 def test_without_an_installed_environment_it_says_to_run_install(home):
     with pytest.raises(DreamError, match=r"Run `python3 install.py`"):
         DreamClient()

@@ -76,10 +76,17 @@ def test_the_service_starts_a_server_that_loads_no_model_before_the_first_job(tm
     no_tools.mkdir()  # no systemctl: the unit is written, and install.py says how to start it
     environment = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
                    "PATH": str(no_tools), "DEEPDREAM_HOME": str(home / "state")}  # fmt: skip
-    run = subprocess.run([sys.executable, ROOT / "install.py", "--service", "--venv", sys.prefix],
-                         env=environment, capture_output=True, text=True, timeout=60)  # fmt: skip
+    everyone = os.umask(0)  # the unit holds the command it runs: it stays this user's
+    try:
+        run = subprocess.run(
+            [sys.executable, ROOT / "install.py", "--service", "--venv", sys.prefix],
+            env=environment, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.umask(everyone)
     assert run.returncode == 1, run.stderr  # written, not started: the user has a step to take
     unit = home / ".config" / "systemd" / "user" / "dream-server.service"
+    assert unit.stat().st_mode & 0o777 == 0o600
     assert ("in your desktop session, run `systemctl --user daemon-reload && systemctl --user "
             "enable --now dream-server.service`") in run.stdout  # fmt: skip
     [exec_start] = [line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]
