@@ -272,8 +272,7 @@ def dream_dialog(procedure, config, layout, drawable=None, check=None):
                    (("preview", "preview-status") if item == "preview" else (item,))
                    if shown not in ("preview", "preview-status") or live is not None]  # fmt: skip
         dialog.fill_box(f"column-{index}", members).set_spacing(8)
-    used = [f"column-{index}" for index, column in enumerate(layout.columns) if column]
-    columns = dialog.fill_box("columns", used)
+    columns = dialog.fill_box("columns", ["column-0", "column-1"])
     columns.set_orientation(Gtk.Orientation.HORIZONTAL)
     columns.set_spacing(16)
     dialog.fill(["columns"])
@@ -305,16 +304,17 @@ def tie_layers_to_custom(config):
     typing layers chooses it, emptying them goes back to the preset chosen before, choosing
     another preset empties Layers, and remembered values that disagree open with the preset
     that the layers make."""
-    chosen_before = [config.get_property("preset")]
+    chosen_before = config.get_property("preset")
 
     def layers_typed(*_):
+        nonlocal chosen_before
         preset = config.get_property("preset")
         if (config.get_property("layers") or "").strip():
             if preset != CUSTOM_PRESET:
-                chosen_before[0] = preset
+                chosen_before = preset
                 config.set_property("preset", CUSTOM_PRESET)
-        elif preset == CUSTOM_PRESET and chosen_before[0] != CUSTOM_PRESET:
-            config.set_property("preset", chosen_before[0])
+        elif preset == CUSTOM_PRESET and chosen_before != CUSTOM_PRESET:
+            config.set_property("preset", chosen_before)
 
     def preset_chosen(*_):
         if config.get_property("preset") != CUSTOM_PRESET and config.get_property("layers"):
