@@ -72,6 +72,11 @@ UNREACHABLE = "unreachable"
 """The code of an error that says no server answered: nothing is running where it looked."""
 LOST = "lost"
 """The code of an error that says the connection to the server is gone."""
+MAYBE_ENCRYPTED = (
+    "; if the server there encrypts (it was started with --curve-dir), set "
+    "DEEPDREAM_SERVER_KEY to the `server_key` of its endpoint.json"
+)
+"""Said when a loopback server does not answer a PLAIN client: it may be one that needs CURVE."""
 
 
 def transport() -> str:
@@ -229,9 +234,11 @@ class DreamClient:
             if err.code != LOST:
                 raise
             self.close()  # no connection took the first words: nothing answered there
+            # (or a server that encrypts refused the PLAIN handshake before a word went out)
+            hint = MAYBE_ENCRYPTED if mechanism == "PLAIN" else ""
             raise DreamError(
                 f"No dream server answered at {connection.endpoint}. Start one with "
-                f"`dream-server` (its log: {log_path()}).",
+                f"`dream-server` (its log: {log_path()}){hint}.",
                 UNREACHABLE,
             ) from None
         header = self._handshake_reply(connection)
@@ -280,11 +287,7 @@ class DreamClient:
         the token. A program on a dead server's port cannot, and hears nothing more."""
         nonce = secrets.token_hex(16)
         self._send({"type": "prove", "nonce": nonce}, with_token=False)
-        proof = self._handshake_reply(
-            connection,
-            "; if the server there encrypts (it was started with --curve-dir), set "
-            "DEEPDREAM_SERVER_KEY to the `server_key` of its endpoint.json",
-        ).get("proof")
+        proof = self._handshake_reply(connection, MAYBE_ENCRYPTED).get("proof")
         expected = server_proof(connection.token, nonce)
         if not (isinstance(proof, str) and hmac.compare_digest(proof, expected)):
             self.close()
