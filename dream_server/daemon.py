@@ -17,17 +17,18 @@ import contextlib
 import ctypes
 import gc
 import hmac
-import json
 import logging
 import logging.handlers
 import os
+import queue
 import secrets
 import shlex
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+import weakref
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,89 +54,67 @@ from dream_link.wire import (
     private_file,
     schema_hash,
     security,
-    server_proof,
     state_dir,
 )
 
 from . import __version__
-from .cost import Paces, Work
 from .devices import devices
 from .engine import Engine
 from .errors import DreamCancelled, DreamError, OutOfMemory
 from .models import DEFAULT_MODEL, MODELS, PRESETS
 from .params import VISUALIZE_PARAMETERS, parameter_schema, plugin_schemas
-from .protocol import (
-    JOB_PARSERS,
-    BadMessage,
-    check_frame_count,
-    decode_header,
-    encode,
-    frame_meta,
-    parse_estimate,
-    proof_nonce,
+from .protocol import encode, frame_meta
+from .scheduler import (
+    BLOCKED,
+    CLOSED,
+    SENT,
+    Action,
+    Cancel,
+    Exit,
+    Job,
+    Resume,
+    Scheduler,
+    Send,
+    Start,
+    Unload,
 )
 
 log = logging.getLogger("dream_server.daemon")
 
-HEARTBEAT_TIMEOUT_S = 5.0
-"""A client that sent nothing for this long while its job waits or runs has gone away (a closed
-connection is noticed sooner: see DreamServer._send)."""
 PROGRESS_INTERVAL_S = 0.1
 STEADY_PACE_AFTER = 0.05
 """Time left is said once this share of the work has shown the pace, not before."""
 CLIENT_BACKLOG = 16
 """Replies ZeroMQ queues for one client beyond what its connection's buffers hold; then they
-wait in the server, counted in bytes."""
-CLIENT_HELD_BYTES = 64 << 20
-"""Replies waiting in the server for one client, at most: a client that leaves more unread
-does not read, and loses its jobs, so that unread results cannot pile up."""
-PROBE_AFTER_DISCONNECT_S = 1.5
-"""How long after a connection closes the clients with jobs are asked whether they are there:
-libzmq may take a moment to retire the closed connection's routing id."""
+wait in the scheduler, counted in bytes."""
 DEFAULT_MAX_PIXELS = 100_000_000
-MAX_QUEUED_JOBS = 32
 LOCK_FILE = "daemon.lock"
 SOCKET_FILE = "dream-server.sock"
 MAX_SOCKET_PATH = 104
 """Bytes in a Unix socket's path, with its terminating NUL (macOS allows 104, Linux 108)."""
 
-
-@dataclass
-class Job:
-    """What the socket loop knows of a job; the worker that runs it owns the rest."""
-
-    id: str
-    client: bytes
-    message: list | None
-    """The request's frames until a worker takes them (forwarded without a copy)."""
-    submitted: float = field(default_factory=time.monotonic)
-    worker: Worker | None = None
-    cancelling: bool = False
-    work: Work | None = None
-    """What it computes, which its time is noted against (see cost.py)."""
-    started: float | None = None
+WORKER_MESSAGES = {
+    b"update": Scheduler.progress,
+    b"turn": Scheduler.turn,
+    b"ended": Scheduler.ended,
+}
+"""What a worker says to the loop on its PAIR socket, [kind, job id, *frames], and the
+scheduler's event for each:
+  update  [header, *pixels]  a running job's progress, or an animation's frame, for its client;
+  turn    []                 an animation is between two frames: the worker waits for resume,
+                             or for a job to run first;
+  ended   [ending, header, *pixels]  the job ended (result, error or cancelled), its last reply.
+An `ended` comes once for every job a worker was given, whatever happened to it. The loop
+speaks to a worker through its methods: start_job, resume, cancel, unload, stop."""
 
 
 class Worker(threading.Thread):
-    """Runs one job at a time on an engine of its own, on its own device.
-
-    It owns each job from start to end and talks to the socket loop only through messages on
-    its PAIR socket (frames in brackets):
-      loop to worker: [job, job id, client, header, *pixel frames]  [cancel, job id]  [stop]
-      worker to loop: [update, job id, client, header, *frames]  (progress; an animation's
-                      frame with its pixels)  [done, job id, client, header, *frames]
-    A `done` message ends the job whatever happened to it: result, error or cancelled.
-    Between jobs, [unload] lets go of its models.
-    """
+    """Runs one job at a time on an engine of its own, on its own device; a job it owns from
+    start to end. Between an animation's frames it asks the loop for its `turn`, and may run
+    another client's job first."""
 
     def __init__(
-        self,
-        index: int,
-        engine: Engine,
-        context: zmq.Context,
-        max_pixels: int,
-        threads: int,
-        lazy: bool = False,
+        self, index: int, engine: Engine, context: zmq.Context, threads: int, lazy: bool = False
     ) -> None:
         super().__init__(name=f"dream-worker-{index}", daemon=True)
         self.index = index
@@ -143,10 +122,31 @@ class Worker(threading.Thread):
         """Load no model before the first job (a server that starts with the session)."""
         self.engine = engine
         self.context = context
-        self.max_pixels = max_pixels
         self.threads = threads
         self.address = f"inproc://dream-worker-{index}"
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancelled: weakref.WeakSet[Job] = weakref.WeakSet()
         self._stopping = False
+
+    # -- what the loop says (from its thread) ---------------------------------------------------
+
+    def start_job(self, job: Job) -> None:
+        self._inbox.put(("job", job))
+
+    def resume(self) -> None:
+        self._inbox.put(("resume",))
+
+    def cancel(self, job: Job) -> None:
+        self._cancelled.add(job)  # seen between two steps of the job
+
+    def unload(self) -> None:
+        self._inbox.put(("unload",))
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(("stop",))
+
+    # -- the worker's thread --------------------------------------------------------------------
 
     def run(self) -> None:
         if self.threads:
@@ -157,17 +157,12 @@ class Worker(threading.Thread):
             if not self.lazy:
                 self._warm_up()
             while not self._stopping:
-                message = socket.recv_multipart(copy=False)
-                kind = message[0].bytes
-                if kind == b"stop":
-                    break
-                if kind == b"unload":
+                command, *args = self._inbox.get()
+                if command == "unload":
                     self.engine.unload_models()
                     _give_memory_back()
-                if kind == b"job":
-                    job_id, client = message[1].bytes.decode(), message[2].bytes
-                    self._run(socket, job_id, client, message[3].bytes, message[4:])
-                # a cancel for a job that has already ended needs nothing
+                elif command == "job":
+                    self._run(socket, args[0])
         except zmq.ZMQError:
             pass  # the daemon is shutting down: nobody left to answer
         finally:
@@ -180,62 +175,65 @@ class Worker(threading.Thread):
         except Exception:  # a failed warm-up is not fatal: the first job will say why
             log.exception("could not load %s at start-up on %s", DEFAULT_MODEL, self.engine.device)
 
-    def _run(
-        self, socket: zmq.Socket, job_id: str, client: bytes, header_bytes: bytes, frames: list
-    ) -> None:
-        cancelled = False
+    def _take_turn(self, socket: zmq.Socket, job: Job) -> None:
+        """Between two frames of an animation: run the job the loop gives, if any, first."""
+        socket.send_multipart([b"turn", job.id.encode()])  # see WORKER_MESSAGES
+        command, *args = self._inbox.get()
+        if command == "job":
+            self._run(socket, args[0])
+        elif command == "stop":
+            self._stopping = True
 
+    def _run(self, socket: zmq.Socket, job: Job) -> None:
         def should_stop() -> bool:
-            nonlocal cancelled
-            while not cancelled and socket.poll(0):
-                message = socket.recv_multipart()
-                if message[0] == b"stop":
-                    self._stopping = cancelled = True
-                elif message[0] == b"cancel" and message[1].decode() == job_id:
-                    cancelled = True
-            return cancelled
+            return self._stopping or job in self._cancelled
 
-        def send(kind: bytes, header: bytes, *results: Any) -> None:
-            socket.send_multipart([kind, job_id.encode(), client, header, *results], copy=False)
+        def send(kind: bytes, *frames: Any) -> None:
+            socket.send_multipart([kind, job.id.encode(), *frames], copy=False)
 
         started = time.monotonic()
+        request = job.request
         try:
-            header = json.loads(header_bytes)
-            request = JOB_PARSERS[header["type"]](header, frames, self.max_pixels)
             model = request.params.model
             loading = None if model in self.engine.loaded_models else model
-            progress = _progress_reports(job_id, send, loading)
+            progress = _progress_reports(job.id, send, loading)
 
             def send_frame(index: int, count: int, image: np.ndarray) -> None:
                 image = np.ascontiguousarray(image)
-                header = encode("frame", job=job_id, index=index, count=count, **frame_meta(image))
+                header = encode("frame", job=job.id, index=index, count=count, **frame_meta(image))
                 send(b"update", header, memoryview(image).cast("B"))
+                if index + 1 < count and not should_stop():
+                    self._take_turn(socket, job)
 
             results, fields = request.run(self.engine, progress, should_stop, send_frame)
         except DreamCancelled:
-            log.info("job %s cancelled after %.1f s", job_id, time.monotonic() - started)
-            ending = encode("cancelled", job=job_id)
+            log.info("job %s cancelled after %.1f s", job.id, time.monotonic() - started)
+            ending = encode("cancelled", job=job.id)
+            kind = "cancelled"
         except (OutOfMemory, MemoryError) as err:
             _free_device_memory()
             message = str(err) if isinstance(err, OutOfMemory) else "Out of memory."
             hint = "Dream on a smaller selection, or lower tile-size."
-            ending = encode("error", job=job_id, code="out_of_memory", message=message, hint=hint)
+            ending = encode("error", job=job.id, code="out_of_memory", message=message, hint=hint)
+            kind = "error"
         except DreamError as err:
-            ending = encode("error", job=job_id, code=err.code, message=str(err))
+            ending, kind = encode("error", job=job.id, code=err.code, message=str(err)), "error"
         except Exception:  # the worker must outlive any one job
-            log.exception("job %s failed", job_id)
-            ending = encode("error", job=job_id, code="internal",
+            log.exception("job %s failed", job.id)
+            ending = encode("error", job=job.id, code="internal",
                             message="The dream server failed on this job.",
                             hint=f"See {log_path()} for details.")  # fmt: skip
+            kind = "error"
         else:
-            log.info("job %s done in %.1f s on %s", job_id, time.monotonic() - started,
+            log.info("job %s done in %.1f s on %s", job.id, time.monotonic() - started,
                      self.engine.device)  # fmt: skip
             frames_out = [np.ascontiguousarray(result) for result in results]
             meta = frame_meta(frames_out[0]) if frames_out else {}
-            ending = encode("result", job=job_id, count=len(frames_out), **meta, **fields)
-            send(b"done", ending, *(memoryview(frame).cast("B") for frame in frames_out))
+            ending = encode("result", job=job.id, count=len(frames_out), **meta, **fields)
+            send(b"ended", b"result", ending,
+                 *(memoryview(frame).cast("B") for frame in frames_out))  # fmt: skip
             return
-        send(b"done", ending)
+        send(b"ended", kind.encode(), ending)
 
 
 def _progress_reports(job_id: str, send, loading: str | None):  # noqa: ANN001, ANN202
@@ -295,8 +293,8 @@ class _OnlyKnownClients:
 
 
 class DreamServer:
-    """The daemon's main loop: one ROUTER socket, requests checked before any work is done,
-    jobs handed to the next free worker, taking the clients in turn."""
+    """The daemon's loop: one ROUTER socket for every client, a PAIR socket from each worker,
+    and the scheduler, which decides everything; this class carries its decisions out."""
 
     def __init__(
         self,
@@ -312,15 +310,11 @@ class DreamServer:
         self.engines = engines
         self.token = token
         self.max_pixels = max_pixels
-        self.idle_exit_s = idle_exit_s
-        self.idle_unload_s = idle_unload_s
-        self.unloaded = lazy
-        """Whether the workers hold no model since the last job (or since the start)."""
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         # A reply to a client whose connection has closed fails instead of vanishing: that is
-        # how the loop learns which client went, by its routing id (see _send).
+        # how the loop learns which client went, by its routing id (see _deliver).
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.SNDHWM, CLIENT_BACKLOG)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_pixels * 16 + (1 << 20))
@@ -353,37 +347,19 @@ class DreamServer:
         self.endpoint = bind
         cpu_workers = sum(engine.device.type == "cpu" for engine in engines)
         cpu_threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers > 1 else 0
-        self.sockets: dict[Worker, zmq.Socket] = {}
-        """The loop's end of each worker's PAIR socket."""
+        self.workers: list[Worker] = []
+        self.sockets: list[zmq.Socket] = []
+        """The loop's end of each worker's PAIR socket, by the worker's index."""
         for index, engine in enumerate(engines):
             threads = cpu_threads if engine.device.type == "cpu" else 0
-            worker = Worker(index, engine, self.context, max_pixels, threads, lazy)
-            socket = self.context.socket(zmq.PAIR)
-            socket.bind(worker.address)
-            self.sockets[worker] = socket
-        self.idle: list[Worker] = list(self.workers)
-        self.jobs: dict[str, Job] = {}
-        self.paces = Paces()
-        """How long the jobs of each kind took here, for estimates."""
-        self.waiting: dict[bytes, collections.deque[str]] = {}
-        """Each client's jobs not yet running, in order."""
-        self.last_served: dict[bytes, float] = {}
-        self.last_heard: dict[bytes, float] = {}
-        self.gone: set[bytes] = set()
-        """Clients whose connection has closed, or who do not read: nothing more is sent."""
-        self.held: dict[bytes, collections.deque[tuple]] = {}
-        self.held_bytes: dict[bytes, int] = {}
-        self.probe_until = 0.0
-        self.last_activity = time.monotonic()
-        """When a client last said anything, or a job ended."""
-        self.last_work = self.last_activity
-        """When a job last ended: what a client asks of the server otherwise is no work."""
+            self.workers.append(Worker(index, engine, self.context, threads, lazy))
+            self.sockets.append(self.context.socket(zmq.PAIR))
+            self.sockets[-1].bind(self.workers[-1].address)
+        self.scheduler = Scheduler(
+            len(engines), token, max_pixels, self.describe(), self.machine, time.monotonic(),
+            idle_exit_s=idle_exit_s, idle_unload_s=idle_unload_s, unloaded=lazy,
+        )  # fmt: skip
         self.stopping = threading.Event()
-        self.counters = collections.Counter()
-
-    @property
-    def workers(self) -> list[Worker]:
-        return list(self.sockets)
 
     @property
     def devices(self) -> list[str]:
@@ -397,45 +373,35 @@ class DreamServer:
         monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        for socket in self.sockets.values():
+        for socket in self.sockets:
             poller.register(socket, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         log.info("serving on %s with %s", self.endpoint, ", ".join(self.devices))
         try:
             while not self.stopping.is_set():
                 events = dict(poller.poll(100))
-                for worker, socket in self.sockets.items():
+                for index, socket in enumerate(self.sockets):
                     if socket in events:
-                        self._forward_worker_replies(socket, worker)
+                        self._hear_worker(index, socket)
                 if monitor in events:
-                    self._note_closed_connections(monitor)
+                    while monitor.poll(0):
+                        recv_monitor_message(monitor)
+                    self._event(None, self.scheduler.connection_closed)
                 if self.router in events:
-                    self._handle_requests()
-                self._send_held()
-                self._probe_clients_with_jobs()
-                self._cancel_abandoned_jobs()
-                self._dispatch()
+                    self._hear_clients()
+                self._event(None, self.scheduler.tick)
                 if not all(worker.is_alive() for worker in self.workers):
                     log.error("a worker thread died: exiting so that a fresh daemon can start")
                     break
-                if self._idle_for(self.idle_exit_s, self.last_activity):
-                    log.info("idle for %.0f s: exiting", self.idle_exit_s)
-                    break
-                if self._idle_for(self.idle_unload_s, self.last_work) and not self.unloaded:
-                    log.info("idle for %.0f s: unloading the models", self.idle_unload_s)
-                    for socket in self.sockets.values():
-                        socket.send(b"unload")
-                    self.unloaded = True
         finally:
-            for socket in self.sockets.values():
-                with contextlib.suppress(zmq.ZMQError):
-                    socket.send(b"stop", zmq.NOBLOCK)
+            for worker in self.workers:
+                worker.stop()
             for worker in self.workers:
                 worker.join(timeout=10)
             self.router.disable_monitor()
             monitor.close(linger=0)
             self.router.close(linger=0)
-            for socket in self.sockets.values():
+            for socket in self.sockets:
                 socket.close(linger=0)
             if self.authenticator is not None:
                 self.authenticator.stop()
@@ -444,213 +410,77 @@ class DreamServer:
             else:
                 self.context.term()
 
-    def _note_closed_connections(self, monitor: zmq.Socket) -> None:
-        """Some connection closed. Which one the event cannot say: its file descriptor number
-        may already belong to a new connection. So the clients with jobs are asked, by routing
-        id, for the next while: a reply to a closed connection fails (see _send)."""
-        while monitor.poll(0):
-            recv_monitor_message(monitor)
-            self.probe_until = time.monotonic() + PROBE_AFTER_DISCONNECT_S
-
-    def _probe_clients_with_jobs(self) -> None:
-        if time.monotonic() > self.probe_until:
-            return
-        for client, job_id in {job.client: job.id for job in self.jobs.values()}.items():
-            # a `pong` for its own job: every client takes it as a sign of life, nothing more
-            self._send(client, encode("pong", job=job_id, known=True))
-
-    def _idle_for(self, seconds: float, since: float) -> bool:
-        """Whether no job is waiting or running, and `seconds` have passed since `since`
-        (never, when `seconds` is 0)."""
-        if not seconds or self.jobs:
-            return False
-        return time.monotonic() - since > seconds
-
-    def _forward_worker_replies(self, socket: zmq.Socket, worker: Worker) -> None:
-        while socket.poll(0):
-            kind, job_id, client, *reply = socket.recv_multipart(copy=False)
-            if kind.bytes == b"done":
-                job = self.jobs.pop(job_id.bytes.decode(), None)
-                if self._succeeded(job, reply[0]):
-                    self.paces.note(job.work, time.monotonic() - job.started)
-                self.idle.append(worker)
-                self.last_activity = self.last_work = time.monotonic()
-            self._send(client.bytes, *reply)
-
-    @staticmethod
-    def _succeeded(job: Job | None, ending: zmq.Frame) -> bool:
-        """Whether a job whose work is timed ended with its result (not cancelled, not failed)."""
-        if job is None or job.work is None or job.started is None:
-            return False
-        return json.loads(ending.bytes).get("type") == "result"
-
-    def _dispatch(self) -> None:
-        """Start waiting jobs on idle workers, one client's job at a time, clients in turn."""
-        while self.idle and self.waiting:
-            # the client served longest ago, or never: one artist's ten jobs do not keep a
-            # second artist waiting behind all ten
-            client = min(self.waiting, key=lambda c: self.last_served.get(c, 0.0))
-            queue = self.waiting[client]
-            job = self.jobs[queue.popleft()]
-            if not queue:
-                del self.waiting[client]
-            self.last_served[client] = time.monotonic()
-            worker = self.idle.pop(0)
-            job.worker, job.started = worker, time.monotonic()
-            message, job.message = job.message, None
-            self.sockets[worker].send_multipart(
-                [b"job", job.id.encode(), job.client, *message], copy=False
-            )
-
-    def _handle_requests(self) -> None:
-        for _ in range(1000):  # a burst at a time, so worker replies are never starved
+    def _hear_clients(self) -> None:
+        for _ in range(1000):  # a burst at a time, so workers' messages are never starved
             if not self.router.poll(0):
                 return
-            frames = self.router.recv_multipart(copy=False)
-            if len(frames) < 2:
-                self.counters["dropped"] += 1
-                continue
-            client = frames[0].bytes
-            try:
-                self._handle(client, frames[1], frames[2:])
-            except BadMessage as err:
-                self.counters["refused"] += 1
-                log.debug("refused a message: %s", err)
-                self._reply(client, encode("error", job=err.job, code=err.code, message=str(err)))
-            except Exception:  # nothing a client sends may stop the daemon
-                self.counters["failed"] += 1
-                log.exception("a message could not be handled")
-                self._reply(client, encode("error", job=None, code="internal",
-                                           message=f"The server could not handle that message; "
-                                           f"see {log_path()}."))  # fmt: skip
+            client, *frames = self.router.recv_multipart(copy=False)
+            if not frames:
+                continue  # not even a header: nothing to answer
+            client = client.bytes
+            self._event(client, self.scheduler.heard, client, frames[0].bytes, frames[1:])
 
-    def _reply(self, client: bytes, header: bytes, *frames: Any) -> None:
-        self._send(client, header, *frames)
+    def _hear_worker(self, index: int, socket: zmq.Socket) -> None:
+        while socket.poll(0):
+            kind, job_id, *rest = socket.recv_multipart(copy=False)
+            job_id = job_id.bytes.decode()
+            job = self.scheduler.jobs.get(job_id)
+            client = job.client if job is not None else None
+            event = WORKER_MESSAGES[kind.bytes].__get__(self.scheduler)
+            self._event(client, event, index, job_id, tuple(rest))
 
-    def _send(self, client: bytes, *frames: Any) -> None:
-        """Send to one client, in order; a client whose connection has closed loses its jobs.
+    def _event(self, client: bytes | None, event, *args: Any) -> None:  # noqa: ANN001
+        """Hand one event to the scheduler and carry out what it decides. A failure while
+        serving one client ends that client's jobs, never the server."""
+        try:
+            pending = collections.deque(self._timed(event, *args))
+            while pending:
+                pending.extend(self._carry_out(pending.popleft()))
+        except Exception:
+            self.scheduler.counters["failed"] += 1
+            log.exception("serving %s failed", client.hex() if client else "the server")
+            if client is not None:
+                for action in self.scheduler.drop(client, "the server failed while serving it"):
+                    with contextlib.suppress(Exception):
+                        self._carry_out(action)
 
-        Replies that its connection has no room for wait here, up to CLIENT_HELD_BYTES: a
-        client that lets more pile up does not read, and loses its jobs and its replies.
-        """
-        if client in self.gone:
-            return
-        # behind the replies that wait already, if any: a client's replies keep their order
-        if client in self.held or not self._deliver(client, frames):
-            held = self.held.setdefault(client, collections.deque())
-            held.append(frames)
-            self.held_bytes[client] = self.held_bytes.get(client, 0) + _size(frames)
-            if self.held_bytes[client] > CLIENT_HELD_BYTES:
-                self._client_gone(client, "its client does not read its replies")
+    @staticmethod
+    def _timed(event, *args: Any) -> list:  # noqa: ANN001
+        return event(*args, time.monotonic())
 
-    def _deliver(self, client: bytes, frames: tuple) -> bool:
-        """Hand one reply to ZeroMQ; False where the client's connection has no room for it."""
+    def _carry_out(self, action: Action) -> list[Action]:
+        """Do what the scheduler decided; a delivery's outcome goes back to it at once."""
+        if isinstance(action, Send):
+            outcome = self._deliver(action.client, action.frames)
+            return self.scheduler.sent(action.client, outcome, time.monotonic())
+        if isinstance(action, Start):
+            self.workers[action.worker].start_job(action.job)
+        elif isinstance(action, Resume):
+            self.workers[action.worker].resume()
+        elif isinstance(action, Cancel):
+            self.workers[action.worker].cancel(action.job)
+        elif isinstance(action, Unload):
+            for worker in self.workers:
+                worker.unload()
+        elif isinstance(action, Exit):
+            self.stopping.set()
+        return []
+
+    def _deliver(self, client: bytes, frames: tuple) -> str:
+        """Hand one reply to ZeroMQ: SENT, BLOCKED where the client's connection has no room
+        for it now, CLOSED where the connection is gone."""
         try:
             self.router.send_multipart([client, *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            return False
+            return BLOCKED
         except zmq.ZMQError as err:
             if err.errno != zmq.EHOSTUNREACH:
                 raise
-            self._client_gone(client, "its client's connection closed")
-        return True
-
-    def _send_held(self) -> None:
-        for client in list(self.held):
-            held = self.held[client]
-            # a delivery may find the connection closed, which drops all that the client held
-            while held and self._deliver(client, held[0]) and client not in self.gone:
-                self.held_bytes[client] -= _size(held.popleft())
-            if not held:
-                self.held.pop(client, None)
-                self.held_bytes.pop(client, None)
-
-    def _client_gone(self, client: bytes, why: str) -> None:
-        """Nothing more is sent to `client` and its jobs end; what waited for it is dropped."""
-        self.gone.add(client)
-        self.held.pop(client, None)
-        self.held_bytes.pop(client, None)
-        self._stop_jobs_of(client, why)
-
-    def _stop_jobs_of(self, client: bytes, why: str) -> None:
-        for job in [j for j in self.jobs.values() if j.client == client]:
-            if not job.cancelling:
-                self._stop_job(job, why)
-
-    def _handle(self, client: bytes, header_frame: zmq.Frame, frames: list) -> None:
-        header = decode_header(header_frame.bytes, self.token)
-        self.last_heard[client] = self.last_activity = time.monotonic()  # only clients count
-        kind = header["type"]
-        check_frame_count(header, frames)
-        if kind == "prove":
-            proof = server_proof(self.token, proof_nonce(header))
-            self._reply(client, encode("proof", proof=proof))
-        elif kind == "hello":
-            self._reply(client, encode("hello_ok", **self.describe()))
-        elif kind == "ping":
-            job = header.get("job")
-            known = isinstance(job, str) and job in self.jobs and self.jobs[job].client == client
-            self._reply(client, encode("pong", job=job, known=known))
-        elif kind == "status":
-            self._reply(client, encode("status_ok", **self.status()))
-        elif kind == "cancel":
-            self._cancel(client, header["job"])
-        elif kind == "estimate":
-            seconds, jobs = self.paces.estimate(parse_estimate(header, self.max_pixels))
-            self._reply(client, encode("estimate_ok", seconds=seconds, jobs=jobs))
-        elif kind in JOB_PARSERS:
-            # refused here, before any work
-            work = JOB_PARSERS[kind](header, frames, self.max_pixels).work()
-            self._queue(client, header["job"], [header_frame, *frames], work)
-
-    def _queue(self, client: bytes, job_id: str, message: list, work: Work | None) -> None:
-        if job_id in self.jobs:
-            raise BadMessage("bad_job", f"Job {job_id!r} is already queued or running.", job_id)
-        if len(self.jobs) >= MAX_QUEUED_JOBS:
-            raise BadMessage("busy", f"{len(self.jobs)} jobs are waiting already: try again "
-                             "when some have finished.", job_id)  # fmt: skip
-        self.jobs[job_id] = Job(job_id, client, message, work=work)
-        self.unloaded = False
-        self.waiting.setdefault(client, collections.deque()).append(job_id)
-        self.counters["jobs"] += 1
-        self._reply(client, encode("accepted", job=job_id, position=len(self.jobs)))
-        self._dispatch()
-
-    def _cancel(self, client: bytes, job_id: str) -> None:
-        job = self.jobs.get(job_id)
-        if job is None or job.client != client:
-            raise BadMessage(
-                "unknown_job", f"No job {job_id!r} of yours is queued or running.", job_id
-            )
-        self._stop_job(job, "asked by its client")
-
-    def _stop_job(self, job: Job, why: str) -> None:
-        log.info("cancelling job %s: %s", job.id, why)
-        if job.worker is None:
-            queue = self.waiting.get(job.client)
-            if queue is not None:
-                queue.remove(job.id)
-                if not queue:
-                    del self.waiting[job.client]
-            del self.jobs[job.id]
-            self._reply(job.client, encode("cancelled", job=job.id))
-        elif not job.cancelling:
-            job.cancelling = True  # the worker answers once the engine stops between two steps
-            self.sockets[job.worker].send_multipart([b"cancel", job.id.encode()])
-
-    def _cancel_abandoned_jobs(self) -> None:
-        now = time.monotonic()
-        for job in list(self.jobs.values()):
-            heard = self.last_heard.get(job.client, job.submitted)
-            if now - heard > HEARTBEAT_TIMEOUT_S and not job.cancelling:
-                self._stop_job(job, f"its client sent nothing for {now - heard:.1f} s")
-        for client, heard in list(self.last_heard.items()):
-            if now - heard > 60 and not any(job.client == client for job in self.jobs.values()):
-                del self.last_heard[client]
-                self.last_served.pop(client, None)
-                self.gone.discard(client)
+            return CLOSED
+        return SENT
 
     def describe(self) -> dict[str, Any]:
+        """What `hello_ok` says: the models, their layers and presets, the parameters."""
         return {
             "server": __version__,
             "device": ",".join(self.devices),
@@ -675,25 +505,18 @@ class DreamServer:
             "log": str(log_path()),
         }
 
-    def status(self) -> dict[str, Any]:
+    def machine(self) -> dict[str, Any]:
+        """What `status_ok` says of this server and its workers (the scheduler adds the rest)."""
         return {
             "endpoint": self.endpoint,
             "pid": os.getpid(),
             "device": ",".join(self.devices),
             "workers": [
-                {
-                    "device": str(worker.engine.device),
-                    "job": next((j.id for j in self.jobs.values() if j.worker is worker), None),
-                    "loaded_models": worker.engine.loaded_models,
-                }
-                for worker in self.workers
+                {"device": str(engine.device), "loaded_models": engine.loaded_models}
+                for engine in self.engines
             ],
             "loaded_models": sorted({m for e in self.engines for m in e.loaded_models}),
-            "queue": [
-                {"job": job.id, "running": job.worker is not None} for job in self.jobs.values()
-            ],
             "log": str(log_path()),
-            "counters": dict(self.counters),
         }
 
 
