@@ -437,12 +437,9 @@ class DreamServer:
             while pending:
                 pending.extend(self._carry_out(pending.popleft()))
         except Exception:
-            self.scheduler.counters["failed"] += 1
             log.exception("serving %s failed", client.hex() if client else "the server")
-            if client is not None:
-                for action in self.scheduler.drop(client, "the server failed while serving it"):
-                    with contextlib.suppress(Exception):
-                        self._carry_out(action)
+            if client is not None:  # (and if telling it fails too, the server carries on)
+                self._event(None, self.scheduler.failed, client)
 
     @staticmethod
     def _timed(event, *args: Any) -> list:  # noqa: ANN001

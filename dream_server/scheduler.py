@@ -39,8 +39,9 @@ HEARTBEAT_TIMEOUT_S = 5.0
 """A client that sent nothing for this long while its job waits or runs has gone away (a closed
 connection is noticed sooner: see `sent`)."""
 CLIENT_HELD_BYTES = 64 << 20
-"""Replies waiting in the server for one client, at most: a client that leaves more unread
-does not read, and loses its jobs, so that unread results cannot pile up."""
+"""Replies waiting in the server for one client behind the one its connection is taking, at
+most: a client that leaves more unread does not read, and loses its jobs, so that unread
+results cannot pile up. (One result of any size may wait: a reader takes it in its time.)"""
 PROBE_AFTER_DISCONNECT_S = 1.5
 """How long after a connection closes the clients with jobs are asked whether they are there:
 libzmq may take a moment to retire the closed connection's routing id."""
@@ -125,6 +126,10 @@ class _Outbox:
     blocked: bool = False
     """The first reply found no room: it is offered again at the next tick."""
 
+    @property
+    def behind_the_first(self) -> int:
+        return self.bytes - reply_size(self.replies[0]) if self.replies else 0
+
 
 def reply_size(frames: tuple) -> int:
     return sum(memoryview(frame).nbytes for frame in frames)
@@ -189,10 +194,7 @@ class Scheduler:
         except Exception:  # a bug met in one client's request ends that client, not the server
             self.counters["failed"] += 1
             log.exception("a request could not be handled: its client is dropped")
-            self._reply(client, encode("error", job=None, code="internal",
-                                       message="The server could not handle that message and "
-                                       "ended this connection's jobs; see its log."))  # fmt: skip
-            self._drop(client, "the server failed on its request")
+            self._fail(client, "the server failed on its request")
         return self._taken()
 
     def sent(self, client: bytes, outcome: str, now: float) -> list[Action]:
@@ -204,8 +206,6 @@ class Scheduler:
             self._drop(client, "its client's connection closed")
         elif outcome == BLOCKED:
             outbox.blocked = True
-            if outbox.bytes > CLIENT_HELD_BYTES:
-                self._drop(client, "its client does not read its replies")
         else:
             outbox.bytes -= reply_size(outbox.replies.popleft())
             outbox.blocked = False
@@ -281,9 +281,11 @@ class Scheduler:
             self._actions.append(Exit(f"idle for {self.idle_exit_s:.0f} s"))
         return self._taken()
 
-    def drop(self, client: bytes, why: str) -> list[Action]:
-        """`client` is gone for a reason found outside (a failure while serving it)."""
-        self._drop(client, why)
+    def failed(self, client: bytes, now: float) -> list[Action]:
+        """Serving `client` failed outside the scheduler (a bug in the loop): it is told so and
+        dropped, with its jobs; nobody else is."""
+        self.counters["failed"] += 1
+        self._fail(client, "the server failed while serving it")
         return self._taken()
 
     # -- what a client asks ---------------------------------------------------------------------
@@ -396,7 +398,7 @@ class Scheduler:
         outbox.bytes += reply_size(frames)
         if len(outbox.replies) == 1 and not outbox.blocked:
             self._actions.append(Send(client, frames))
-        elif outbox.blocked and outbox.bytes > CLIENT_HELD_BYTES:
+        elif outbox.behind_the_first > CLIENT_HELD_BYTES:
             self._drop(client, "its client does not read its replies")
 
     def _offer(self, client: bytes) -> None:
@@ -405,6 +407,13 @@ class Scheduler:
             self._actions.append(Send(client, outbox.replies[0]))
         else:
             del self.outboxes[client]
+
+    def _fail(self, client: bytes, why: str) -> None:
+        self._reply(client, encode("error", job=None, code="internal",
+                                   message="The dream server failed while serving this "
+                                   "connection and ended its jobs: try again, and if it "
+                                   "happens again, report it with the server's log."))  # fmt: skip
+        self._drop(client, why)
 
     def _drop(self, client: bytes, why: str) -> None:
         """Nothing more is sent to `client`, what waited for it is dropped, its jobs end."""

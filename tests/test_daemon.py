@@ -256,6 +256,39 @@ def test_cancelling_an_animation_stops_its_frames(server):
         assert client.status()["queue"] == []
 
 
+def test_an_animation_lets_another_clients_small_job_start_within_one_frames_time(server):
+    zooming, other = Raw(server), Raw(server)
+    image = cat_pixels(3, "u8", size=(288, 192))
+    meta = {"width": 288, "height": 192, "channels": 3, "dtype": "u8"}
+    try:
+        zooming.send({"type": "animate", "job": "endless", "params": {"octaves": 1, "steps": 8},
+                      "zoom": {"frames": 500, "steps-per-frame": 40}, "image": meta},
+                     image.tobytes())  # fmt: skip
+        frames, started = [], None
+        deadline = time.monotonic() + 120
+        while started is None and time.monotonic() < deadline:
+            zooming.keep_alive()
+            other.keep_alive()
+            for raw in (zooming, other):
+                while (message := raw.receive(0)) is not None:
+                    if message["type"] == "frame":
+                        frames.append(time.monotonic())
+                        if len(frames) == 3:  # the pace is known: another artist asks
+                            other.submit("small", cat_pixels(3, "u8"), QUICK)
+                            submitted = time.monotonic()
+                    elif message["type"] == "progress" and message["job"] == "small":
+                        started = time.monotonic()
+            time.sleep(0.01)
+        assert started is not None, "the small job never started beside the endless zoom"
+        frame_time = max(frames[2] - frames[1], frames[1] - frames[0])
+        assert started - submitted <= frame_time + 0.5, (started - submitted, frame_time)
+        other.wait_for("result", timeout_s=60)
+    finally:
+        zooming.send({"type": "cancel", "job": "endless"})
+        zooming.close()
+        other.close()
+
+
 def test_an_animate_request_is_checked_like_any_other(server):
     raw = Raw(server)
     meta = {"width": 8, "height": 8, "channels": 3, "dtype": "u8"}
@@ -922,33 +955,6 @@ def test_two_workers_dream_at_once_and_each_gives_what_it_gives_alone(two_cpu_wo
         raw.close()
 
 
-def test_a_second_client_is_served_before_the_first_clients_other_jobs(tmp_path):
-    server = start_server(tmp_path / "home", "--devices", "cpu")
-    first, second = Raw(server), Raw(server)
-    try:
-        pixels = cat_pixels(3, "u8")
-        slow = {"octaves": 1, "steps": 30, "preset": "textures"}
-        for index in range(4):
-            first.submit(f"first-{index}", pixels, slow)
-        first.wait_for("accepted")
-        second.submit("second-0", pixels, slow)
-        second.wait_for("accepted")
-        finished = []
-        deadline = time.monotonic() + 240
-        while len(finished) < 5 and time.monotonic() < deadline:
-            for raw in (first, second):  # all that came, so that the order is the server's
-                raw.keep_alive()
-                while (message := raw.receive(0)) is not None:
-                    if message["type"] == "result":
-                        finished.append(message["job"])
-            time.sleep(0.05)
-        assert finished[:2] == ["first-0", "second-0"], finished
-    finally:
-        first.close()
-        second.close()
-        server.stop()
-
-
 def test_a_killed_client_frees_its_worker_while_the_other_keeps_dreaming(two_cpu_workers):
     server = two_cpu_workers
     survivor = Raw(server)
@@ -1097,3 +1103,42 @@ def test_an_idle_server_lets_go_of_its_models_and_loads_them_again_for_the_next_
             assert client.status()["loaded_models"] == ["effnet-lite0"]
     finally:
         server.stop()
+
+
+def test_a_failure_while_serving_one_client_ends_that_clients_job_and_the_server_serves_on(
+    tmp_path, monkeypatch
+):
+    """A bug in the loop itself (here: while forwarding the first job's progress) costs that
+    job's client its connection, with a clear error, and nobody else anything."""
+    from dream_server import daemon
+    from dream_server.scheduler import Scheduler
+
+    doomed_jobs = []
+
+    def forward_with_a_bug(self, worker, job_id, reply, now):  # noqa: ANN001, ANN202
+        doomed_jobs[:] = doomed_jobs or [job_id]
+        if job_id in doomed_jobs:
+            raise RuntimeError("a bug met while forwarding progress")
+        return Scheduler.progress(self, worker, job_id, reply, now)
+
+    monkeypatch.setitem(daemon.WORKER_MESSAGES, b"update", forward_with_a_bug)
+    monkeypatch.setenv("DEEPDREAM_HOME", str(tmp_path))
+    token = "0123456789abcdef0123456789abcdef"
+    server = daemon.DreamServer(
+        [Engine(devices("cpu")[0])], f"ipc://{tmp_path}/s.sock", token, lazy=True
+    )
+    loop = threading.Thread(target=server.serve)
+    loop.start()
+    try:
+        connection = Connection(server.endpoint, token)
+        pixels = cat_pixels(3, "u8")
+        with DreamClient(connection, start_server=False) as other:
+            doomed = DreamClient(connection, start_server=False)
+            with doomed, pytest.raises(DreamError, match="failed while serving this connection"):
+                doomed.dream(pixels.tobytes(), 96, 64, 3, QUICK)
+            assert len(other.dream(pixels.tobytes(), 96, 64, 3, QUICK)) == pixels.size
+        assert loop.is_alive() and server.scheduler.counters["failed"] == 1
+        assert not server.scheduler.jobs
+    finally:
+        server.stopping.set()
+        loop.join(timeout=30)
