@@ -45,6 +45,7 @@ from .wire import (
     log_path,
     plain_password,
     private_file,
+    same_server,
     security,
     server_proof,
     state_dir,
@@ -181,7 +182,8 @@ class DreamClient:
     def _greet_from_environment(self, given: Connection) -> None:
         """The server the environment names; when it refuses the environment's token (GIMP
         keeps the environment it started with, and a restarted server has a new token), the
-        token and key of the endpoint file, at the same endpoint, then at the file's."""
+        server of the endpoint file, with its token and key, where the file says it is. (Where
+        the environment names the same server, it is the same place.)"""
         try:
             check_endpoint(given.endpoint)
         except DreamError as err:
@@ -193,10 +195,10 @@ class DreamClient:
             refused = err
         record = Connection.from_endpoint_file()
         if record is not None:
-            same_place = Connection(given.endpoint, record.token, record.server_key)
-            for candidate in (same_place, record):
-                if self._try_greet(candidate):
-                    return
+            if same_server(given.endpoint, record.endpoint, state_dir()):
+                record = Connection(given.endpoint, record.token, record.server_key)
+            if self._try_greet(record):
+                return
         if refused.code == UNREACHABLE:
             raise DreamError(
                 f"No dream server is running at {given.endpoint}, where DEEPDREAM_ENDPOINT "

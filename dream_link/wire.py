@@ -8,6 +8,7 @@ have nothing else, and the engine imports it as it is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -277,6 +278,23 @@ def is_loopback(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def same_server(endpoint: str, written: str, state: Path) -> bool:
+    """Whether `endpoint` reaches the server whose endpoint file, in the folder `state`, names
+    `written`: the same address, or the same socket file (seen from inside a sandbox, where its
+    path differs, it is the socket of that name in the folder of the file). Only there may the
+    file's token go: a program elsewhere would learn it."""
+    if endpoint == written:
+        return True
+    if not (endpoint.startswith("ipc://") and written.startswith("ipc://")):
+        return False
+    mine, theirs = Path(endpoint.removeprefix("ipc://")), Path(written.removeprefix("ipc://"))
+    with contextlib.suppress(OSError):
+        return os.path.samefile(mine, theirs)
+    with contextlib.suppress(OSError):
+        return mine.name == theirs.name and os.path.samefile(mine.parent, state)
+    return False
 
 
 # -- where the small files live ----------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -15,7 +18,7 @@ import zmq
 from conftest import ROOT, start_server
 
 from dream_link.client import DreamClient
-from dream_link.wire import DreamError, schema_hash, state_dir
+from dream_link.wire import DreamError, plain_password, schema_hash, state_dir
 from dream_server.devices import devices
 from dream_server.params import plugin_schemas
 
@@ -137,6 +140,61 @@ def test_a_restarted_server_is_found_although_the_environment_has_a_stale_token(
             DreamClient()
     finally:
         restarted.stop()
+
+
+class Relay:
+    """A program between a client and a server on the loopback, which forwards every byte and
+    keeps a copy of what the client sent."""
+
+    def __init__(self, target_port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.heard = bytearray()
+        self.target_port = target_port
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, keep: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if keep:
+                    self.heard += data
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_the_endpoint_files_token_goes_only_to_the_endpoint_it_names(home, monkeypatch, transport):
+    # DEEPDREAM_ENDPOINT names a relay, and DEEPDREAM_TOKEN is stale: the token of the
+    # endpoint file is for the server that wrote it, not for whatever the environment names.
+    server = start_server(home, "--bind", "tcp://127.0.0.1:0")
+    relay = Relay(int(server.record["endpoint"].rsplit(":", 1)[1]))
+    try:
+        monkeypatch.setenv("DEEPDREAM_ENDPOINT", f"tcp://127.0.0.1:{relay.port}")
+        monkeypatch.setenv("DEEPDREAM_TOKEN", "the token of the server before")
+        with DreamClient() as client:
+            assert client.connection.endpoint == server.record["endpoint"]
+            assert client.ping()
+        token = server.record["token"]
+        for secret in (token, plain_password(token)):
+            assert secret.encode() not in relay.heard
+        assert plain_password("the token of the server before").encode() in relay.heard
+    finally:
+        relay.close()
+        server.stop()
 
 
 def test_a_server_from_another_release_is_refused_with_the_one_thing_to_do(server):
