@@ -7,10 +7,12 @@ server (dream_link.wire.security): NULL over its socket file, which only its use
 PLAIN (spec 24) over the loopback, where there is no socket file (Windows). Encryption (CURVE,
 for servers on other machines) needs pyzmq.
 
-It trusts nothing it reads: a greeting that is not ZMTP 3, another security mechanism, a frame
-longer than the server could send, a peer that closes or falls silent mid-message all end in a
-`ZmtpError` that says what happened. Pixels are received straight into one buffer per frame
-and sent without joining frames.
+It trusts nothing it reads: a greeting that is not ZMTP 3, another security mechanism, a
+message longer than the server could send, a peer that closes mid-message, and a handshake or
+a message that does not arrive in time all end in a `ZmtpError` that says what happened. A
+deadline holds for the whole handshake and for each whole message, not for each byte: a peer
+that trickles bytes in cannot hold the client forever. Pixels are received straight into one
+buffer per frame and sent without joining frames.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ GREETING_SIZE = 64
 MORE, LONG, COMMAND = 0x01, 0x02, 0x04
 MAX_COMMAND_BYTES = 4096
 """A READY or ERROR command is a few dozen bytes: more is not a server speaking this protocol."""
+MAX_FRAMES = 4096
+"""Frames in one message, at most: the longest reply (a feature visualization's samples) has
+a few dozen."""
+MIN_BYTES_PER_S = 1 << 20
+"""A message's deadline grows by a second for each MiB it carries (a slow tunnel may need it),
+from the connection's timeout for the first bytes."""
 
 
 class ZmtpError(ConnectionError):
@@ -84,7 +92,11 @@ class Dealer:
         server that asks for PLAIN, else NULL."""
         self.timeout_s = timeout_s
         self.max_frame_bytes = max_frame_bytes
-        """Longer frames are refused before a byte of them is stored; raise it after hello."""
+        """Longer messages are refused before a byte of them is stored; raise it after hello.
+        (The name is ZeroMQ's: its limit is per message too.)"""
+        self._last_byte = time.monotonic()
+        self._deadline = self._last_byte + timeout_s
+        self._late = f"the server did not finish the handshake within {timeout_s:g} s"
         mechanism = "NULL" if plain is None else "PLAIN"
         try:
             self._socket = _connected(endpoint, timeout_s)
@@ -197,30 +209,38 @@ class Dealer:
         while True:
             if not self.poll(deadline - time.monotonic()):
                 return None
-            frames, more = [], True
+            self._last_byte = time.monotonic()
+            self._deadline = self._last_byte + self.timeout_s
+            self._late = "the server sent a message too slowly"
+            frames, more, budget = [], True, self.max_frame_bytes
             while more:
-                flags, size = self._frame_head()
+                flags, size = self._frame_head(budget)
                 if flags & COMMAND:  # a command between messages (a heartbeat): skip it
                     if size > MAX_COMMAND_BYTES:
                         raise ZmtpError("the server sent an oversized command")
                     self._read_exactly(size)
                     break
-                more = bool(flags & MORE)
+                more, budget = bool(flags & MORE), budget - size
+                if len(frames) == MAX_FRAMES:
+                    raise ZmtpError(f"the server sent a message of more than {MAX_FRAMES} frames")
                 frames.append(self._read_frame(size))
             else:
                 return frames
 
-    def _frame_head(self) -> tuple[int, int]:
+    def _frame_head(self, budget: int | None = None) -> tuple[int, int]:
+        """A frame's flags and size, which must fit in the `budget` left to its message."""
+        budget = self.max_frame_bytes if budget is None else budget
         flags = self._read_exactly(1)[0]
         if flags & ~(MORE | LONG | COMMAND):
             raise ZmtpError(f"the server sent a frame with unknown flags {flags:#x}")
         size_bytes = self._read_exactly(8 if flags & LONG else 1)
         size = int.from_bytes(size_bytes, "big")
-        if size > self.max_frame_bytes:
+        if size > budget:
             raise ZmtpError(
-                f"the server announced a frame of {size} bytes, more than the "
-                f"{self.max_frame_bytes} it may send"
+                f"the server announced a frame of {size} bytes, which makes its message more "
+                f"than the {self.max_frame_bytes} bytes it may send"
             )
+        self._deadline += size / MIN_BYTES_PER_S
         return flags, size
 
     def _read_frame(self, size: int) -> memoryview:
@@ -235,9 +255,15 @@ class Dealer:
         return bytes(self._read_frame(size))
 
     def _read_into(self, view: memoryview) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise ZmtpError(self._late)
         try:
+            self._socket.settimeout(min(left, self.timeout_s))
             count = self._socket.recv_into(view)
         except TimeoutError:
+            if time.monotonic() - self._last_byte < self.timeout_s * 0.9:  # it trickles
+                raise ZmtpError(self._late) from None
             raise ZmtpError(
                 f"the server fell silent for {self.timeout_s:g} s in the middle of a message"
             ) from None
@@ -245,6 +271,7 @@ class Dealer:
             raise ZmtpError(f"the connection to the server broke: {err}") from None
         if count == 0:
             raise ZmtpError("the server closed the connection in the middle of a message")
+        self._last_byte = time.monotonic()
         return count
 
     def close(self) -> None:

@@ -189,6 +189,55 @@ def test_a_broken_peer_after_the_handshake_gives_a_clear_error(tmp_path, after_r
     dealer.close()
 
 
+def trickle(connection: socket.socket, data: bytes, every_s: float) -> None:
+    """Send `data` a byte at a time, each just before a patient reader would give up."""
+    with contextlib.suppress(OSError):
+        for byte in data:
+            connection.sendall(bytes([byte]))
+            time.sleep(every_s)
+
+
+def test_a_greeting_that_trickles_in_ends_the_handshake_at_its_deadline(tmp_path):
+    path = fake_server(tmp_path, lambda c: trickle(c, GOOD_GREETING + ROUTER_READY, 0.5))
+    began = time.monotonic()
+    with pytest.raises(ZmtpError, match="did not finish the handshake within 1 s"):
+        Dealer(path, timeout_s=1.0)
+    assert time.monotonic() - began < 2.0
+
+
+def test_a_reply_that_trickles_in_ends_at_its_deadline(tmp_path):
+    def behave(connection: socket.socket) -> None:
+        connection.sendall(GOOD_GREETING + ROUTER_READY)
+        read_command(connection)
+        trickle(connection, b"\x00\x20" + bytes(32), 0.5)
+
+    dealer = Dealer(fake_server(tmp_path, behave), timeout_s=1.0)
+    began = time.monotonic()
+    with pytest.raises(ZmtpError, match="sent a message too slowly"):
+        dealer.receive(timeout_s=2.0)
+    assert time.monotonic() - began < 2.5
+    dealer.close()
+
+
+def test_a_message_that_never_ends_is_refused_at_the_size_the_server_may_send(tmp_path):
+    sent = []
+
+    def behave(connection: socket.socket) -> None:
+        connection.sendall(GOOD_GREETING + ROUTER_READY)
+        read_command(connection)
+        frame = b"\x03" + (60_000).to_bytes(8, "big") + bytes(60_000)  # MORE, LONG
+        with contextlib.suppress(OSError):
+            while True:
+                connection.sendall(frame)
+                sent.append(len(frame))
+
+    dealer = Dealer(fake_server(tmp_path, behave), timeout_s=5.0, max_frame_bytes=1 << 20)
+    with pytest.raises(ZmtpError, match="more than the 1048576 bytes it may send"):
+        dealer.receive(timeout_s=2.0)
+    dealer.close()
+    assert sum(sent) < 8 << 20  # what the socket buffers held besides: nothing like gigabytes
+
+
 def test_a_peer_that_answers_hello_with_something_else_is_not_taken_for_a_server(
     tmp_path, monkeypatch
 ):
