@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InvalidImage
+from .imagefile import written_whole
 from .video import VIDEO_OUTPUT_SUFFIXES, Mp4
 
 ANIMATED_SUFFIXES = (".gif", ".webp")
@@ -50,10 +51,8 @@ class FrameFolder:
 
     def write(self, frame: np.ndarray) -> None:
         self._next += 1
-        name = self.folder / FRAME_NAME.format(self._next)
-        partial = name.with_suffix(".partial")
-        Image.fromarray(frame).save(partial, format="PNG")
-        partial.replace(name)
+        with written_whole(self.folder / FRAME_NAME.format(self._next)) as partial:
+            Image.fromarray(frame).save(partial, format="PNG")
 
     def close(self) -> None:
         pass
@@ -81,12 +80,16 @@ class AnimatedImage:
 
 def frame_writer(path: Path, fps: float) -> AnimatedImage | Mp4:
     """The writer of a file of frames, told by its name: .gif, .webp or .mp4."""
-    suffix = path.suffix.lower()
-    if suffix in ANIMATED_SUFFIXES:
+    check_frames_file(path)
+    if path.suffix.lower() in ANIMATED_SUFFIXES:
         return AnimatedImage(path, fps)
-    if suffix in VIDEO_OUTPUT_SUFFIXES:
-        return Mp4(path, fps)
-    raise InvalidImage(
-        f"Cannot write frames to {path.name}: name a folder (frames as numbered PNGs), "
-        "or a .gif, .webp or .mp4 file."
-    )
+    return Mp4(path, fps)
+
+
+def check_frames_file(path: Path) -> None:
+    """InvalidImage unless a file of that name can hold frames."""
+    if path.suffix.lower() not in (*ANIMATED_SUFFIXES, *VIDEO_OUTPUT_SUFFIXES):
+        raise InvalidImage(
+            f"Cannot write frames to {path.name}: name a folder (frames as numbered PNGs), "
+            "or a .gif, .webp or .mp4 file."
+        )

@@ -312,8 +312,8 @@ def check_output_place(output: Path) -> None:
 def zoom_file(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .animation import FrameFolder, frame_writer, is_folder_output
-    from .imagefile import load_image, rgb8
+    from .animation import FrameFolder, check_frames_file, frame_writer, is_folder_output
+    from .imagefile import load_image, new_partial, rgb8, take_name
     from .motion import CameraMove, frame_params, zoom_sequence
 
     params = DreamParams.from_mapping(given_values(args, DREAM_PARAMETERS))
@@ -328,9 +328,12 @@ def zoom_file(args: argparse.Namespace) -> int:
         raise InvalidParameter("--resume continues a folder of frames: name a folder as -o.")
     # A file is written under another name and takes its own once it is closed: a failed run
     # leaves no broken file where a good one may have been.
-    target = args.output if to_folder else args.output.with_name(
-        f".{args.output.stem}.partial{args.output.suffix}")  # fmt: skip
-    writer = FrameFolder(target, zoom.fps) if to_folder else frame_writer(target, zoom.fps)
+    if to_folder:
+        target, writer = args.output, FrameFolder(args.output, zoom.fps)
+    else:
+        check_frames_file(args.output)  # before a file is made
+        target = new_partial(args.output)
+        writer = frame_writer(target, zoom.fps)
     start, previous = 0, None
     if isinstance(writer, FrameFolder):
         start = writer.written()
@@ -347,7 +350,7 @@ def zoom_file(args: argparse.Namespace) -> int:
     def finish() -> None:
         writer.close()
         if not to_folder:
-            target.replace(args.output)
+            take_name(target, args.output)
 
     done = start
     try:
@@ -388,6 +391,7 @@ def video_file(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .animation import FrameFolder, is_folder_output
+    from .imagefile import written_whole
     from .motion import Carry, frame_params, steady_sequence
     from .video import VIDEO_OUTPUT_SUFFIXES, Mp4, read_frames, video_info
 
@@ -458,12 +462,11 @@ def video_file(args: argparse.Namespace) -> int:
     if to_folder:
         print(f"Wrote {done} frames ({float(info.fps):g} fps) to {args.output}")
         return 0
-    partial = args.output.with_name(args.output.name + ".partial.mp4")
-    encoder = Mp4(partial, info.fps, args.input, info.first_time, duration)
-    for index in range(done):
-        encoder.write(folder.frame(index))
-    encoder.close()
-    partial.replace(args.output)  # whole, or not there
+    with written_whole(args.output) as partial:  # whole, or not there
+        encoder = Mp4(partial, info.fps, args.input, info.first_time, duration)
+        for index in range(done):
+            encoder.write(folder.frame(index))
+        encoder.close()
     shutil.rmtree(parts)
     print(f"Wrote {done} frames at {float(info.fps):g} fps to {args.output}")
     return 0

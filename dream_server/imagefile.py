@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,27 +180,47 @@ def write_image(
     text: dict[str, str] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Write atomically: a temporary file in the same folder, renamed over the target at the end,
-    so a failure or an interruption never leaves a half-written image. `text` entries are
-    stored in PNG files; `metadata` (from `image_metadata`) keeps the colour profile and the
-    resolution."""
+    """Write atomically (see `written_whole`), so a failure or an interruption never leaves a
+    half-written image. `text` entries are stored in PNG files; `metadata` (from
+    `image_metadata`) keeps the colour profile and the resolution."""
     image_format = check_writable(path, pixels)
     image = Image.fromarray(pixels if pixels.shape[2] > 1 else pixels[:, :, 0])
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    with written_whole(path) as partial, partial.open("r+b") as out:
+        options: dict = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+        options.update(metadata or {})
+        if text and image_format == "PNG":
+            options["pnginfo"] = PngImagePlugin.PngInfo()
+            for key, value in text.items():
+                options["pnginfo"].add_text(key, value)
+        image.save(out, format=image_format, **options)
+
+
+def new_partial(path: Path) -> Path:
+    """A new empty file beside `path` to write it under first: created exclusively, under a
+    name nobody can guess, readable by this user only until it takes `path`'s name (see
+    `take_name`). A link planted in a shared folder is never written through."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}",
+                                dir=path.parent)  # fmt: skip
+    os.close(fd)
+    return Path(name)
+
+
+def take_name(partial: Path, path: Path) -> None:
+    """A finished partial file becomes `path`, with the mode a new file of that name gets."""
+    os.chmod(partial, _new_file_mode(path))
+    os.replace(partial, path)
+
+
+@contextlib.contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A partial file (see `new_partial`) to write `path`'s content into: once the block ends
+    well it is `path`; otherwise it is gone, and `path` is as it was."""
+    partial = new_partial(path)
     try:
-        with os.fdopen(fd, "wb") as out:
-            options: dict = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
-            options.update(metadata or {})
-            if text and image_format == "PNG":
-                options["pnginfo"] = PngImagePlugin.PngInfo()
-                for key, value in text.items():
-                    options["pnginfo"].add_text(key, value)
-            image.save(out, format=image_format, **options)
-        os.chmod(temp_name, _new_file_mode(path))  # mkstemp makes files private (0600)
-        os.replace(temp_name, path)
+        yield partial
+        take_name(partial, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
+        partial.unlink(missing_ok=True)
 
 
 def _new_file_mode(path: Path) -> int:

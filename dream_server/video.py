@@ -18,6 +18,9 @@ import numpy as np
 from .errors import InvalidImage
 
 VIDEO_OUTPUT_SUFFIXES = (".mp4",)
+MAX_FRAME_PIXELS = 35_000_000
+"""A video frame's pixels, at most (8K UHD is 33.2 million): each frame is dreamed whole, and a
+few kilobytes of video can describe frames of billions of pixels."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,33 @@ def _open(path: Path):  # noqa: ANN202 - an av container
     if not container.streams.video:
         container.close()
         raise InvalidImage(f"{path} has no video track.")
+    context = container.streams.video[0].codec_context
+    try:
+        _check_frame_size(path, context.width, context.height)  # before a frame is decoded
+    except InvalidImage:
+        container.close()
+        raise
     return container
 
 
+def _check_frame_size(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise InvalidImage(
+            f"{path}'s frames are {width}x{height}, over the {MAX_FRAME_PIXELS // 1_000_000} "
+            "megapixels a video frame may have here: scale the video down first (e.g. "
+            "`ffmpeg -i IN -vf scale=3840:-2 OUT.mp4`)."
+        )
+
+
+def _damaged(path: Path, err: Exception) -> InvalidImage:
+    """ffmpeg's complaint, in one line."""
+    said = " ".join(str(err).split())
+    return InvalidImage(f"{path} is damaged ({said}): re-export it, or try another copy.")
+
+
 def video_info(path: Path, start: float = 0.0, duration: float | None = None) -> VideoInfo:
+    import av
+
     with _open(path) as container:
         stream = container.streams.video[0]
         fps = stream.average_rate or stream.guessed_rate or Fraction(25)
@@ -59,8 +85,11 @@ def video_info(path: Path, start: float = 0.0, duration: float | None = None) ->
         span = max(0.0, (length or 0.0) - start)
         if duration is not None:
             span = min(span, duration) if length else duration
-        first_time = next((frame.time for frame in container.decode(stream)
-                           if (frame.time or 0.0) >= start - 1e-6), None)  # fmt: skip
+        try:
+            first_time = next((frame.time for frame in container.decode(stream)
+                               if (frame.time or 0.0) >= start - 1e-6), None)  # fmt: skip
+        except av.error.FFmpegError as err:
+            raise _damaged(path, err) from None
         return VideoInfo(stream.codec_context.width, stream.codec_context.height, Fraction(fps),
                          round(span * fps), bool(container.streams.audio), first_time)  # fmt: skip
 
@@ -82,9 +111,10 @@ def read_frames(
                     continue
                 if end is not None and time >= end - 1e-6:
                     break
+                _check_frame_size(path, frame.width, frame.height)  # it may change mid-stream
                 yield frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as err:
-            raise InvalidImage(f"{path} is damaged ({err}): re-export it.") from None
+            raise _damaged(path, err) from None
 
 
 class Mp4:

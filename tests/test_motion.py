@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -104,6 +105,32 @@ def test_zoom_writes_an_mp4_with_every_frame_at_its_rate(tmp_path):
         frames = list(video.decode(stream))
         assert len(frames) == 4 and (stream.width, stream.height) == (600, 400)
         assert stream.average_rate == 8
+
+
+@pytest.mark.parametrize("name", ["zoom.gif", "zoom.mp4"])
+def test_a_link_planted_where_the_zoom_writes_first_is_never_written_through(tmp_path, name):
+    # In a folder others may write to (a shared /tmp), someone links the name a file used to be
+    # written under first to a file of the artist's: the zoom must write its own new file.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    victim = tmp_path / "thesis.txt"
+    victim.write_text("years of work")
+    output = shared / name
+    for planted in (f".zoom.partial{output.suffix}", f"{name}.partial{output.suffix}"):
+        (shared / planted).symlink_to(victim)
+    run = deepdream("zoom", SAMPLES / "coffee.png", "-o", output, "--frames", "2", *QUICK)
+    assert run.returncode == 0, run.stderr
+    assert victim.read_text() == "years of work"
+    assert output.is_file() and not output.is_symlink()
+    assert oct(output.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+    leftovers = {path.name for path in shared.iterdir()} - {name}
+    assert leftovers == {f".zoom.partial{output.suffix}", f"{name}.partial{output.suffix}"}
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def test_a_killed_zoom_resumes_to_the_same_frames_as_an_uninterrupted_one(tmp_path):
@@ -302,6 +329,20 @@ def test_a_killed_mp4_run_keeps_its_frames_and_resumes_to_the_whole_video(clip, 
     assert video_facts(output)[:3] == (CLIP_FRAMES, CLIP_FPS, (192, 128)) and not parts.exists()
 
 
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """A small file of one 8000x8000 frame, and a video whose JPEG frame has a broken header."""
+    videos = tmp_path_factory.mktemp("videos")
+    mjpeg(videos / "huge.mkv", np.zeros((8000, 8000, 3), np.uint8))
+    assert (videos / "huge.mkv").stat().st_size < 2_000_000
+    mjpeg(videos / "damaged.mkv", np.full((64, 96, 3), 90, np.uint8))
+    data = bytearray((videos / "damaged.mkv").read_bytes())
+    start = data.index(b"\xff\xd8\xff")  # the frame's JPEG: a start-of-frame of 0x0 pixels
+    data[start : start + 12] = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x00\x00\x00\x03"
+    (videos / "damaged.mkv").write_bytes(data)
+    return videos
+
+
 @pytest.mark.parametrize(
     ("given", "said"),
     [
@@ -310,18 +351,31 @@ def test_a_killed_mp4_run_keeps_its_frames_and_resumes_to_the_whole_video(clip, 
         (["{clip}", "-o", "{tmp}/out.avi"], "Cannot write a video to out.avi: name it .mp4"),
         (["{clip}", "-o", "{tmp}/full"], "full is not empty: add --resume"),
         (["{tmp}/missing.mp4", "-o", "{tmp}/out.mp4"], "missing.mp4 does not exist"),
+        (["{huge}", "-o", "{tmp}/out.mp4"], "frames are 8000x8000, over the 35 megapixels"),
+        (["{damaged}", "-o", "{tmp}/out.mp4"], "damaged.mkv is damaged"),
     ],
 )
-def test_video_mistakes_get_one_line_and_write_nothing(clip, tmp_path, given, said):
+def test_video_mistakes_get_one_line_and_write_nothing(clip, videos, tmp_path, given, said):
     (tmp_path / "notes.mp4").write_text("not a video")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "holiday.jpg").write_bytes(b"not ours")
     before = sorted(tmp_path.rglob("*"))
-    names = {"text": tmp_path / "notes.mp4", "clip": clip, "tmp": tmp_path}
+    names = {"text": tmp_path / "notes.mp4", "clip": clip, "tmp": tmp_path,
+             "huge": videos / "huge.mkv", "damaged": videos / "damaged.mkv"}  # fmt: skip
     run = deepdream("video", *[a.format(**names) for a in given], *VIDEO_QUICK)
     assert run.returncode == 2
     assert said in run.stderr and run.stderr.count("\n") == 1, run.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def mjpeg(path: Path, *frames: np.ndarray) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuvj420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def test_a_clip_whose_sound_an_mp4_cannot_hold_gets_it_as_aac_and_odd_sides_are_padded(tmp_path):
