@@ -323,7 +323,7 @@ def zoom_file(args: argparse.Namespace) -> int:
     if same_file(args.input, args.output):
         raise InvalidParameter(f"-o {args.output} is the input image itself: write elsewhere.")
     check_output_place(args.output)
-    first = rgb8(load_image(args.input, eight_bits_will_do=True).pixels)  # GIF, WebP, MP4
+    first = rgb8(load_image(args.input).pixels)  # also the first frame of a GIF, WebP, MP4
     if not to_folder and args.resume:
         raise InvalidParameter("--resume continues a folder of frames: name a folder as -o.")
     # A file is written under another name and takes its own once it is closed: a failed run

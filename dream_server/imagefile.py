@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ FORMATS = {
 }
 CAN_STORE_ALPHA = {"PNG", "WEBP", "TIFF"}
 KEPT_METADATA = ("icc_profile", "dpi")
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -41,18 +44,14 @@ class LoadedImage:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, C) pixels: uint8, or uint16 for 16-bit gray, or float32 for 32-bit float gray;
-    written back with `write_image`, they keep their depth and layout. A photo's EXIF
-    orientation is applied, so that it is upright as every viewer shows it."""
+    """(H, W, C) pixels: uint8, or uint16 for 16-bit files (gray or colour), or float32 for
+    32-bit float gray; written back with `write_image`, they keep their depth and layout. A
+    photo's EXIF orientation is applied, so that it is upright as every viewer shows it."""
     return load_image(path).pixels
 
 
-def load_image(path: Path, eight_bits_will_do: bool = False) -> LoadedImage:
-    """The pixels as `read_image` gives them, with what else the file says, read once.
-
-    A 16-bit colour file is refused (Pillow reads only its high bytes), unless
-    `eight_bits_will_do`: for what ends up in 8 bits anyway, such as an animation's frames.
-    """
+def load_image(path: Path) -> LoadedImage:
+    """The pixels as `read_image` gives them, with what else the file says, read once."""
     try:
         with warnings.catch_warnings():
             # The size is known from the header: refuse a huge one before decoding a byte,
@@ -61,13 +60,15 @@ def load_image(path: Path, eight_bits_will_do: bool = False) -> LoadedImage:
             with Image.open(path) as opened:
                 if opened.width * opened.height > MAX_PIXELS:
                     raise Image.DecompressionBombError()
-                if not eight_bits_will_do:
-                    _refuse_16_bit_colour(path, opened)
+                metadata = {key: opened.info[key] for key in KEPT_METADATA if opened.info.get(key)}
+                if _has_16_bit_colour(opened):
+                    orientation = opened.getexif().get(EXIF_ORIENTATION, 1)
+                    pixels = _read_16_bit_colour(path, opened.mode, orientation)
+                    return LoadedImage(pixels, metadata, 1)
                 frames = getattr(opened, "n_frames", 1)  # counting seeks: before the pixels load
                 opened.load()
                 ImageOps.exif_transpose(opened, in_place=True)
                 image = opened
-                metadata = {key: opened.info[key] for key in KEPT_METADATA if opened.info.get(key)}
     except FileNotFoundError:
         raise InvalidImage(f"{path} does not exist: check the path.") from None
     except IsADirectoryError:
@@ -114,21 +115,44 @@ def _pixels(image: Image.Image) -> np.ndarray:
     return pixels if pixels.ndim == 3 else pixels[:, :, None]
 
 
-def _refuse_16_bit_colour(path: Path, image: Image.Image) -> None:
-    """Pillow reads 16-bit colour PNG and TIFF files as 8 bits: refuse rather than cut them."""
+def _has_16_bit_colour(image: Image.Image) -> bool:
+    """Whether a PNG or TIFF has 16-bit colour (or gray and alpha), which Pillow reads only the
+    high bytes of."""
+    if image.mode not in ("RGB", "RGBA", "LA"):
+        return False
     if image.format == "PNG":
-        deep = image.mode in ("RGB", "RGBA", "LA") and _png_bit_depth(image) == 16
-    elif image.format == "TIFF":
-        bits = image.tag_v2.get(258, (8,))
-        deep = image.mode in ("RGB", "RGBA", "LA") and max(bits, default=8) > 8
-    else:
-        deep = False
-    if deep:
-        raise InvalidImage(
-            f"{path} has 16 bits per colour channel, which this command cannot keep: convert it "
-            "to 8 bits first (GIMP: Image > Precision > 8 bit integer; ImageMagick: "
-            "`convert IN -depth 8 OUT`), or dream on it in GIMP, which keeps 16 bits."
-        )
+        return _png_bit_depth(image) == 16
+    if image.format == "TIFF":
+        return max(image.tag_v2.get(258, (8,)), default=8) > 8
+    return False
+
+
+def _read_16_bit_colour(path: Path, mode: str, orientation: int) -> np.ndarray:
+    """All 16 bits of colour, read by OpenCV, as RGB(A) or gray and alpha (`mode` as Pillow
+    saw the file), upright."""
+    import cv2
+
+    # (from the bytes: OpenCV cannot open every path Windows can)
+    pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3:
+        raise InvalidImage(f"{path} is damaged or truncated (its 16-bit pixels cannot be "
+                           "read): re-export it.")  # fmt: skip
+    order = {"LA": [0, 3], "RGB": [2, 1, 0], "RGBA": [2, 1, 0, 3]}[mode]  # from BGR(A)
+    return np.ascontiguousarray(_upright(pixels[:, :, order], orientation))
+
+
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels turned as the EXIF orientation says (as ImageOps.exif_transpose turns them)."""
+    transposed = pixels.transpose(1, 0, 2)
+    return {
+        2: pixels[:, ::-1],
+        3: np.rot90(pixels, 2),
+        4: pixels[::-1],
+        5: transposed,
+        6: np.rot90(pixels, -1),
+        7: np.rot90(transposed, 2),
+        8: np.rot90(pixels, 1),
+    }.get(orientation, pixels)
 
 
 def _png_bit_depth(image: Image.Image) -> int:
@@ -184,6 +208,10 @@ def write_image(
     half-written image. `text` entries are stored in PNG files; `metadata` (from
     `image_metadata`) keeps the colour profile and the resolution."""
     image_format = check_writable(path, pixels)
+    if pixels.dtype == np.uint16 and pixels.shape[2] > 1:
+        with written_whole(path) as partial:
+            partial.write_bytes(_encode_16_bit_colour(pixels, image_format, text, metadata))
+        return
     image = Image.fromarray(pixels if pixels.shape[2] > 1 else pixels[:, :, 0])
     with written_whole(path) as partial, partial.open("r+b") as out:
         options: dict = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
@@ -193,6 +221,40 @@ def write_image(
             for key, value in text.items():
                 options["pnginfo"].add_text(key, value)
         image.save(out, format=image_format, **options)
+
+
+def _encode_16_bit_colour(
+    pixels: np.ndarray, image_format: str, text: dict | None, metadata: dict | None
+) -> bytes:
+    """A 16-bit colour PNG or TIFF, which Pillow cannot write, encoded by OpenCV; a PNG keeps
+    the colour profile, resolution and text, in chunks of its own."""
+    import cv2
+
+    if pixels.shape[2] == 2:  # gray and alpha: OpenCV writes it as RGBA
+        pixels = pixels[:, :, [0, 0, 0, 1]]
+    bgr = np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]])
+    ok, encoded = cv2.imencode(".png" if image_format == "PNG" else ".tif", bgr)
+    if not ok:
+        raise InvalidImage(f"OpenCV could not encode 16-bit colour as {image_format}.")
+    if image_format != "PNG":
+        return encoded.tobytes()
+    metadata, chunks = metadata or {}, []
+    if metadata.get("icc_profile"):
+        chunks.append(
+            _png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(metadata["icc_profile"]))
+        )
+    if metadata.get("dpi"):
+        per_metre = [round(float(dpi) / 0.0254) for dpi in metadata["dpi"]]
+        chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", *per_metre, 1)))
+    for key, value in (text or {}).items():  # iTXt: UTF-8, uncompressed
+        chunks.append(_png_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode()))
+    after_header = 8 + 25  # the signature, then IHDR: length, type, 13 bytes, CRC
+    png = encoded.tobytes()
+    return png[:after_header] + b"".join(chunks) + png[after_header:]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def new_partial(path: Path) -> Path:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import ROOT, deepdream, on_a_terminal, photo
@@ -72,6 +73,25 @@ def test_16_bit_gray_stays_16_bit(tmp_path):
     dreamed = np.array(Image.open(out))
     assert dreamed.dtype == np.uint16 and dreamed.shape == gray16.shape
     assert np.any(dreamed % 257 != 3)  # values between 8-bit levels survive
+
+
+@pytest.mark.parametrize("name", ["rgba16.png", "rgb16.tif"])
+def test_16_bit_colour_is_read_and_written_at_16_bits(tmp_path, name):
+    source, out = tmp_path / name, tmp_path / f"dream{Path(name).suffix}"
+    if name.endswith(".png"):
+        write_16_bit_rgba_png(source)
+    else:
+        rgb = photo("chelsea.png", (96, 64)).astype(np.uint16) * 257 + 3
+        cv2.imwrite(str(source), np.ascontiguousarray(rgb[:, :, ::-1]))  # OpenCV's BGR
+    original = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+    run = deepdream(source, "-o", out, *QUICK, "-q")
+    assert run.returncode == 0, run.stderr
+    dreamed = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert dreamed.dtype == np.uint16 and dreamed.shape == original.shape
+    assert np.any(dreamed[:, :, :3] % 257 != 0)  # values between 8-bit levels
+    assert not np.array_equal(dreamed[:, :, :3], original[:, :, :3])  # and dreamed
+    if original.shape[2] == 4:
+        assert np.array_equal(dreamed[:, :, 3], original[:, :, 3])  # alpha 1394 of 65535, kept
 
 
 def test_a_mask_file_keeps_the_black_part(cat_png, tmp_path):
@@ -250,7 +270,10 @@ BAD_INPUTS = {  # case: (arguments, given the folder and the cat photo; what the
         lambda d, cat: [cat, "-o", out(d), "--seed", "-1"],
         "from 0 to 2147483647",
     ),
-    "16-bit colour": (lambda d, cat: [d / "rgba16.png", "-o", out(d)], "16 bits per colour"),
+    "16-bit colour into JPEG": (
+        lambda d, cat: [d / "rgba16.png", "-o", d / "out.jpg"],
+        "cannot store transparency|cannot store 16-bit images",
+    ),
     "decompression bomb": (lambda d, cat: [d / "bomb.png", "-o", out(d)], "megapixels"),
 }
 
