@@ -1,6 +1,6 @@
 """The dream server's decisions, apart from its sockets, threads and clock.
 
-The daemon's loop (daemon.py) turns what happens into calls here: a request heard, how a reply's
+The server's loop (server.py) turns what happens into calls here: a request heard, how a reply's
 delivery went, a connection closed, a worker's message, the clock's tick. Each call returns
 the actions to carry out, in order: send a reply (and say how it went, with `sent`), start or
 cancel a job on a worker, let an animation go on, unload the models, exit. Nothing here waits,
@@ -219,7 +219,7 @@ class Scheduler:
         self.probe_until = now + PROBE_AFTER_DISCONNECT_S
         return self._taken()
 
-    # A worker's messages (see daemon.WORKER_MESSAGES): its index, the job, the frames after it.
+    # A worker's messages (see server.WORKER_MESSAGES): its index, the job, the frames after it.
 
     def progress(self, worker: int, job_id: str, reply: tuple, now: float) -> list[Action]:
         """A running job's progress, or an animation's frame: a reply for its client."""
@@ -357,9 +357,15 @@ class Scheduler:
                 self._start(self._next_of(list(self.waiting)), worker, now)
 
     def _next_of(self, clients: list[bytes]) -> Job:
-        """The next job of the client served longest ago, or never: one artist's ten jobs do
-        not keep a second artist waiting behind all ten."""
-        client = min(clients, key=lambda c: self.last_served.get(c, float("-inf")))
+        """The next job of the client served longest ago, or never (or forgotten), and of
+        those the one waiting longest: one artist's ten jobs do not keep a second artist
+        waiting behind all ten."""
+
+        def turn(client: bytes) -> tuple[float, float]:
+            first_waiting = self.jobs[self.waiting[client][0]]
+            return self.last_served.get(client, float("-inf")), first_waiting.submitted
+
+        client = min(clients, key=turn)
         queue = self.waiting[client]
         job = self.jobs[queue.popleft()]
         if not queue:

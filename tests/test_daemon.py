@@ -670,14 +670,20 @@ def test_a_client_kept_open_never_talks_to_what_took_its_dead_servers_port(tmp_p
     server.stop()
 
 
-def run_dream_server(home: Path, *args: str) -> subprocess.CompletedProcess:
-    """`dream-server ARGS` with its state in `home`, to its end."""
+def run_dream_server(
+    home: Path, *args: str, python_path: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`dream-server ARGS` with its state in `home`, to its end; `python_path` goes first on
+    its module path."""
+    environment = {**os.environ, "DEEPDREAM_HOME": str(home)}
+    if python_path is not None:
+        environment["PYTHONPATH"] = os.pathsep.join([str(python_path), str(ROOT)])
     return subprocess.run(
         [sys.executable, "-m", "dream_server.daemon", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "DEEPDREAM_HOME": str(home)},
+        env=environment,
         timeout=60,
     )
 
@@ -726,9 +732,13 @@ def test_of_two_servers_started_at_once_in_one_state_folder_exactly_one_serves(t
                 process.wait(timeout=20)
 
 
-def test_status_prints_endpoint_device_models_and_queue(server):
-    run = run_dream_server(server.home, "--status")
-    assert run.returncode == 0
+def test_status_prints_endpoint_device_models_and_queue_without_loading_torch(server, tmp_path):
+    # `dream-server --status` asks the running server: it needs no torch of its own, whose
+    # import alone takes seconds (bench/daemon_speed.py measures it).
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch was imported')")
+    run = run_dream_server(server.home, "--status", python_path=tmp_path)
+    assert run.returncode == 0, run.stderr
     device = devices("auto")[0]
     for expected in (
         server.record["endpoint"],
@@ -1110,7 +1120,7 @@ def test_a_failure_while_serving_one_client_ends_that_clients_job_and_the_server
 ):
     """A bug in the loop itself (here: while forwarding the first job's progress) costs that
     job's client its connection, with a clear error, and nobody else anything."""
-    from dream_server import daemon
+    from dream_server import server as serving
     from dream_server.scheduler import Scheduler
 
     doomed_jobs = []
@@ -1121,10 +1131,10 @@ def test_a_failure_while_serving_one_client_ends_that_clients_job_and_the_server
             raise RuntimeError("a bug met while forwarding progress")
         return Scheduler.progress(self, worker, job_id, reply, now)
 
-    monkeypatch.setitem(daemon.WORKER_MESSAGES, b"update", forward_with_a_bug)
+    monkeypatch.setitem(serving.WORKER_MESSAGES, b"update", forward_with_a_bug)
     monkeypatch.setenv("DEEPDREAM_HOME", str(tmp_path))
     token = "0123456789abcdef0123456789abcdef"
-    server = daemon.DreamServer(
+    server = serving.DreamServer(
         [Engine(devices("cpu")[0])], f"ipc://{tmp_path}/s.sock", token, lazy=True
     )
     loop = threading.Thread(target=server.serve)

@@ -28,6 +28,7 @@ from dream_server.scheduler import (
     BLOCKED,
     CLIENT_HELD_BYTES,
     CLOSED,
+    FORGET_CLIENT_S,
     HEARTBEAT_TIMEOUT_S,
     MAX_QUEUED_JOBS,
     SENT,
@@ -268,7 +269,7 @@ class Connection:
 
 
 class ServerHistory(RuleBasedStateMachine):
-    """The scheduler, driven as daemon.DreamServer drives it, and a model of what it promised."""
+    """The scheduler, driven as server.DreamServer drives it, and a model of what it promised."""
 
     @initialize(workers=st.sampled_from([1, 2]), idle_exit=st.sampled_from([0.0, 30.0]))
     def start(self, workers: int, idle_exit: float) -> None:
@@ -419,6 +420,10 @@ class ServerHistory(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
         self.event(self.scheduler.tick)
+        with_jobs = {job.client for job in self.scheduler.jobs.values()}
+        for client in list(self.last_started):  # forgotten: its next job comes as a newcomer's
+            if self.now - self.said[client] > FORGET_CLIENT_S and client not in with_jobs:
+                del self.last_started[client]
         for job in self.scheduler.jobs.values():
             if self.now - self.said[job.client] > HEARTBEAT_TIMEOUT_S:
                 assert job.cancelling, f"{job.id} runs on for a client silent since {job.submitted}"
