@@ -1,4 +1,5 @@
-"""How soon the `deepdream` command answers, beside the time Python takes to import torch.
+"""How soon the `deepdream` and `dream-server --status` commands answer, beside the time Python
+takes to import torch.
 
     python bench/startup.py [--runs 5]
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -51,6 +53,26 @@ def until_progress(command: list[str]) -> tuple[float, float]:
     return first_line, first_step
 
 
+def status_times(home: Path, runs: int) -> list[float]:
+    """`dream-server --status` asking a running server (one started for it, without a model)."""
+    environment = {**os.environ, "DEEPDREAM_HOME": str(home)}
+    server = subprocess.Popen([sys.executable, "-m", "dream_server.daemon", "--lazy"], cwd=ROOT,
+                              env=environment, stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        while not (home / "endpoint.json").exists():
+            time.sleep(0.05)
+        status = [sys.executable, "-m", "dream_server.daemon", "--status"]
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run(status, capture_output=True, cwd=ROOT, env=environment, check=True)
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -69,6 +91,7 @@ def main() -> int:
         }
         dream = [*DEEPDREAM, str(SAMPLE), "-o", output]
         progress = [until_progress(dream) for _ in range(args.runs)]
+        rows["dream-server --status"] = status_times(Path(scratch), args.runs)
     rows["dream: first progress line"] = [line for line, _ in progress]
     rows["dream: first step reported"] = [step for _, step in progress]
     print(f"median of {args.runs} runs, seconds")
