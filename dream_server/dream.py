@@ -157,6 +157,8 @@ class GradientAscent:
         # gradient's mean magnitude, so any constant factor on the score is free to take.
         self.score_scale = FP16_SCORE_SCALE if autocast == torch.float16 else 1.0
         self.generator = torch.Generator().manual_seed(params.seed)
+        self.resize = _resize_wrapped if params.tileable else _resize
+        """Between octaves: a tileable dream's image is periodic, and so are its resizes."""
 
     def run(self, base: torch.Tensor) -> torch.Tensor:
         """Dream on `base`, (1, 3, H, W) in 0..1 on the model's device; returns the same shape."""
@@ -167,9 +169,9 @@ class GradientAscent:
         done_work = 0
         detail = torch.zeros_like(base[..., : sizes[0][0], : sizes[0][1]])
         for octave, size in enumerate(sizes):
-            octave_base = _resize(base, size)
+            octave_base = self.resize(base, size)
             # Re-inject the detail dreamed so far, enlarged to this octave.
-            image = _resize(detail, size).add_(octave_base).clamp_(0, 1)
+            image = self.resize(detail, size).add_(octave_base).clamp_(0, 1)
             for step in range(p.steps):
                 if self.should_stop and self.should_stop():
                     raise DreamCancelled()
@@ -180,7 +182,7 @@ class GradientAscent:
                     self.on_progress(Progress(fraction, octave, len(sizes), step, p.steps))
                 if p.max_change and _rms(image - octave_base) >= p.max_change:
                     log.info("Stopped at octave %d step %d: max-change reached", octave, step)
-                    return (base + _resize(image - octave_base, (height, width))).clamp_(0, 1)
+                    return (base + self.resize(image - octave_base, (height, width))).clamp_(0, 1)
             detail = image.sub_(octave_base)  # the image itself is not needed any more
         return detail.add_(octave_base)
 
@@ -192,7 +194,7 @@ class GradientAscent:
         rolled_gradient = self.gradient(torch.roll(image, (shift_y, shift_x), (2, 3)))
         gradient = torch.roll(rolled_gradient, (-shift_y, -shift_x), (2, 3))
         del rolled_gradient  # full-size buffers: a 6000x4000 image has 288 MB in each
-        gradient = normalize_scales(gradient, p.smoothness)
+        gradient = normalize_scales(gradient, p.smoothness, p.tileable)
         gradient.mul_((p.step_size / 255.0) / (gradient.abs().mean() + 1e-8))
         return image.add_(gradient).clamp_(0, 1)
 
@@ -202,11 +204,23 @@ class GradientAscent:
         # roll's wrap-around seam into mid-image, where the network dreams across a false edge:
         # 3% less gain at bench/dream_speed.py's settings (mean of 16 seeds).
         span = self.params.jitter
+        if self.params.tileable and span:  # no false edge to bring in: the image wraps
+            return int(torch.randint(0, length, (1,), generator=self.generator))
         if span == 0:
             return 0
         return int(torch.randint(-span, span + 1, (1,), generator=self.generator))
 
     def gradient(self, image: torch.Tensor) -> torch.Tensor:
+        """The objective's gradient over the whole image (see `tiled_gradient`); for a tileable
+        dream, with the image wrapped around by the halo, so that the network sees across its
+        edges as it sees across any other line."""
+        if not self.params.tileable:
+            return self.tiled_gradient(image)
+        margin = min(self.halo, *image.shape[-2:])
+        wrapped = F.pad(image, (margin, margin, margin, margin), mode="circular")
+        return self.tiled_gradient(wrapped)[..., margin:-margin, margin:-margin].contiguous()
+
+    def tiled_gradient(self, image: torch.Tensor) -> torch.Tensor:
         """The objective's gradient over the whole image, computed tile by tile.
 
         Every pixel takes its gradient from exactly one tile. Each tile's window reaches `halo`
@@ -252,13 +266,17 @@ class GradientAscent:
                 self.autocast = None
 
 
-def normalize_scales(gradient: torch.Tensor, smoothness: float, levels: int = 4) -> torch.Tensor:
+def normalize_scales(
+    gradient: torch.Tensor, smoothness: float, periodic: bool = False, levels: int = 4
+) -> torch.Tensor:
     """Even out the gradient's frequency bands (Laplacian-pyramid normalisation).
 
     Each band is divided by its standard deviation raised to `smoothness`: 0 changes nothing
     (the classic look), 1 gives every band equal weight, so the coarse structure that raw
-    gradients drown in pixel-level noise comes through.
+    gradients drown in pixel-level noise comes through. A `periodic` gradient (a tileable
+    dream's) is resized as one.
     """
+    resize = _resize_wrapped if periodic else _resize
     if smoothness <= 0:
         return gradient
     bands = []
@@ -266,13 +284,16 @@ def normalize_scales(gradient: torch.Tensor, smoothness: float, levels: int = 4)
     for _ in range(levels - 1):
         if min(current.shape[-2:]) < 4:
             break
-        low = F.interpolate(current, scale_factor=0.5, mode="bilinear", antialias=True)
-        bands.append(current - _resize(low, current.shape[-2:]))
+        if periodic:
+            low = resize(current, (current.shape[-2] // 2, current.shape[-1] // 2))
+        else:
+            low = F.interpolate(current, scale_factor=0.5, mode="bilinear", antialias=True)
+        bands.append(current - resize(low, current.shape[-2:]))
         current = low
     bands.append(current)
     merged = bands[-1] / (bands[-1].std() + 1e-8) ** smoothness
     for band in reversed(bands[:-1]):
-        merged = _resize(merged, band.shape[-2:]) + band / (band.std() + 1e-8) ** smoothness
+        merged = resize(merged, band.shape[-2:]) + band / (band.std() + 1e-8) ** smoothness
     return merged
 
 
@@ -283,6 +304,39 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(
         image, size=size, mode="bilinear", align_corners=False, antialias=shrinking
     )
+
+
+def _resize_wrapped(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`_resize` of a periodic image: each side is resized with a copy of the image on either
+    side of it, then cut out, so that the pixels at an edge are made from those across it."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    height, width = image.shape[-2:]
+    rows = _resize(torch.cat([image] * 3, dim=2), (3 * size[0], width))[
+        ..., size[0] : 2 * size[0], :
+    ]
+    both = _resize(torch.cat([rows] * 3, dim=3), (size[0], 3 * size[1]))
+    return both[..., size[1] : 2 * size[1]].contiguous()
+
+
+SEAMLESS_BAND = 0.25
+"""The share of each side, at either edge, where a tileable dream's image is blended with its
+copy shifted by half a side: the middle half stays the photo, with all its detail."""
+
+
+def seamless(rgb: np.ndarray) -> np.ndarray:
+    """The image blended with itself shifted by half its width, then the result with itself
+    shifted by half its height, the shifted copy taking over towards the edges (as GIMP's Tile
+    Seamless blends): its opposite edges meet as its middle does."""
+    for axis in (1, 0):
+        length = rgb.shape[axis]
+        from_edge = np.minimum(np.arange(length) + 0.5, length - 0.5 - np.arange(length))
+        ramp = np.clip(from_edge / (SEAMLESS_BAND * length), 0.0, 1.0)
+        weight = (np.sin(np.pi / 2 * ramp) ** 2).astype(np.float32)
+        weight = weight[:, None, None] if axis == 0 else weight[None, :, None]
+        shifted = np.roll(rgb, length // 2, axis=axis)
+        rgb = shifted + weight * (rgb - shifted)
+    return rgb.astype(np.float32)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -322,7 +376,9 @@ def dream(
         return pixels.original.copy()
     device = next(model.parameters()).device
     tune_for(device)
-    base = _to_device(pixels.rgb, device)
+    resize = _resize_wrapped if params.tileable else _resize
+    start_rgb = seamless(pixels.rgb) if params.tileable else pixels.rgb
+    base = _to_device(start_rgb, device)
     # Images smaller than the network can see are dreamed enlarged, then shrunk back.
     enlarge = model.min_input_size / min(height, width)
     if enlarge > 1:
@@ -332,7 +388,7 @@ def dream(
                 f"The image is {width}x{height} pixels: too thin to dream on (the network needs "
                 f"{model.min_input_size} pixels on the short side). Make it wider or taller."
             )
-        base = _resize(base, working_size)
+        base = resize(base, working_size)
     size = tuple(base.shape[-2:])
     plan = plan_tiles(model, objective, autocast, params.tile_size, size)
     dreamed = _ascend(model, objective, params, plan, autocast, base, on_progress, should_stop)
@@ -357,10 +413,13 @@ def dream(
             + (", or close other programs that use the GPU." if device.type != "cpu" else ".")
         )
     if enlarge > 1:
-        dreamed = _resize(dreamed, (height, width))
+        dreamed = resize(dreamed, (height, width))
     dreamed_rgb = _to_host(dreamed)
     if params.keep_colors:
-        dreamed_rgb = keep_colours(pixels.rgb, dreamed_rgb)
+        dreamed_rgb = keep_colours(start_rgb, dreamed_rgb)
+    if params.tileable:  # less strength blends back the seamless image, not the seams
+        dreamed_rgb = start_rgb + params.strength * (dreamed_rgb - start_rgb)
+        return pixels.compose(dreamed_rgb, 1.0, weights)
     return pixels.compose(dreamed_rgb, params.strength, weights)
 
 

@@ -199,6 +199,15 @@ DREAM_PARAMETERS: tuple[Param, ...] = (
         "Dream on brightness only and keep the original colours.",
     ),
     Param(
+        "tileable",
+        "bool",
+        False,
+        "Tileable result",
+        "The dream wraps around the image's edges, so that the result tiles without seams "
+        "(textures, patterns, backgrounds): the edges are first blended with the middle, as "
+        "GIMP's Tile Seamless does, then dreamed across.",
+    ),
+    Param(
         "seed",
         "int",
         0,

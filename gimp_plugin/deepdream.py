@@ -212,7 +212,7 @@ DREAM_LAYOUT = Layout(
     "DeepDream",
     (("what", "What to dream", ("preset", "layers", "model")),
      ("how-much", "How much", ("strength", "steps", "octaves", "keep-colors")),
-     ("result", "The result", ("selection-mode",))),
+     ("result", "The result", ("selection-mode", "tileable"))),
     left=("preview", "advanced"),
     right=("what", "how-much", "result", "problem"),
 )  # fmt: skip
@@ -225,7 +225,7 @@ ZOOM_LAYOUT = Layout(
     right=("what", "how-much", "problem"),
     # a zoom's frames are the selection's size (tiles rarely matter), each adds to the last (a
     # limit to the change of one makes little sense), and a dialog has Alt+keys for 19 settings
-    hidden=("tile-size", "max-change", "seed"),
+    hidden=("tile-size", "max-change", "seed", "tileable"),
 )  # fmt: skip
 VISUALIZE_LAYOUT = Layout(
     "DeepDream Feature Visualization",
@@ -436,6 +436,9 @@ class DreamPreview:
         pixels = read(self.drawable, region.context, self.babl_format)
         self._shown = (region.crop(pixels, self.channels, 1), width)
         params = dream_params(self.config, load_parameters())
+        # A tileable dream wraps at the layer's edges, not at the preview's: the preview shows
+        # the dream as it will look in the middle.
+        params["tileable"] = False
         with self._changed:
             self._generation += 1
             self._wanted = (self._generation, region, pixels, params)
@@ -555,6 +558,8 @@ def layer_name(params, parameters):
     default_model = next(p["default"] for p in parameters if p["name"] == "model")
     if params["model"] != default_model:
         words.append(params["model"])
+    if params.get("tileable"):
+        words.append("tileable")
     return " ".join(words) + DREAM_LAYER_SUFFIX
 
 
@@ -619,6 +624,8 @@ def dream_on(procedure, run_mode, image, drawables, config):
             "The selection does not touch this layer: select part of it, "
             "or Select > None to dream on all of it.",
         )
+    if params["tileable"]:  # it wraps at the layer's edges: the whole layer is dreamed
+        x, y, width, height = 0, 0, source.get_width(), source.get_height()
     region = Region(source, x, y, width, height)
     babl_format, channels, item_size = pixel_format(image)
 

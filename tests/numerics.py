@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -197,3 +198,19 @@ def assert_within_rounding(got: torch.Tensor, expected: Estimate, what: str) -> 
         f"{what}: error {rms:.3g} RMS and {largest:.3g} at most, where rounding gives "
         f"{expected.rms:.3g} RMS and {expected.largest:.3g} at most"
     )
+
+
+def jump_at_the_wrap_and_in_the_middle(image: np.ndarray) -> tuple[float, float]:
+    """The mean difference between the pixels that meet when the image is tiled (its last
+    column and its first, its last row and its first), and between its middle column and row
+    and their neighbours: a tileable dream's wrap shows the photo's middle (see `seamless`),
+    so its middle is the same content's jump where there never was a seam."""
+    pixels = image.astype(np.float32)
+    height, width = pixels.shape[:2]
+    at_the_wrap = np.concatenate([np.abs(pixels[:, 0] - pixels[:, -1]).ravel(),
+                                  np.abs(pixels[0] - pixels[-1]).ravel()])  # fmt: skip
+    in_the_middle = np.concatenate([
+        np.abs(pixels[:, width // 2] - pixels[:, width // 2 - 1]).ravel(),
+        np.abs(pixels[height // 2] - pixels[height // 2 - 1]).ravel(),
+    ])  # fmt: skip
+    return float(at_the_wrap.mean()), float(in_the_middle.mean())

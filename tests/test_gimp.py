@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, SAMPLES, start_server
+from numerics import jump_at_the_wrap_and_in_the_middle
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "gimp"))
@@ -270,6 +271,7 @@ SCENARIOS = [
         "ellipse": ELLIPSE,
         "params": {**QUICK, "preset": "custom", "layers": "block5"},
     },
+    {"name": "tileable", "ellipse": ELLIPSE, "params": {**QUICK, "tileable": True}},
     {
         "name": "selection-misses-layer",
         "offsets": [200, 150],
@@ -331,6 +333,22 @@ def test_alpha_mode_bakes_the_selection_into_transparency(workspace, reports):
     alpha = raw(workspace, "alpha-mode", "layer.raw", (h, w, 4))[:, :, 3].astype(int)
     selection = raw(workspace, "alpha-mode", "selection.raw", (h, w)).astype(int)
     assert np.abs(alpha - selection).max() <= 1
+
+
+def test_a_tileable_dream_covers_the_layer_and_tiles_with_the_selection_as_its_mask(
+    workspace, reports
+):
+    report = reports["tileable"]
+    assert report["status"] == "success", report
+    new = report["returned"]
+    assert new["name"] == "textures 2x3 tileable · DeepDream"
+    assert new["offsets"] == [0, 0] and new["size"] == [451, 300] and new["has_mask"]
+    layer = raw(workspace, "tileable", "layer.raw", (300, 451, 4))[:, :, :3]
+    wrap, middle = jump_at_the_wrap_and_in_the_middle(layer)
+    assert wrap <= 1.25 * middle, (wrap, middle)
+    source = raw(workspace, "tileable", "source-before.raw", (300, 451, 4))[:, :, :3]
+    source_wrap, source_middle = jump_at_the_wrap_and_in_the_middle(source)
+    assert source_wrap > 3 * source_middle  # the cat does not tile: its dream does
 
 
 def test_without_a_selection_the_whole_layer_is_dreamed(workspace, reports):
