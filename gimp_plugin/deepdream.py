@@ -609,6 +609,18 @@ def source_layer(image, drawables, purpose):
 def dream_on(procedure, run_mode, image, drawables, config):
     source = source_layer(image, drawables, "dream on")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    remembered = remembered_dream(source)
+    if remembered is not None:
+        origin = image.get_layer_by_tattoo(remembered.get("source") or 0)
+        if origin is not None and origin != source:
+            return redream(procedure, run_mode, image, source, origin, remembered, config)
+        gone = (f"The layer this dream was made from ({remembered.get('source-name')}) is not "
+                "in this image any more")  # fmt: skip
+        if not interactive:
+            raise DreamError(f"{gone}: to dream on the dream itself, dream on a copy of it made "
+                             "with Layer > New from Visible.")  # fmt: skip
+        if not dream_the_dream_itself(gone):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     if interactive and not dream_dialog(procedure, config, DREAM_LAYOUT, source,
                                         check=lambda: refusal(config)):  # fmt: skip
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
@@ -624,34 +636,21 @@ def dream_on(procedure, run_mode, image, drawables, config):
             "The selection does not touch this layer: select part of it, "
             "or Select > None to dream on all of it.",
         )
-    if params["tileable"]:  # it wraps at the layer's edges: the whole layer is dreamed
-        x, y, width, height = 0, 0, source.get_width(), source.get_height()
-    region = Region(source, x, y, width, height)
+    region = dream_region(source, params, (x, y, width, height))
     babl_format, channels, item_size = pixel_format(image)
 
     # All slow work happens before the image is touched: a cancel (GIMP kills this process)
     # or a failure leaves the image exactly as it was.
-    Gimp.progress_init("DeepDream: waiting for the dream server")
-    context_pixels = read(source, region.context, babl_format)
-    with connect() as client:
-
-        def show(progress):
-            Gimp.progress_update(progress.fraction)
-            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
-            Gimp.progress_set_text(f"DeepDream: {progress.describe()}{left}")
-
-        dreamed = client.dream(
-            context_pixels, region.context[2], region.context[3], channels, params, on_progress=show
-        )
+    pixels = dreamed_pixels(source, region, params, babl_format, channels, item_size)
     if not source.is_valid():
         return failure(procedure, "The layer was deleted while it was being dreamed on.")
-    pixels = region.crop(dreamed, channels, item_size)
     Gimp.progress_set_text("DeepDream: adding the layer")
     image.undo_group_start()
     layer = None
     try:
         name = layer_name(params, parameters)
         layer = add_layer(image, source, region, pixels, babl_format, name)
+        remember_dream(layer, source, region, params)
         if has_selection:
             layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             if selection_mode == "alpha":
@@ -669,6 +668,126 @@ def dream_on(procedure, run_mode, image, drawables, config):
     Gimp.progress_end()
     Gimp.displays_flush()
     return succeeded(procedure, Gimp.Layer, layer)
+
+
+def dream_region(source, params, selection_bounds):
+    """The part of `source` a dream covers: the selection's bounds, or for a tileable dream
+    the whole layer (it wraps at the layer's edges), with context around it."""
+    if params.get("tileable"):
+        selection_bounds = (0, 0, source.get_width(), source.get_height())
+    return Region(source, *selection_bounds)
+
+
+def dreamed_pixels(source, region, params, babl_format, channels, item_size):
+    """The dream of `region` of `source`, cut to the selection's bounds, with progress in
+    GIMP's status bar; nothing of the image is touched."""
+    Gimp.progress_init("DeepDream: waiting for the dream server")
+    context_pixels = read(source, region.context, babl_format)
+    with connect() as client:
+
+        def show(progress):
+            Gimp.progress_update(progress.fraction)
+            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
+            Gimp.progress_set_text(f"DeepDream: {progress.describe()}{left}")
+
+        dreamed = client.dream(
+            context_pixels, region.context[2], region.context[3], channels, params, on_progress=show
+        )
+    return region.crop(dreamed, channels, item_size)
+
+
+DREAM_PARASITE = "deepdream-dream"
+"""What a dream layer remembers of how it was made, saved with it in XCF files: a JSON object
+of `params` (the dream parameters by their schema names, as the server takes them), the
+`source` layer's tattoo and `source-name`, and the `selection` bounds dreamed, in the source
+layer's pixels."""
+
+
+def remember_dream(layer, source, region, params):
+    record = {"params": params, "source": source.get_tattoo(), "source-name": source.get_name(),
+              "selection": list(region.selection)}  # fmt: skip
+    data = list(json.dumps(record).encode())
+    flags = Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE
+    layer.attach_parasite(Gimp.Parasite.new(DREAM_PARASITE, flags, data))
+
+
+def remembered_dream(layer):
+    """The record `remember_dream` left on the layer, or None for a layer that is no dream."""
+    parasite = layer.get_parasite(DREAM_PARASITE)
+    if parasite is None:
+        return None
+    try:
+        record = json.loads(bytes(parasite.get_data()))
+    except ValueError:
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("params"), dict)):
+        return None
+    return record
+
+
+def redream(procedure, run_mode, image, layer, origin, remembered, config):
+    """Dream `layer` again, in place, from `origin`'s pixels as they are now: the same layer,
+    where it is, with its mask; its name and memory follow the new settings. One undo step."""
+    parameters = load_parameters()
+    if run_mode == Gimp.RunMode.INTERACTIVE:  # the dialog opens with this dream's settings
+        known = {param["name"] for param in parameters}
+        for name, value in remembered["params"].items():
+            if name in known:
+                config.set_property(name, value)
+        if not dream_dialog(procedure, config, DREAM_LAYOUT, origin,
+                            check=lambda: refusal(config)):  # fmt: skip
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    params = dream_params(config, parameters)
+    selection = remembered.get("selection") or (0, 0, origin.get_width(), origin.get_height())
+    region = dream_region(origin, params, tuple(selection))
+    x, y, width, height = region.selection
+    if (width, height) != (layer.get_width(), layer.get_height()):
+        raise DreamError(
+            f"This dream covers {layer.get_width()}x{layer.get_height()} pixels and its new "
+            f"settings {width}x{height} (tileable or not): dream on {origin.get_name()} anew."
+        )
+    babl_format, channels, item_size = pixel_format(image)
+    pixels = dreamed_pixels(origin, region, params, babl_format, channels, item_size)
+    if not layer.is_valid():
+        return failure(procedure, "The layer was deleted while it was being dreamed on.")
+    Gimp.progress_set_text("DeepDream: dreaming the layer again")
+    image.undo_group_start()
+    # A shadow buffer merges (undoably) through the selection, as filters do: the whole layer
+    # is new, so the selection steps aside meanwhile.
+    selection = None if Gimp.Selection.is_empty(image) else Gimp.Selection.save(image)
+    try:
+        if selection is not None:
+            Gimp.Selection.none(image)
+        shadow = layer.get_shadow_buffer()
+        shadow.set(Gegl.Rectangle.new(0, 0, width, height), babl_format, pixels)
+        shadow.flush()
+        layer.merge_shadow(True)
+        layer.update(0, 0, width, height)
+        layer.set_name(layer_name(params, parameters))
+        remember_dream(layer, origin, region, params)
+    finally:
+        if selection is not None:
+            image.select_item(Gimp.ChannelOps.REPLACE, selection)
+            image.remove_channel(selection)
+        image.undo_group_end()
+    Gimp.progress_end()
+    Gimp.displays_flush()
+    return succeeded(procedure, Gimp.Layer, layer)
+
+
+def dream_the_dream_itself(gone):
+    """Ask whether to dream on a dream layer whose source is gone, as on any layer."""
+    GimpUi.init("deepdream")
+    question = Gtk.MessageDialog(
+        title="DeepDream", modal=True, message_type=Gtk.MessageType.QUESTION,
+        text=f"{gone}.", secondary_text="Dream on this dream layer itself, into a new layer?",
+    )  # fmt: skip
+    question.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    question.add_button("_Dream on it", Gtk.ResponseType.OK)
+    question.set_default_response(Gtk.ResponseType.OK)
+    answer = question.run()
+    question.destroy()
+    return answer == Gtk.ResponseType.OK
 
 
 def add_layer(image, source, region, pixels, babl_format, name):

@@ -273,6 +273,30 @@ SCENARIOS = [
     },
     {"name": "tileable", "ellipse": ELLIPSE, "params": {**QUICK, "tileable": True}},
     {
+        "name": "redream",
+        "ellipse": ELLIPSE,
+        "feather": FEATHER,
+        "params": QUICK,
+        "redream": {"params": {**QUICK, "steps": 4, "seed": 5}},
+    },
+    {
+        "name": "fresh-as-redreamed",
+        "ellipse": ELLIPSE,
+        "feather": FEATHER,
+        "params": {**QUICK, "steps": 4, "seed": 5},
+    },
+    {
+        "name": "redream-retouched-via-xcf",
+        "ellipse": ELLIPSE,
+        "params": QUICK,
+        "redream": {"params": QUICK, "retouch": True, "via_xcf": True},
+    },
+    {
+        "name": "redream-without-its-source",
+        "params": QUICK,
+        "redream": {"params": QUICK, "remove_source": True},
+    },
+    {
         "name": "selection-misses-layer",
         "offsets": [200, 150],
         "ellipse": [0, 0, 100, 80],
@@ -399,17 +423,64 @@ def test_custom_layers_from_a_script_name_the_new_layer(reports):
     assert report["returned"]["name"] == "block3:1,block7/5:0.5 2x3 · DeepDream"
 
 
-def test_right_after_a_dream_with_a_feathered_selection_dreaming_again_adds_a_visible_layer(
-    reports,
-):
+def test_dreaming_again_right_after_a_dream_dreams_that_layer_again_in_place(reports):
+    # Ctrl+F: the same procedure with the last values, on what is active: the new dream layer
+    # (not its mask), which is dreamed again from its source, not stacked on.
     report = reports["feathered"]
     again = report["again"]
-    assert again["active"] == ["Layer"]  # the new layer, not its mask
+    assert again["active"] == ["Layer"]
     assert again["status"] == "success", again
-    assert len(again["layers_after"]) == len(report["layers_after"]) + 1
-    assert again["returned_position"] == 0  # above the first dream, where the artist looks
-    dreams = [layer["name"] for layer in again["layers_after"][:2]]
-    assert dreams == ["textures 2x3 · DeepDream #1", "textures 2x3 · DeepDream"]
+    assert again["layers_after"] == report["layers_after"]  # no new layer, the same names
+    assert again["returned_position"] == report["returned_position"]
+
+
+def test_a_dream_layer_dreamed_again_with_new_values_is_that_dream_in_place(workspace, reports):
+    report, fresh = reports["redream"], reports["fresh-as-redreamed"]
+    redream = report["redream"]
+    assert redream["status"] == "success", redream
+    before, after = redream["before"], redream["after"]
+    assert after["id"] == before["id"] and after["position"] == before["position"]
+    assert after["offsets"] == before["offsets"] and after["size"] == before["size"]
+    assert after["has_mask"] and after["name"] == "textures 2x4 · DeepDream"
+    assert len(redream["layers_after"]) == len(report["layers_after"])
+    w, h = after["size"]
+    # Bit for bit what a fresh dream with those values gives (the CPU, the same seed), and
+    # the feathered mask as it was.
+    redreamed = raw(workspace, "redream", "redreamed.raw", (h, w, 4))
+    assert np.array_equal(redreamed, raw(workspace, "fresh-as-redreamed", "layer.raw", (h, w, 4)))
+    assert np.array_equal(raw(workspace, "redream", "redreamed-mask.raw", (h, w)),
+                          raw(workspace, "redream", "mask.raw", (h, w)))  # fmt: skip
+    first = raw(workspace, "redream", "layer.raw", (h, w, 4))
+    assert not np.array_equal(redreamed, first)
+    assert fresh["status"] == "success"
+
+
+def test_a_dream_layer_whose_source_is_gone_says_so_in_one_line_and_stays_as_it_was(reports):
+    redream = reports["redream-without-its-source"]["redream"]
+    assert redream["status"] == "execution-error"
+    message = redream["message"]
+    assert "(Background) is not in this image any more" in message and "\n" not in message
+    assert "Layer > New from Visible" in message
+    assert redream["layers_after"] == [{k: v for k, v in redream["before"].items()
+                                        if k not in ("id", "position")}]  # fmt: skip
+
+
+def test_a_dream_layer_kept_in_an_xcf_file_dreams_again_from_the_retouched_photo(
+    workspace, reports
+):
+    report = reports["redream-retouched-via-xcf"]
+    redream = report["redream"]
+    assert redream["status"] == "success", redream
+    assert redream["after"]["name"] == redream["before"]["name"] == "textures 2x3 · DeepDream"
+    w, h = redream["after"]["size"]
+    ox, oy = redream["after"]["offsets"]
+    first = raw(workspace, "redream-retouched-via-xcf", "layer.raw", (h, w, 4)).astype(int)
+    again = raw(workspace, "redream-retouched-via-xcf", "redreamed.raw", (h, w, 4)).astype(int)
+    white = again[100 - oy + 10 : 140 - oy - 10, 150 - ox + 10 : 210 - ox - 10, :3]
+    assert (
+        white.mean()
+        > first[100 - oy + 10 : 140 - oy - 10, 150 - ox + 10 : 210 - ox - 10, :3].mean() + 40
+    )  # the white square shows through the dream
 
 
 def test_layers_typed_with_a_preset_are_the_layers_dreamed(reports, workspace):

@@ -191,7 +191,47 @@ def run(scenario):
         report["message"] = str(result.index(1))
     if scenario.get("again"):
         report["again"] = dream_again(image, scenario)
+    if scenario.get("redream") and status == Gimp.PDBStatusType.SUCCESS:
+        report["redream"] = redream(image, layer, result.index(1), scenario)
     image.delete()
+    return report
+
+
+def redream(image, source, dream, scenario):
+    """Retouch the source (optionally), keep the image in an XCF file and open it again
+    (optionally), then run the plug-in on the dream layer with new values; dump the layer."""
+    again = scenario["redream"]
+    folder = scenario["folder"]
+    if again.get("retouch"):  # paint a white square on the photo
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 150, 100, 60, 40)
+        Gimp.context_set_foreground(Gegl.Color.new("white"))
+        source.edit_fill(Gimp.FillType.FOREGROUND)
+        Gimp.Selection.none(image)
+    if again.get("remove_source"):
+        image.remove_layer(source)
+    before = {"id": dream.get_id(), **describe(dream), "position": image.get_item_position(dream)}
+    if again.get("via_xcf"):
+        path = os.path.join(folder, "kept.xcf")
+        Gimp.file_save(NONINTERACTIVE, image, Gio.File.new_for_path(path), None)
+        image = Gimp.file_load(NONINTERACTIVE, Gio.File.new_for_path(path))
+        dream = next(layer for layer in image.get_layers() if layer.get_name() == before["name"])
+    result = run_on(image, [dream], "plug-in-deepdream", again["params"])
+    report = {"status": result.index(0).value_nick, "before": before,
+              "layers_after": [describe(item) for item in image.get_layers()]}  # fmt: skip
+    if again.get("remove_source"):
+        return {**report, "message": str(result.index(1))}
+    if result.index(0) == Gimp.PDBStatusType.SUCCESS:
+        redreamed = result.index(1)
+        report["after"] = {"id": redreamed.get_id(), **describe(redreamed),
+                           "position": image.get_item_position(redreamed)}  # fmt: skip
+        width, height = redreamed.get_width(), redreamed.get_height()
+        dump(redreamed, 0, 0, width, height, "R'G'B'A u8", os.path.join(folder, "redreamed.raw"))
+        dump(redreamed.get_mask(), 0, 0, width, height, "Y u8",
+             os.path.join(folder, "redreamed-mask.raw"))  # fmt: skip
+    else:
+        report["message"] = str(result.index(1))
+    if again.get("via_xcf"):
+        image.delete()
     return report
 
 
