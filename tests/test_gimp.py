@@ -1041,7 +1041,11 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
 
-def test_layers_typed_once_never_override_a_preset_chosen_later(gimp, workspace):
+def test_a_dream_layer_reopens_with_its_dream_and_a_preset_chosen_then_dreams_it_again(
+    gimp, workspace
+):
+    """Layers typed once never override a preset chosen later; and DeepDream on the dream
+    layer it made opens with that dream's settings and dreams the same layer again."""
     with gimp_gui(gimp, workspace, ":94") as screen:
         main = screen.wait_for_window("1 layer)")
         screen.keys(main, "alt+r", "a", "d")
@@ -1054,7 +1058,7 @@ def test_layers_typed_once_never_override_a_preset_chosen_later(gimp, workspace)
         screen.wait_for_window("2 layers)")
         assert "[block7 4x10 · DeepDream" in screen.window_titles()[main]
 
-        screen.keys(main, "alt+r", "a", "d")  # opens with the values just used
+        screen.keys(main, "alt+r", "a", "d")  # on the new layer: its dream's settings
         dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
         assert screen.control("DeepDream", "Layers")["value"] == "block7"
         assert screen.control("DeepDream", "Preset")["value"] == "custom"
@@ -1062,8 +1066,8 @@ def test_layers_typed_once_never_override_a_preset_chosen_later(gimp, workspace)
         assert screen.control("DeepDream", "Layers")["value"] == ""
         screen.screenshot("presets-objects-chosen.png")
         screen.click(screen.control("DeepDream", "OK"))
-        screen.wait_for_window("3 layers)")
-        assert "[objects 4x10 · DeepDream" in screen.window_titles()[main]
+        screen.wait_for_window("[objects 4x10 · DeepDream")  # the same layer, dreamed again
+        assert "2 layers)" in screen.window_titles()[main]
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
 
