@@ -154,7 +154,12 @@ def parameter_files(python: Path) -> dict[str, str]:
             capture_output=True,
             text=True,
         ).stdout
-        for suffix, which in (("", "dream"), ("-visualize", "visualize"), ("-zoom", "zoom"))
+        for suffix, which in (
+            ("", "dream"),
+            ("-visualize", "visualize"),
+            ("-zoom", "zoom"),
+            ("-frames", "frames"),
+        )  # fmt: skip
     }
 
 

@@ -489,6 +489,34 @@ class DreamClient:
         self._await_result(header["job"], on_progress, should_stop, frame_arrived)
         return tuple(size) if size else (width, height)
 
+    def steady(
+        self,
+        frames: list[bytes | memoryview],
+        width: int,
+        height: int,
+        params: dict,
+        steady: dict,
+        on_frame: Callable[[int, int, memoryview], None],
+        on_progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """An animation's RGB u8 frames (all `width` x `height`) dreamed one after the other,
+        each from its source with the last one's dream carried over: `on_frame(index, count,
+        rgb_u8)` gets each as soon as it is dreamed. `should_stop` as in `dream`."""
+        limit = self.server_info.get("max_pixels")
+        if limit and width * height * len(frames) > limit:
+            raise DreamError(
+                f"{len(frames)} frames of {width}x{height} pixels are more than the dream server "
+                f"accepts ({limit} pixels in all): dream fewer frames, or scale them down."
+            )
+        header = self._image_job("steady", frames[0], width, height, 3, params)
+        self._send({**header, "steady": steady, "frames": len(frames)}, list(frames))
+
+        def frame_arrived(header: dict, frame: memoryview) -> None:
+            on_frame(header["index"], header["count"], frame)
+
+        self._await_result(header["job"], on_progress, should_stop, frame_arrived)
+
     def _image_job(self, kind: str, pixels, width: int, height: int, channels: int,
                    params: dict) -> dict:  # noqa: ANN001 - bytes or a buffer  # fmt: skip
         """The header of a job on an image, refused here when the server would refuse its size."""

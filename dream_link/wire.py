@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """3: the `estimate` request. 2: the `check` and `animate` requests, `frame` messages, and
 progress with `loading` and
 `frame`/`frames`."""
@@ -47,10 +47,22 @@ class Request:
     replies: tuple[str, ...] = ()
     job: bool = False
     """Whether it names a `job`: it becomes one, or (cancel) acts on one."""
+    per_frame: bool = False
+    """Whether its frames come once for each frame of an animation: as many times as the
+    header's `frames` says (1 to MAX_ANIMATION_FRAMES)."""
 
     def frames_of(self, header: Mapping[str, Any]) -> tuple[str, ...]:
-        """The frames a request with this header carries, in order."""
+        """The frames a request with this header carries, in order (none for a count that is
+        not a whole number of frames)."""
+        if self.per_frame:
+            count = header.get("frames")
+            valid = isinstance(count, int) and not isinstance(count, bool)
+            return self.frames * count if valid and 1 <= count <= MAX_ANIMATION_FRAMES else ()
         return self.frames + tuple(name for name in self.optional_frames if name in header)
+
+
+MAX_ANIMATION_FRAMES = 1000
+"""Frames in one `steady` request, at most."""
 
 
 JOB_REPLIES = ("accepted", "progress", "result", "error", "cancelled")
@@ -61,6 +73,7 @@ REQUESTS = {
     "visualize": Request(replies=JOB_REPLIES, job=True),
     "check": Request(replies=JOB_REPLIES, job=True),
     "animate": Request(("image",), replies=(*JOB_REPLIES, "frame"), job=True),
+    "steady": Request(("image",), replies=(*JOB_REPLIES, "frame"), job=True, per_frame=True),
     "cancel": Request(replies=("cancelled", "error"), job=True),
     "ping": Request(replies=("pong",)),
     "status": Request(replies=("status_ok",)),

@@ -31,9 +31,14 @@ def dream_work(width: int, height: int, params: DreamParams) -> Work:
 
 def zoom_work(width: int, height: int, params: DreamParams, zoom: ZoomParams) -> Work:
     """The first frame's dream, then each later frame's, with its steps per frame."""
+    return frames_work(width, height, params, zoom.frames, zoom.steps_per_frame)
+
+
+def frames_work(width: int, height: int, params: DreamParams, count: int, steps: int) -> Work:
+    """An animation's frames: the first dreamed fully, each next one `steps` per octave."""
     _, model, first = dream_work(width, height, params)
-    _, _, later = dream_work(width, height, replace(params, steps=zoom.steps_per_frame))
-    return "dream", model, first + (zoom.frames - 1) * later
+    _, _, later = dream_work(width, height, replace(params, steps=steps))
+    return "dream", model, first + (count - 1) * later
 
 
 def visualize_work(params: VisualizeParams) -> Work:

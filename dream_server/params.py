@@ -334,6 +334,9 @@ VIDEO_PARAMETERS: tuple[Param, ...] = (
           minimum=1, maximum=500),
 )  # fmt: skip
 """How a video is dreamed frame after frame; with the dream's."""
+FRAMES_PARAMETERS = tuple(p for p in VIDEO_PARAMETERS if p.name not in ("start", "duration"))
+"""How an animation's frames are dreamed one after the other (DeepDream Frames in GIMP): a
+video's settings, less where in a clip to start and stop."""
 
 _PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "choice": str, "string": str}
 
@@ -432,7 +435,7 @@ def parameter_schema(
 
 
 PLUGIN_PARAMETERS = {"dream": DREAM_PARAMETERS, "visualize": VISUALIZE_PARAMETERS,
-                     "zoom": ZOOM_PARAMETERS}  # fmt: skip
+                     "zoom": ZOOM_PARAMETERS, "frames": FRAMES_PARAMETERS}  # fmt: skip
 """What the GIMP plug-in's procedures and dialogs are built from (install.py writes each)."""
 
 

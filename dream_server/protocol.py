@@ -14,14 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from dream_link.wire import ITEM_SIZES, PROTOCOL_VERSION, REQUESTS, FrameDescription, Progress
+from dream_link.wire import (
+    ITEM_SIZES,
+    MAX_ANIMATION_FRAMES,
+    PROTOCOL_VERSION,
+    REQUESTS,
+    FrameDescription,
+    Progress,
+)
 
-from .cost import Work, dream_work, visualize_work, zoom_work
+from .cost import Work, dream_work, frames_work, visualize_work, zoom_work
 from .engine import Engine
 from .errors import DreamError
 from .imagefile import rgb8
-from .motion import CameraMove, frame_params, zoom_sequence
-from .params import DreamParams, VisualizeParams, ZoomParams
+from .motion import CameraMove, Carry, frame_params, steady_sequence, zoom_sequence
+from .params import DreamParams, VideoParams, VisualizeParams, ZoomParams
 from .sheets import contact_sheet
 from .visualize import sample_labels, subject
 
@@ -127,6 +134,39 @@ class AnimateRequest:
         return [], {"frames": count}
 
 
+@dataclass(frozen=True)
+class SteadyRequest:
+    """An animation's frames dreamed one after the other, steadily: each from its source with
+    the last one's dream carried over (along the optical flow), as `deepdream video` dreams.
+    Each dreamed frame goes back in a `frame` message; the `result` has no frames."""
+
+    job: str
+    params: DreamParams
+    steady: VideoParams
+    images: tuple[np.ndarray, ...]
+
+    def work(self) -> Work:
+        height, width = self.images[0].shape[:2]
+        return frames_work(width, height, self.params, len(self.images),
+                           self.steady.steps_per_frame)  # fmt: skip
+
+    def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
+        count = len(self.images)
+
+        def dream(image: np.ndarray, index: int) -> np.ndarray:
+            params = frame_params(self.params, index, self.steady.steps_per_frame, False)
+
+            def report(progress: Progress) -> None:
+                on_progress(progress.of_frame(index, count))
+
+            return engine.dream(image, params, on_progress=report, should_stop=should_stop)
+
+        carry = Carry(self.steady.blend, self.steady.flow)
+        for index, frame in enumerate(steady_sequence(self.images, carry, dream)):
+            on_frame(index, count, frame)
+        return [], {"frames": count}
+
+
 def _checked_params(header: dict[str, Any], kind: type) -> Any:
     """The header's `params`, validated by the engine's parameter definition."""
     params = header.get("params", {})
@@ -159,6 +199,32 @@ def parse_animate(header: dict[str, Any], frames: list, max_pixels: int) -> Anim
     dream_params = _checked_params(header, DreamParams)
     image = pixel_array(header.get("image"), frames[0], "image", max_pixels, job)
     return AnimateRequest(job, dream_params, _zoom_params(header), image)
+
+
+def parse_steady(header: dict[str, Any], frames: list, max_pixels: int) -> SteadyRequest:
+    job = header["job"]
+    dream_params = _checked_params(header, DreamParams)
+    steady = header.get("steady", {})
+    if not isinstance(steady, dict):
+        raise BadMessage("bad_parameter", "'steady' must be a JSON object.", job)
+    try:
+        steady_params = VideoParams.from_mapping(steady)
+    except DreamError as err:
+        raise BadMessage("bad_parameter", str(err), job) from None
+    meta = header.get("image")
+    try:
+        description = FrameDescription.of_header(meta, "image", max_pixels)
+    except (ValueError, OverflowError) as err:
+        raise BadMessage("bad_frames", str(err), job) from None
+    if description.width * description.height * len(frames) > max_pixels:
+        raise BadMessage("too_large", f"{len(frames)} frames of {description.width}x"
+                         f"{description.height} are over this server's limit of {max_pixels} "
+                         "pixels: dream fewer frames, or smaller ones.", job)  # fmt: skip
+    if (description.channels, description.dtype) != (3, "u8"):
+        raise BadMessage("bad_frames", "An animation's frames are RGB, 8 bits (channels 3, "
+                         "dtype u8).", job)  # fmt: skip
+    images = tuple(pixel_array(meta, frame, "image", max_pixels, job) for frame in frames)
+    return SteadyRequest(job, dream_params, steady_params, images)
 
 
 def _zoom_params(header: dict[str, Any]) -> ZoomParams:
@@ -246,7 +312,12 @@ def proof_nonce(header: dict[str, Any]) -> str:
 
 def check_frame_count(header: dict[str, Any], frames: list) -> None:
     """The request carries the pixel frames its kind and header call for, no more, no fewer."""
-    parts = REQUESTS[header["type"]].frames_of(header)
+    request = REQUESTS[header["type"]]
+    if request.per_frame and not request.frames_of(header):
+        raise BadMessage("bad_header", f"'frames' must be a whole number from 1 to "
+                         f"{MAX_ANIMATION_FRAMES}: how many frames follow.",
+                         header.get("job"))  # fmt: skip
+    parts = request.frames_of(header)
     if len(frames) != len(parts):
         carries = f"{len(parts)} pixel frame(s): {', '.join(parts)}" if parts else "no frames"
         raise BadMessage(
@@ -312,5 +383,6 @@ JOB_PARSERS = {
     "visualize": parse_visualize,
     "check": parse_check,
     "animate": parse_animate,
+    "steady": parse_steady,
 }
 """The requests that become jobs, each with the parser that checks it completely."""

@@ -28,14 +28,17 @@ from dream_link.wire import CUSTOM_PRESET, DreamCancelled, DreamError, log_path,
 PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
 ZOOM_PROCEDURE = "plug-in-deepdream-zoom"
+FRAMES_PROCEDURE = "plug-in-deepdream-frames"
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELP_DOMAIN = "deepdream-for-gimp"
 PARAMETERS_FILE = os.path.join(HERE, "parameters.json")
 VISUALIZE_PARAMETERS_FILE = os.path.join(HERE, "parameters-visualize.json")
 ZOOM_PARAMETERS_FILE = os.path.join(HERE, "parameters-zoom.json")
+FRAMES_PARAMETERS_FILE = os.path.join(HERE, "parameters-frames.json")
 ZOOM_MEMORY_LIMIT = 2_000_000_000
-"""The frames of a zoom wait in the plug-in until the new image is made (so that a cancel leaves
-nothing behind): a zoom that would hold more is refused before it starts."""
+"""The frames of a zoom (or of DeepDream Frames) wait in the plug-in until the new image is made
+(so that a cancel leaves nothing behind): one that would hold more is refused before it
+starts."""
 CONTEXT_MARGIN = 64
 """Pixels of the layer around the selection that the network sees, so the edge has context."""
 LAYOUTS = (
@@ -59,7 +62,8 @@ def connect():
     """A client of the dream server, which must define the parameters this plug-in was installed
     with: else both come from different releases, and the client says to install again."""
     schemas = {"dream": load_parameters(), "visualize": load_parameters(VISUALIZE_PARAMETERS_FILE),
-               "zoom": load_parameters(ZOOM_PARAMETERS_FILE)}  # fmt: skip
+               "zoom": load_parameters(ZOOM_PARAMETERS_FILE),
+               "frames": load_parameters(FRAMES_PARAMETERS_FILE)}  # fmt: skip
     return DreamClient(schema=schema_hash(schemas))
 
 
@@ -226,6 +230,15 @@ ZOOM_LAYOUT = Layout(
     # a zoom's frames are the selection's size (tiles rarely matter), each adds to the last (a
     # limit to the change of one makes little sense), and a dialog has Alt+keys for 19 settings
     hidden=("tile-size", "max-change", "seed", "tileable"),
+)  # fmt: skip
+FRAMES_LAYOUT = Layout(
+    "DeepDream Frames",
+    (("motion", "From frame to frame", ("flow", "blend", "steps-per-frame")),
+     ("what", "What to dream", ("preset", "layers", "model")),
+     ("how-much", "How much", ("strength", "steps", "octaves"))),
+    left=("motion", "advanced"),
+    right=("what", "how-much", "problem"),
+    hidden=("tile-size", "max-change", "seed", "tileable"),  # as the zoom's
 )  # fmt: skip
 VISUALIZE_LAYOUT = Layout(
     "DeepDream Feature Visualization",
@@ -869,6 +882,102 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     return succeeded(procedure, Gimp.Image, movie)
 
 
+def frames_on(procedure, run_mode, image, drawables, config):
+    """Filters > Animation > DeepDream Frames: every layer of an image whose layers are the
+    frames of an animation, dreamed from the bottom one up as `deepdream video` dreams a clip
+    (each from its source with the last one's dream carried along the motion), into a new
+    image whose layers have the same names (so the same frame delays), offsets and order. The
+    new image is made once every frame is back: a cancel leaves nothing behind."""
+    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
+        raise DreamError("DeepDream needs an RGB or grayscale image: convert it with Image > "
+                         "Mode > RGB first.")  # fmt: skip
+    frames = list(reversed(image.get_layers()))  # the first frame is the bottom layer
+    if len(frames) < 2:
+        raise DreamError(
+            "DeepDream Frames dreams an animation, whose frames are the image's layers (an "
+            "opened GIF or WebP, or frames opened with File > Open as Layers); this image has "
+            "one layer: use Filters > Artistic > DeepDream."
+        )
+    width, height = frames[0].get_width(), frames[0].get_height()
+    for frame in frames:
+        if (frame.get_width(), frame.get_height()) != (width, height):
+            raise DreamError(
+                f"The frames are not all {width}x{height} ({frame.get_name()} is "
+                f"{frame.get_width()}x{frame.get_height()}): make every frame whole with Filters "
+                "> Animation > Unoptimize first."
+            )
+    held = len(frames) * width * height * 7  # the frames read, and their dreams
+    if held > ZOOM_MEMORY_LIMIT:
+        raise DreamError(
+            f"{len(frames)} frames of {width}x{height} would hold {held / 1e9:.1f} GB until the "
+            f"new image is made (at most {ZOOM_MEMORY_LIMIT / 1e9:.0f} GB): scale the image "
+            "down, or dream the frames as a video with `deepdream video`."
+        )
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    if interactive and not dream_dialog(procedure, config, FRAMES_LAYOUT,
+                                        check=lambda: refusal(config)):  # fmt: skip
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    params = dream_params(config, load_parameters())
+    steady = dream_params(config, load_parameters(FRAMES_PARAMETERS_FILE))
+    sources = [read(frame, (0, 0, width, height), "R'G'B'A u8") for frame in frames]
+    dreamed = {}
+    Gimp.progress_init("DeepDream Frames: waiting for the dream server")
+    with connect() as client:
+
+        def show(progress):
+            Gimp.progress_update(progress.fraction)
+            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
+            Gimp.progress_set_text(f"DeepDream Frames: {progress.describe()}{left}")
+
+        def keep(index, count, frame):
+            dreamed[index] = bytes(frame)
+
+        colours = [without_alpha(pixels) for pixels in sources]
+        client.steady(colours, width, height, params, steady, keep, on_progress=show)
+    movie = Gimp.Image.new(image.get_width(), image.get_height(), Gimp.ImageBaseType.RGB)
+    try:
+        movie.undo_disable()  # a new image: nothing to undo
+        for index, frame in enumerate(frames):  # each new one on top: the order is kept
+            layer = Gimp.Layer.new(movie, frame.get_name(), width, height,
+                                   Gimp.ImageType.RGBA_IMAGE, frame.get_opacity(),
+                                   Gimp.LayerMode.NORMAL)  # fmt: skip
+            movie.insert_layer(layer, None, 0)
+            layer.set_offsets(*frame.get_offsets()[1:])
+            pixels = with_alpha(dreamed[index], sources[index])
+            buffer = layer.get_buffer()
+            buffer.set(Gegl.Rectangle.new(0, 0, width, height), "R'G'B'A u8", pixels)
+            buffer.flush()
+        movie.undo_enable()
+    except Exception:
+        movie.delete()
+        raise
+    titled(movie, "dream", frames[0])
+    Gimp.progress_end()
+    if interactive:
+        Gimp.Display.new(movie)
+    return succeeded(procedure, Gimp.Image, movie)
+
+
+def without_alpha(rgba):
+    """RGB u8 bytes of RGBA u8 ones (with no numpy: GIMP's own Python may have none)."""
+    rgb = bytearray(len(rgba) // 4 * 3)
+    for channel in range(3):
+        rgb[channel::3] = rgba[channel::4]
+    return bytes(rgb)
+
+
+def with_alpha(rgb, rgba):
+    """The RGBA pixels `rgba` with the colours `rgb`: the alpha stays as it was."""
+    combined = bytearray(rgba)
+    for channel in range(3):
+        combined[channel::4] = rgb[channel::3]
+    return bytes(combined)
+
+
+def run_frames(procedure, run_mode, image, drawables, config, data):
+    return guarded(procedure, frames_on, procedure, run_mode, image, drawables, config)
+
+
 ASK_OVER_S = 180
 """A job expected to take longer is started only once the artist says so."""
 
@@ -1002,7 +1111,7 @@ class DeepDream(Gimp.PlugIn):
         # Help in the dialogs opens the README's words on them, which install.py puts here
         # (GIMP takes a help domain only while it asks for the procedures)
         self.set_help_domain(HELP_DOMAIN, Gio.File.new_for_path(os.path.join(HERE, "help")))
-        return [PROCEDURE, VISUALIZE_PROCEDURE, ZOOM_PROCEDURE]
+        return [PROCEDURE, VISUALIZE_PROCEDURE, ZOOM_PROCEDURE, FRAMES_PROCEDURE]
 
     def do_set_i18n(self, name):
         return False
@@ -1013,6 +1122,8 @@ class DeepDream(Gimp.PlugIn):
             return self.create_visualize(name)
         if name == ZOOM_PROCEDURE:
             return self.create_zoom(name)
+        if name == FRAMES_PROCEDURE:
+            return self.create_frames(name)
         procedure = self.layer_procedure(name, run)
         described(
             procedure, "_DeepDream...", "<Image>/Filters/Artistic",
@@ -1051,6 +1162,22 @@ class DeepDream(Gimp.PlugIn):
         )  # fmt: skip
         parameters = load_parameters(ZOOM_PARAMETERS_FILE) + load_parameters()
         add_arguments(procedure, parameters, layout=ZOOM_LAYOUT)
+        procedure.add_image_return_value("image", "Image", "The new image of frames", False, FLAGS)
+        return procedure
+
+    def create_frames(self, name):
+        procedure = self.layer_procedure(name, run_frames)
+        described(
+            procedure, "DeepDream _Frames...", "<Image>/Filters/Animation",
+            "Dream every frame of an animation, steadily",
+            "Dreams the image's layers, the frames of an animation (an opened GIF or WebP), from "
+            "the bottom one up: each frame starts from its source with the last one's dream "
+            "carried along the motion, so that the dream moves with the picture instead of "
+            "flickering. Opens a new image with the dreamed frames, their names, delays and "
+            "offsets kept, ready for Filters > Animation > Playback and for export.",
+        )  # fmt: skip
+        parameters = load_parameters(FRAMES_PARAMETERS_FILE) + load_parameters()
+        add_arguments(procedure, parameters, layout=FRAMES_LAYOUT)
         procedure.add_image_return_value("image", "Image", "The new image of frames", False, FLAGS)
         return procedure
 

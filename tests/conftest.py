@@ -157,3 +157,23 @@ def server(tmp_path_factory):
     running = start_server(tmp_path_factory.mktemp("dream-home"))
     yield running
     running.stop()
+
+
+PAN_PX = 3
+
+
+def panned_frames(count: int = 12) -> list[np.ndarray]:
+    """A camera panning right across the cat (CC0) by PAN_PX a frame: the picture moves left."""
+    cat = photo("chelsea.png")
+    return [
+        np.ascontiguousarray(cat[60:188, 40 + PAN_PX * k : 232 + PAN_PX * k]) for k in range(count)
+    ]
+
+
+def unsteadiness(frames: list[np.ndarray]) -> float:
+    """How much each frame differs from the one before moved by the camera's pan."""
+    differences = [
+        np.abs(after[8:-8, 8 : -8 - PAN_PX].astype(np.float32) - before[8:-8, 8 + PAN_PX : -8])
+        for before, after in zip(frames, frames[1:], strict=False)
+    ]
+    return float(np.mean([difference.mean() for difference in differences]))

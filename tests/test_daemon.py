@@ -20,7 +20,7 @@ import pytest
 import torch
 import zmq
 import zmq.auth
-from conftest import ROOT, photo, start_server
+from conftest import ROOT, panned_frames, photo, start_server, unsteadiness
 
 from dream_link.client import Connection, DreamClient
 from dream_link.wire import PROTOCOL_VERSION, DreamError
@@ -28,7 +28,7 @@ from dream_server.cost import dream_work
 from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.models import MODELS
-from dream_server.motion import CameraMove, zoom_sequence
+from dream_server.motion import CameraMove, Carry, frame_params, steady_sequence, zoom_sequence
 from dream_server.params import DreamParams, VisualizeParams, ZoomParams
 from dream_server.sheets import contact_sheet
 
@@ -287,6 +287,51 @@ def test_an_animation_lets_another_clients_small_job_start_within_one_frames_tim
         zooming.send({"type": "cancel", "job": "endless"})
         zooming.close()
         other.close()
+
+
+def test_an_animations_frames_dream_steadily_as_a_video_does(server, local_engine):
+    frames = panned_frames(5)
+    params, steady = {"octaves": 2, "steps": 6}, {"steps-per-frame": 2}
+    arrived = {}
+
+    def keep(index: int, count: int, frame: memoryview) -> None:
+        arrived[index] = np.frombuffer(frame, np.uint8).reshape(128, 192, 3).copy()
+
+    with DreamClient(server.connection) as client:
+        client.steady([frame.tobytes() for frame in frames], 192, 128, params, steady, keep)
+    assert sorted(arrived) == list(range(5))
+    dreamed = [arrived[index] for index in range(5)]
+    dream_params = DreamParams.from_mapping(params)
+
+    def dream(image, index):  # noqa: ANN001, ANN202 - as the server dreams each frame
+        return local_engine.dream(image, frame_params(dream_params, index, 2, False))
+
+    expected = list(steady_sequence(frames, Carry(0.9, flow=True), dream))
+    for got, want in zip(dreamed, expected, strict=True):
+        assert np.array_equal(got, want)  # bit for bit what `deepdream video` dreams
+    alone = [local_engine.dream(frame, dream_params) for frame in frames]
+    assert unsteadiness(dreamed) <= 0.5 * unsteadiness(alone)
+
+
+def test_a_steady_request_is_checked_like_any_other(server):
+    raw = Raw(server)
+    image = {"width": 4, "height": 4, "channels": 3, "dtype": "u8"}
+    try:
+        for frames, count, said in (
+            ([bytes(48)] * 2, 3, "carries 3 pixel frame(s)"),
+            ([bytes(48)], 0, "'frames' must be a whole number from 1 to 1000"),
+            ([bytes(48)], True, "'frames' must be a whole number"),
+            ([bytes(64)], 1, "The image frame has 64 bytes"),
+        ):
+            raw.send({"type": "steady", "job": "s", "params": {}, "image": image,
+                      "frames": count}, *frames)  # fmt: skip
+            error = raw.wait_for("error")
+            assert said in error["message"], error
+        raw.send({"type": "steady", "job": "s", "params": {}, "steady": {"blend": 2},
+                  "image": image, "frames": 1}, bytes(48))  # fmt: skip
+        assert "'blend' must be a number from 0 to 1" in raw.wait_for("error")["message"]
+    finally:
+        raw.close()
 
 
 def test_an_animate_request_is_checked_like_any_other(server):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLES, start_server
+from conftest import ROOT, SAMPLES, panned_frames, start_server
 from numerics import jump_at_the_wrap_and_in_the_middle
 from PIL import Image
 
@@ -594,6 +594,36 @@ def test_the_zoom_makes_a_new_image_of_frames_that_playback_plays_and_leaves_the
     source_part = before[y : y + height, x : x + width].astype(np.float32)
     assert 1.0 < np.abs(frames[0] - source_part).mean() < 40  # a dream of that part
     assert not np.array_equal(frames[1], frames[2])
+
+
+def test_deepdream_frames_dreams_every_frame_into_a_new_image_with_names_delays_and_offsets(
+    gimp, workspace
+):
+    scratch = workspace[0]
+    paths = []
+    for index, frame in enumerate(panned_frames(4)):
+        paths.append(scratch / f"pan-{index}.png")
+        Image.fromarray(frame).save(paths[-1])
+    frames = [gimp.inside(path) for path in paths]
+    params = {**QUICK, "steps-per-frame": 1}
+    scenario = {"name": "frames", "procedure": "frames", "frames": frames, "params": params}
+    single = {"name": "frames-of-one", "procedure": "frames", "frames": frames[:1], "params": QUICK}
+    reports = run_gimp(gimp, workspace, [scenario, single])
+    report = reports["frames"]
+    assert report["status"] == "success", report
+    assert report["images_after"] == report["images_before"] + 1
+    assert report["layers_after"] == report["layers_before"]  # the source image is untouched
+    names = ["Frame 4 (130ms)", "Frame 3 (120ms)", "Frame 2 (110ms)", "Frame 1 (100ms)"]
+    assert [frame["name"] for frame in report["frames"]] == names  # the top one last
+    assert [frame["offsets"] for frame in report["frames"]] == [[6, 3], [4, 3], [2, 3], [0, 3]]
+    assert report["size"] == [204, 134] and report["title"].endswith(" dream.xcf")
+    dreamed = [raw(workspace, "frames", f"frame-{i}.raw", (128, 192, 3)) for i in range(4)]
+    sources = [raw(workspace, "frames", f"source-{i}.raw", (128, 192, 3)) for i in range(4)]
+    for got, source in zip(dreamed, sources, strict=True):
+        assert 1.0 < np.abs(got.astype(np.float32) - source).mean() < 40  # a dream of it
+    refused = reports["frames-of-one"]
+    assert refused["status"] == "execution-error"
+    assert "this image has one layer: use Filters > Artistic > DeepDream" in refused["message"]
 
 
 def test_a_selection_that_misses_the_layer_says_so(reports):

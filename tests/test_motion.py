@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLES, deepdream, photo
+from conftest import ROOT, SAMPLES, deepdream, panned_frames, photo, unsteadiness
 from PIL import Image
 
 from dream_server.engine import Engine
@@ -182,15 +182,7 @@ def test_zoom_mistakes_get_one_line_and_write_nothing(tmp_path, arguments, said)
 
 # -- video --------------------------------------------------------------------------------------
 
-PAN_PX, CLIP_FRAMES, CLIP_FPS = 3, 12, 12
-
-
-def panned_frames(count: int = CLIP_FRAMES) -> list[np.ndarray]:
-    """A camera panning right across the cat (CC0) by PAN_PX a frame: the picture moves left."""
-    cat = photo("chelsea.png")
-    return [
-        np.ascontiguousarray(cat[60:188, 40 + PAN_PX * k : 232 + PAN_PX * k]) for k in range(count)
-    ]
+CLIP_FRAMES, CLIP_FPS = 12, 12
 
 
 @pytest.fixture(scope="module")
@@ -255,15 +247,6 @@ def test_start_and_duration_dream_part_of_the_clip_with_its_part_of_the_sound(cl
     assert run.returncode == 0, run.stderr
     frames, _, _, seconds = video_facts(output)
     assert frames == 6 and seconds == pytest.approx(0.5, abs=0.05)
-
-
-def unsteadiness(frames: list[np.ndarray]) -> float:
-    """How much each frame differs from the one before moved by the camera's pan."""
-    differences = [
-        np.abs(after[8:-8, 8 : -8 - PAN_PX].astype(np.float32) - before[8:-8, 8 + PAN_PX : -8])
-        for before, after in zip(frames, frames[1:], strict=False)
-    ]
-    return float(np.mean([difference.mean() for difference in differences]))
 
 
 def test_dreams_that_follow_the_motion_flicker_half_as_much_and_dream_as_strongly(engine):

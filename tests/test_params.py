@@ -25,7 +25,7 @@ def test_the_defaults_are_the_documented_classic_dream():
     documented = {
         "model": "effnet-lite0", "preset": "animals", "layers": "", "octaves": 4,
         "octave-scale": 1.4, "steps": 10, "step-size": 1.5, "jitter": 32, "smoothness": 0.0,
-        "strength": 1.0, "keep-colors": False, "seed": 0, "max-change": 0.0,
+        "strength": 1.0, "keep-colors": False, "tileable": False, "seed": 0, "max-change": 0.0,
         "tile-size": 512, "device": "auto",
     }  # fmt: skip
     assert DreamParams.from_mapping({}).to_mapping() == documented

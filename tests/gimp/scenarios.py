@@ -139,7 +139,47 @@ def run_zoom(scenario):
     return report
 
 
+def run_frames(scenario):
+    """An animation opened as layers (bottom first), each named with its delay and moved a
+    little, dreamed by DeepDream Frames."""
+    folder = scenario["folder"]
+    files = scenario["frames"]
+    image = Gimp.file_load(NONINTERACTIVE, Gio.File.new_for_path(files[0]))
+    image.resize(image.get_width() + 12, image.get_height() + 6, 0, 0)
+    for path in files[1:]:
+        layer = Gimp.file_load_layer(NONINTERACTIVE, image, Gio.File.new_for_path(path))
+        image.insert_layer(layer, None, 0)
+    for index, layer in enumerate(reversed(image.get_layers())):
+        layer.set_name(f"Frame {index + 1} ({100 + 10 * index}ms)")
+        layer.set_offsets(2 * index, 3)
+        dump(layer, 0, 0, layer.get_width(), layer.get_height(), "R'G'B' u8",
+             os.path.join(folder, f"source-{index}.raw"))  # fmt: skip
+    layers_before = [describe(layer) for layer in image.get_layers()]
+    images_before = len(Gimp.get_images())
+    result = run_on(image, [image.get_layers()[0]], "plug-in-deepdream-frames",
+                    scenario.get("params", {}))  # fmt: skip
+    status = result.index(0)
+    report = {"status": status.value_nick, "images_before": images_before,
+              "images_after": len(Gimp.get_images()), "layers_before": layers_before,
+              "layers_after": [describe(layer) for layer in image.get_layers()]}  # fmt: skip
+    if status == Gimp.PDBStatusType.SUCCESS:
+        movie = result.index(1)
+        report["size"] = [movie.get_width(), movie.get_height()]
+        report["title"] = movie.get_name()
+        report["frames"] = [describe(layer) for layer in movie.get_layers()]  # top first
+        for index, frame in enumerate(reversed(movie.get_layers())):
+            dump(frame, 0, 0, frame.get_width(), frame.get_height(), "R'G'B' u8",
+                 os.path.join(folder, f"frame-{index}.raw"))  # fmt: skip
+        movie.delete()
+    else:
+        report["message"] = str(result.index(1))
+    image.delete()
+    return report
+
+
 def run(scenario):
+    if scenario.get("procedure") == "frames":
+        return run_frames(scenario)
     if scenario.get("procedure") == "visualize":
         return run_visualize(scenario)
     if scenario.get("procedure") == "zoom":
