@@ -885,10 +885,10 @@ def browser_for(gimp: Gimp, scratch: Path) -> None:
 
 
 @contextlib.contextmanager
-def gimp_gui(gimp: Gimp, workspace, display: str):
-    """GIMP's GUI with the cat open, on a laptop-sized virtual screen of its own, talking to
-    the test's server; everything it started ends with it. What GIMP prints goes to
-    gimp-gui.log, read by the tests."""
+def gimp_gui(gimp: Gimp, workspace, display: str, file: str = "chelsea.png"):
+    """GIMP's GUI with the cat (or `file` in the scratch folder) open, on a laptop-sized virtual
+    screen of its own, talking to the test's server; everything it started ends with it. What
+    GIMP prints goes to gimp-gui.log, read by the tests."""
     scratch, profile, server = workspace
     (profile / "gimprc").write_text(NO_STARTUP_DIALOGS)
     for settings in (profile / "plug-in-settings").glob("plug-in-deepdream*"):
@@ -916,7 +916,7 @@ def gimp_gui(gimp: Gimp, workspace, display: str):
     time.sleep(1)
     log = open(scratch / "gimp-gui.log", "w")  # noqa: SIM115 - closed when GIMP has ended
     app = subprocess.Popen(
-        gimp.gui_command(["--no-splash", gimp.inside(scratch / "chelsea.png")], environment),
+        gimp.gui_command(["--no-splash", gimp.inside(scratch / file)], environment),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -1120,6 +1120,28 @@ def test_in_the_gui_the_zoom_dialog_makes_a_new_image_of_frames(gimp, workspace)
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("3 layers)")  # a new image, a layer per frame
         screen.screenshot("zoom-3-frames.png")
+    assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
+
+
+def test_in_the_gui_deepdream_frames_dreams_an_opened_gif_into_a_new_image(gimp, workspace):
+    frames = [Image.fromarray(frame) for frame in panned_frames(3)]
+    frames[0].save(workspace[0] / "pan.gif", save_all=True, append_images=frames[1:],
+                   duration=100, loop=0, optimize=False)  # fmt: skip
+    with gimp_gui(gimp, workspace, ":96", "pan.gif") as screen:
+        main = screen.wait_for_window("3 layers)")
+        screen.tool("xdotool", "mousemove", "1360", "760")
+        screen.keys(main, "alt+r", "i", "f")  # Filters > Animation > DeepDream Frames...
+        dialog = screen.wait_for_window("DeepDream Frames", timeout=30, exact=True)
+        screen.keys(dialog, screen.alt_key("DeepDream Frames", "Steps"), "ctrl+a")
+        screen.type(dialog, "2")
+        screen.keys(dialog, "Tab")
+        screen.unfold("DeepDream Frames", "Advanced")
+        screen.screenshot("frames-1-dialog.png")
+        assert fits_the_screen(screen.fresh_dialog("DeepDream Frames"))
+        screen.keys(dialog, "alt+o")
+        screen.wait_for_window("pan dream")  # the new image, named after the animation
+        screen.screenshot("frames-2-dreamed.png")
+        assert "3 layers)" in screen.window_titles()[main]
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
 
