@@ -474,12 +474,14 @@ class DreamClient:
         on_frame: Callable[[int, int, memoryview], None],
         on_progress: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
+        after: int = 0,
     ) -> tuple[int, int]:
         """An endless zoom from the pixels: `on_frame(index, count, rgb_u8)` gets each frame as
         soon as it is dreamed. Returns the frames' (width, height). `should_stop` as in
-        `dream`."""
+        `dream`. With `after`, the pixels are the last of that many frames of a zoom, which
+        goes on with `zoom["frames"]` more (indices from `after` on)."""
         header = self._image_job("animate", pixels, width, height, channels, params)
-        self._send({**header, "zoom": zoom}, [pixels])
+        self._send({**header, "zoom": zoom, "after": after}, [pixels])
         size = []
 
         def frame_arrived(header: dict, frame: memoryview) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -113,12 +113,20 @@ class AnimateRequest:
     params: DreamParams
     zoom: ZoomParams
     image: np.ndarray
+    after: int = 0
+    """Frames made before, of which the image is the last: the zoom goes on from it with
+    `zoom.frames` more, numbered (and seeded) from `after` on, as one longer zoom would."""
 
     def work(self) -> Work:
-        return zoom_work(self.image.shape[1], self.image.shape[0], self.params, self.zoom)
+        width, height = self.image.shape[1], self.image.shape[0]
+        if self.after:  # every frame is a later one, dreamed with the steps per frame
+            later = replace(self.params, steps=self.zoom.steps_per_frame)
+            kind, model, units = dream_work(width, height, later)
+            return kind, model, self.zoom.frames * units
+        return zoom_work(width, height, self.params, self.zoom)
 
     def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
-        count = self.zoom.frames
+        count = self.after + self.zoom.frames
 
         def dream(image: np.ndarray, index: int) -> np.ndarray:
             params = frame_params(self.params, index, self.zoom.steps_per_frame, new_seed=True)
@@ -128,8 +136,10 @@ class AnimateRequest:
 
             return engine.dream(image, params, on_progress=report, should_stop=should_stop)
 
-        start = rgb8(self.image)
-        for index, frame in enumerate(zoom_sequence(start, CameraMove.of(self.zoom), count, dream)):
+        start, move = rgb8(self.image), CameraMove.of(self.zoom)
+        previous = start if self.after else None
+        frames = zoom_sequence(start, move, count, dream, self.after, previous)
+        for index, frame in enumerate(frames, self.after):
             on_frame(index, count, frame)
         return [], {"frames": count}
 
@@ -198,7 +208,11 @@ def parse_animate(header: dict[str, Any], frames: list, max_pixels: int) -> Anim
     job = header["job"]
     dream_params = _checked_params(header, DreamParams)
     image = pixel_array(header.get("image"), frames[0], "image", max_pixels, job)
-    return AnimateRequest(job, dream_params, _zoom_params(header), image)
+    after = header.get("after", 0)
+    if not (isinstance(after, int) and not isinstance(after, bool) and 0 <= after <= 100_000):
+        raise BadMessage("bad_header", "'after' must be a whole number from 0 to 100000: the "
+                         "frames made before, of which the image is the last.", job)  # fmt: skip
+    return AnimateRequest(job, dream_params, _zoom_params(header), image, after)
 
 
 def parse_steady(header: dict[str, Any], frames: list, max_pixels: int) -> SteadyRequest:

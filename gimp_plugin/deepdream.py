@@ -836,11 +836,19 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     new image is made once every frame is back: a cancelled zoom leaves nothing behind."""
     source = source_layer(image, drawables, "zoom into")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    remembered = remembered_zoom(image)
+    if remembered is not None and interactive:  # the dialog opens with that zoom's settings
+        known = {p["name"] for p in load_parameters() + load_parameters(ZOOM_PARAMETERS_FILE)}
+        for name, value in {**remembered["params"], **remembered["zoom"]}.items():
+            if name in known and name != "frames":
+                config.set_property(name, value)
     if interactive and not dream_dialog(procedure, config, ZOOM_LAYOUT,
                                         check=lambda: refusal(config)):  # fmt: skip
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters())
     zoom = dream_params(config, load_parameters(ZOOM_PARAMETERS_FILE))
+    if remembered is not None:
+        return go_on_zooming(procedure, image, remembered, params, zoom, interactive)
     inside, x, y, width, height = source.mask_intersect()
     if not inside:
         return failure(procedure, "The selection does not touch this layer: select part of it, "
@@ -876,6 +884,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     layers = [(f"Frame {index + 1} ({delay}ms)", frames[index]) for index in sorted(frames)]
     movie = new_image(*size, reversed(layers))
     titled(movie, "zoom", source)
+    remember_zoom(movie, params, zoom, len(layers))
     Gimp.progress_end()
     if interactive:
         Gimp.Display.new(movie)
@@ -976,6 +985,76 @@ def with_alpha(rgb, rgba):
 
 def run_frames(procedure, run_mode, image, drawables, config, data):
     return guarded(procedure, frames_on, procedure, run_mode, image, drawables, config)
+
+
+ZOOM_PARASITE = "deepdream-zoom"
+"""What a zoom's image remembers of how it was made, saved with it in XCF files: a JSON object
+of the dream's `params`, the camera's `zoom` settings, and how many `frames` it has."""
+
+
+def remember_zoom(movie, params, zoom, frames):
+    data = list(json.dumps({"params": params, "zoom": zoom, "frames": frames}).encode())
+    flags = Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE
+    movie.attach_parasite(Gimp.Parasite.new(ZOOM_PARASITE, flags, data))
+
+
+def remembered_zoom(image):
+    """The record `remember_zoom` left on a zoom's image, or None for another image."""
+    parasite = image.get_parasite(ZOOM_PARASITE)
+    if parasite is None:
+        return None
+    try:
+        record = json.loads(bytes(parasite.get_data()))
+    except ValueError:
+        return None
+    valid = isinstance(record, dict) and isinstance(record.get("frames"), int)
+    return (
+        record
+        if valid and all(isinstance(record.get(k), dict) for k in ("params", "zoom"))
+        else None
+    )
+
+
+def go_on_zooming(procedure, movie, remembered, params, zoom, interactive):
+    """DeepDream Zoom on a zoom's image: `zoom["frames"]` more frames from its last one (the
+    top layer), added on top as one longer zoom would have them, in one undo step."""
+    last = movie.get_layers()[0]
+    made = remembered["frames"]
+    width, height = last.get_width(), last.get_height()
+    if zoom["frames"] * width * height * 3 > ZOOM_MEMORY_LIMIT:
+        raise DreamError(f"{zoom['frames']} more frames of {width}x{height} would hold over "
+                         f"{ZOOM_MEMORY_LIMIT / 1e9:.0f} GB: ask for fewer.")  # fmt: skip
+    pixels = read(last, (0, 0, width, height), "R'G'B' u8")
+    frames = {}
+    Gimp.progress_init("DeepDream Zoom: waiting for the dream server")
+    with connect() as client:
+
+        def show(progress):
+            Gimp.progress_update(progress.fraction)
+            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
+            Gimp.progress_set_text(f"DeepDream Zoom: {progress.describe()}{left}")
+
+        def keep(index, count, frame):
+            frames[index] = bytes(frame)
+
+        client.animate(pixels, width, height, 3, params, zoom, keep, on_progress=show, after=made)
+    fps = remembered["zoom"].get("fps") or zoom["fps"]  # the animation plays at one speed
+    delay = round(1000 / fps)
+    movie.undo_group_start()
+    try:
+        for index in sorted(frames):  # each on top of the last
+            name, kind = f"Frame {index + 1} ({delay}ms)", Gimp.ImageType.RGB_IMAGE
+            layer = Gimp.Layer.new(movie, name, width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
+            movie.insert_layer(layer, None, 0)
+            buffer = layer.get_buffer()
+            buffer.set(Gegl.Rectangle.new(0, 0, width, height), "R'G'B' u8", frames[index])
+            buffer.flush()
+        remember_zoom(movie, params, {**zoom, "fps": fps}, made + len(frames))
+    finally:
+        movie.undo_group_end()
+    Gimp.progress_end()
+    Gimp.displays_flush()
+    return succeeded(procedure, Gimp.Image, movie)
 
 
 ASK_OVER_S = 180

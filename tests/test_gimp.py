@@ -596,6 +596,25 @@ def test_the_zoom_makes_a_new_image_of_frames_that_playback_plays_and_leaves_the
     assert not np.array_equal(frames[1], frames[2])
 
 
+def test_the_zoom_on_its_own_image_goes_on_from_its_last_frame_as_one_longer_zoom(gimp, workspace):
+    params = {**QUICK, "zoom": 1.1, "steps-per-frame": 1, "fps": 8.0}
+    in_two = {"name": "zoom-in-two", "procedure": "zoom", "ellipse": ELLIPSE,
+              "params": {**params, "frames": 3}, "go_on": {**params, "frames": 2}}  # fmt: skip
+    at_once = {"name": "zoom-at-once", "procedure": "zoom", "ellipse": ELLIPSE,
+               "params": {**params, "frames": 5}}  # fmt: skip
+    reports = run_gimp(gimp, workspace, [in_two, at_once])
+    report = reports["zoom-in-two"]
+    assert report["go_on"] == {"status": "success", "same_image": True}, report
+    names = [frame["name"] for frame in report["frames"]]
+    assert names == [f"Frame {k} (125ms)" for k in (5, 4, 3, 2, 1)]
+    assert names == [frame["name"] for frame in reports["zoom-at-once"]["frames"]]
+    width, height = ELLIPSE[2:]
+    for index in range(5):  # bit for bit the frames of the zoom made at once
+        two = raw(workspace, "zoom-in-two", f"frame-{index}.raw", (height, width, 3))
+        once = raw(workspace, "zoom-at-once", f"frame-{index}.raw", (height, width, 3))
+        assert np.array_equal(two, once), index
+
+
 def test_deepdream_frames_dreams_every_frame_into_a_new_image_with_names_delays_and_offsets(
     gimp, workspace
 ):

@@ -124,6 +124,11 @@ def run_zoom(scenario):
     dump(layer, 0, 0, width, height, "R'G'B' u8", os.path.join(folder, "source-after.raw"))
     if status == Gimp.PDBStatusType.SUCCESS:
         movie = result.index(1)
+        if scenario.get("go_on"):  # the zoom again, on its own image: it goes on
+            again = run_on(movie, [movie.get_layers()[0]], "plug-in-deepdream-zoom",
+                           scenario["go_on"])  # fmt: skip
+            report["go_on"] = {"status": again.index(0).value_nick,
+                               "same_image": again.index(1) == movie}  # fmt: skip
         report["size"] = [movie.get_width(), movie.get_height()]
         report["title"] = movie.get_name()
         files = (image.get_file(), image.get_imported_file(), image.get_exported_file())
