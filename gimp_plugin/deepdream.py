@@ -697,16 +697,27 @@ def dreamed_pixels(source, region, params, babl_format, channels, item_size):
     Gimp.progress_init("DeepDream: waiting for the dream server")
     context_pixels = read(source, region.context, babl_format)
     with connect() as client:
-
-        def show(progress):
-            Gimp.progress_update(progress.fraction)
-            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
-            Gimp.progress_set_text(f"DeepDream: {progress.describe()}{left}")
-
         dreamed = client.dream(
-            context_pixels, region.context[2], region.context[3], channels, params, on_progress=show
+            context_pixels,
+            region.context[2],
+            region.context[3],
+            channels,
+            params,
+            on_progress=shown_in_status_bar("DeepDream"),
         )
     return region.crop(dreamed, channels, item_size)
+
+
+def shown_in_status_bar(title):
+    """A progress callback for GIMP's progress bar and status text: `DeepDream Zoom: frame
+    3/30, octave 2/4, step 7/10, 40 s left`."""
+
+    def show(progress):
+        Gimp.progress_update(progress.fraction)
+        left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
+        Gimp.progress_set_text(f"{title}: {progress.describe()}{left}")
+
+    return show
 
 
 DREAM_PARASITE = "deepdream-dream"
@@ -719,23 +730,33 @@ layer's pixels."""
 def remember_dream(layer, source, region, params):
     record = {"params": params, "source": source.get_tattoo(), "source-name": source.get_name(),
               "selection": list(region.selection)}  # fmt: skip
-    data = list(json.dumps(record).encode())
-    flags = Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE
-    layer.attach_parasite(Gimp.Parasite.new(DREAM_PARASITE, flags, data))
+    remember(layer, DREAM_PARASITE, record)
 
 
 def remembered_dream(layer):
     """The record `remember_dream` left on the layer, or None for a layer that is no dream."""
-    parasite = layer.get_parasite(DREAM_PARASITE)
+    return remembered(layer, DREAM_PARASITE, {"params": dict})
+
+
+def remember(item, name, record):
+    """Keep `record` (JSON) on a layer or an image, in XCF files too, undoably."""
+    flags = Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE
+    item.attach_parasite(Gimp.Parasite.new(name, flags, list(json.dumps(record).encode())))
+
+
+def remembered(item, name, fields):
+    """The record kept as `name` on a layer or an image, if it is one: a JSON object with
+    `fields` of their types; else None."""
+    parasite = item.get_parasite(name)
     if parasite is None:
         return None
     try:
         record = json.loads(bytes(parasite.get_data()))
     except ValueError:
         return None
-    if not (isinstance(record, dict) and isinstance(record.get("params"), dict)):
-        return None
-    return record
+    if isinstance(record, dict) and all(isinstance(record.get(k), t) for k, t in fields.items()):
+        return record
+    return None
 
 
 def redream(procedure, run_mode, image, layer, origin, remembered, config):
@@ -870,15 +891,19 @@ def zoom_on(procedure, run_mode, image, drawables, config):
         if not worth_the_wait("DeepDream Zoom", f"{zoom['frames']} frames", seconds, interactive):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
-        def show(progress):
-            Gimp.progress_update(progress.fraction)
-            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
-            Gimp.progress_set_text(f"DeepDream Zoom: {progress.describe()}{left}")
-
         def keep(index, count, frame):
             frames[index] = bytes(frame)
 
-        size = client.animate(pixels, width, height, 3, params, zoom, keep, on_progress=show)
+        size = client.animate(
+            pixels,
+            width,
+            height,
+            3,
+            params,
+            zoom,
+            keep,
+            on_progress=shown_in_status_bar(ZOOM_LAYOUT.title),
+        )
     delay = round(1000 / zoom["fps"])
     # The first frame at the bottom, as Playback plays them; GIMP reads each delay from the name.
     layers = [(f"Frame {index + 1} ({delay}ms)", frames[index]) for index in sorted(frames)]
@@ -933,16 +958,19 @@ def frames_on(procedure, run_mode, image, drawables, config):
     Gimp.progress_init("DeepDream Frames: waiting for the dream server")
     with connect() as client:
 
-        def show(progress):
-            Gimp.progress_update(progress.fraction)
-            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
-            Gimp.progress_set_text(f"DeepDream Frames: {progress.describe()}{left}")
-
         def keep(index, count, frame):
             dreamed[index] = bytes(frame)
 
         colours = [without_alpha(pixels) for pixels in sources]
-        client.steady(colours, width, height, params, steady, keep, on_progress=show)
+        client.steady(
+            colours,
+            width,
+            height,
+            params,
+            steady,
+            keep,
+            on_progress=shown_in_status_bar(FRAMES_LAYOUT.title),
+        )
     movie = Gimp.Image.new(image.get_width(), image.get_height(), Gimp.ImageBaseType.RGB)
     try:
         movie.undo_disable()  # a new image: nothing to undo
@@ -993,26 +1021,12 @@ of the dream's `params`, the camera's `zoom` settings, and how many `frames` it 
 
 
 def remember_zoom(movie, params, zoom, frames):
-    data = list(json.dumps({"params": params, "zoom": zoom, "frames": frames}).encode())
-    flags = Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE
-    movie.attach_parasite(Gimp.Parasite.new(ZOOM_PARASITE, flags, data))
+    remember(movie, ZOOM_PARASITE, {"params": params, "zoom": zoom, "frames": frames})
 
 
 def remembered_zoom(image):
     """The record `remember_zoom` left on a zoom's image, or None for another image."""
-    parasite = image.get_parasite(ZOOM_PARASITE)
-    if parasite is None:
-        return None
-    try:
-        record = json.loads(bytes(parasite.get_data()))
-    except ValueError:
-        return None
-    valid = isinstance(record, dict) and isinstance(record.get("frames"), int)
-    return (
-        record
-        if valid and all(isinstance(record.get(k), dict) for k in ("params", "zoom"))
-        else None
-    )
+    return remembered(image, ZOOM_PARASITE, {"params": dict, "zoom": dict, "frames": int})
 
 
 def go_on_zooming(procedure, movie, remembered, params, zoom, interactive):
@@ -1029,15 +1043,20 @@ def go_on_zooming(procedure, movie, remembered, params, zoom, interactive):
     Gimp.progress_init("DeepDream Zoom: waiting for the dream server")
     with connect() as client:
 
-        def show(progress):
-            Gimp.progress_update(progress.fraction)
-            left = "" if progress.seconds_left is None else f", {progress.seconds_left:.0f} s left"
-            Gimp.progress_set_text(f"DeepDream Zoom: {progress.describe()}{left}")
-
         def keep(index, count, frame):
             frames[index] = bytes(frame)
 
-        client.animate(pixels, width, height, 3, params, zoom, keep, on_progress=show, after=made)
+        client.animate(
+            pixels,
+            width,
+            height,
+            3,
+            params,
+            zoom,
+            keep,
+            on_progress=shown_in_status_bar(ZOOM_LAYOUT.title),
+            after=made,
+        )
     fps = remembered["zoom"].get("fps") or zoom["fps"]  # the animation plays at one speed
     delay = round(1000 / fps)
     movie.undo_group_start()
