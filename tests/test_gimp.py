@@ -990,9 +990,22 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         screen.keys(main, "ctrl+f")  # Repeat Last, with the values just used
         screen.wait_for_window("2 layers)")
         screen.screenshot("6-repeated.png")
-        screen.keys(main, "ctrl+f")  # and again at once, on the dream just made
-        screen.wait_for_window("3 layers)")
-        screen.screenshot("7-repeated-again.png")
+        # DeepDream on the dream just made: it opens with that dream's settings and dreams
+        # the same layer again; one undo takes that back, a second the dream itself
+        screen.keys(main, "alt+r", "a", "d")
+        dialog = screen.wait_for_window("DeepDream", timeout=30, exact=True)
+        screen.keys(dialog, screen.alt_key("DeepDream", "Steps"), "ctrl+a")
+        screen.type(dialog, "2")
+        screen.keys(dialog, "Tab")
+        screen.click(screen.control("DeepDream", "OK"))
+        screen.wait_for_window("[animals 4x2 · DeepDream]")
+        screen.screenshot("7-dreamed-again.png")
+        assert "2 layers)" in screen.window_titles()[main]
+        screen.keys(main, "ctrl+z")
+        screen.wait_for_window("[animals 4x10 · DeepDream]", timeout=20)
+        assert "2 layers)" in screen.window_titles()[main]
+        screen.keys(main, "ctrl+z")
+        screen.wait_for_window("1 layer)", timeout=20)
         screen.keys(main, "alt+f", "Down", "Right")  # File > Create
         screen.screenshot("8-file-create.png")
         screen.keys(main, "f")  # DeepDream Feature Visualization...
