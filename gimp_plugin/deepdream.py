@@ -663,7 +663,7 @@ def dream_on(procedure, run_mode, image, drawables, config):
     try:
         name = layer_name(params, parameters)
         layer = add_layer(image, source, region, pixels, babl_format, name)
-        remember_dream(layer, source, region, params)
+        remember_dream(layer, source, region, params, selection_mode if has_selection else None)
         if has_selection:
             layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             if selection_mode == "alpha":
@@ -723,13 +723,13 @@ def shown_in_status_bar(title):
 DREAM_PARASITE = "deepdream-dream"
 """What a dream layer remembers of how it was made, saved with it in XCF files: a JSON object
 of `params` (the dream parameters by their schema names, as the server takes them), the
-`source` layer's tattoo and `source-name`, and the `selection` bounds dreamed, in the source
-layer's pixels."""
+`source` layer's tattoo and `source-name`, the `selection` bounds dreamed, in the source
+layer's pixels, and the `selection-mode` the selection became (none without a selection)."""
 
 
-def remember_dream(layer, source, region, params):
+def remember_dream(layer, source, region, params, selection_mode):
     record = {"params": params, "source": source.get_tattoo(), "source-name": source.get_name(),
-              "selection": list(region.selection)}  # fmt: skip
+              "selection": list(region.selection), "selection-mode": selection_mode}  # fmt: skip
     remember(layer, DREAM_PARASITE, record)
 
 
@@ -784,6 +784,9 @@ def redream(procedure, run_mode, image, layer, origin, remembered, config):
     pixels = dreamed_pixels(origin, region, params, babl_format, channels, item_size)
     if not layer.is_valid():
         return failure(procedure, "The layer was deleted while it was being dreamed on.")
+    if remembered.get("selection-mode") == "alpha":  # the selection baked into its alpha stays
+        before = read(layer, (0, 0, width, height), babl_format)
+        pixels = alpha_kept(pixels, before, channels, item_size)
     Gimp.progress_set_text("DeepDream: dreaming the layer again")
     image.undo_group_start()
     # A shadow buffer merges (undoably) through the selection, as filters do: the whole layer
@@ -798,7 +801,7 @@ def redream(procedure, run_mode, image, layer, origin, remembered, config):
         layer.merge_shadow(True)
         layer.update(0, 0, width, height)
         layer.set_name(layer_name(params, parameters))
-        remember_dream(layer, origin, region, params)
+        remember_dream(layer, origin, region, params, remembered.get("selection-mode"))
     finally:
         if selection is not None:
             image.select_item(Gimp.ChannelOps.REPLACE, selection)
@@ -807,6 +810,15 @@ def redream(procedure, run_mode, image, layer, origin, remembered, config):
     Gimp.progress_end()
     Gimp.displays_flush()
     return succeeded(procedure, Gimp.Layer, layer)
+
+
+def alpha_kept(pixels, before, channels, item_size):
+    """`pixels` with the alpha of `before`: both in one babl format, alpha its last channel."""
+    combined = bytearray(pixels)
+    stride = channels * item_size
+    for byte in range((channels - 1) * item_size, stride):
+        combined[byte::stride] = before[byte::stride]
+    return bytes(combined)
 
 
 def dream_the_dream_itself(gone):

@@ -243,6 +243,7 @@ SCENARIOS = [
         "ellipse": ELLIPSE,
         "feather": FEATHER,
         "params": {**QUICK, "selection-mode": "alpha"},
+        "redream": {"params": {**QUICK, "steps": 4}},
     },
     {"name": "whole-layer", "params": QUICK},
     {"name": "offset-layer", "offsets": [37, 23], "ellipse": [0, 0, 200, 150], "params": QUICK},
@@ -453,6 +454,18 @@ def test_a_dream_layer_dreamed_again_with_new_values_is_that_dream_in_place(work
     first = raw(workspace, "redream", "layer.raw", (h, w, 4))
     assert not np.array_equal(redreamed, first)
     assert fresh["status"] == "success"
+
+
+def test_a_dream_whose_selection_became_its_alpha_keeps_that_alpha_when_dreamed_again(
+    workspace, reports
+):
+    redream = reports["alpha-mode"]["redream"]
+    assert redream["status"] == "success", redream
+    w, h = redream["after"]["size"]
+    first = raw(workspace, "alpha-mode", "layer.raw", (h, w, 4))
+    again = raw(workspace, "alpha-mode", "redreamed.raw", (h, w, 4))
+    assert np.array_equal(again[:, :, 3], first[:, :, 3])  # the feathered ellipse, as it was
+    assert not np.array_equal(again[:, :, :3], first[:, :, :3])
 
 
 def test_a_dream_layer_whose_source_is_gone_says_so_in_one_line_and_stays_as_it_was(reports):
@@ -910,8 +923,8 @@ def gimp_gui(gimp: Gimp, workspace, display: str, file: str = "chelsea.png"):
     GIMP prints goes to gimp-gui.log, read by the tests."""
     scratch, profile, server = workspace
     (profile / "gimprc").write_text(NO_STARTUP_DIALOGS)
-    for settings in (profile / "plug-in-settings").glob("plug-in-deepdream*"):
-        settings.unlink()  # each test starts from the defaults
+    for settings in (profile / "plug-in-settings").glob("*plug-in-deepdream*"):
+        settings.unlink()  # (GimpProcedureConfigRun-PROC.last): each test starts from the defaults
     browser_for(gimp, scratch)
     widget_map = scratch / "widget_map"
     shutil.copytree(WIDGET_MAP, widget_map, dirs_exist_ok=True)

@@ -271,8 +271,9 @@ def redream(image, source, dream, scenario):
                            "position": image.get_item_position(redreamed)}  # fmt: skip
         width, height = redreamed.get_width(), redreamed.get_height()
         dump(redreamed, 0, 0, width, height, "R'G'B'A u8", os.path.join(folder, "redreamed.raw"))
-        dump(redreamed.get_mask(), 0, 0, width, height, "Y u8",
-             os.path.join(folder, "redreamed-mask.raw"))  # fmt: skip
+        if redreamed.get_mask() is not None:
+            dump(redreamed.get_mask(), 0, 0, width, height, "Y u8",
+                 os.path.join(folder, "redreamed-mask.raw"))  # fmt: skip
     else:
         report["message"] = str(result.index(1))
     if again.get("via_xcf"):
