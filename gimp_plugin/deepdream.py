@@ -886,15 +886,9 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     if not inside:
         return failure(procedure, "The selection does not touch this layer: select part of it, "
                        "or Select > None to zoom into all of it.")  # fmt: skip
-    held = zoom["frames"] * width * height * 3
-    if held > ZOOM_MEMORY_LIMIT:
-        return failure(
-            procedure,
-            f"{zoom['frames']} frames of {width}x{height} would hold {held / 1e9:.1f} GB until "
-            f"the new image is made (at most {ZOOM_MEMORY_LIMIT / 1e9:.0f} GB): choose fewer "
-            "frames or a smaller selection, or run `deepdream zoom`, which writes each frame to "
-            "disk as it comes.",
-        )
+    check_held_frames(zoom["frames"], width, height, 3, "choose fewer frames or a smaller "
+                      "selection, or run `deepdream zoom`, which writes each frame to disk as it "
+                      "comes.")  # fmt: skip
     pixels = read(source, (x, y, width, height), "R'G'B' u8")
     frames = {}
     Gimp.progress_init("DeepDream Zoom: waiting for the dream server")
@@ -903,19 +897,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
         if not worth_the_wait("DeepDream Zoom", f"{zoom['frames']} frames", seconds, interactive):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
-        def keep(index, count, frame):
-            frames[index] = bytes(frame)
-
-        size = client.animate(
-            pixels,
-            width,
-            height,
-            3,
-            params,
-            zoom,
-            keep,
-            on_progress=shown_in_status_bar(ZOOM_LAYOUT.title),
-        )
+        size = zoom_frames(client, frames, pixels, width, height, params, zoom)
     delay = round(1000 / zoom["fps"])
     # The first frame at the bottom, as Playback plays them; GIMP reads each delay from the name.
     layers = [(f"Frame {index + 1} ({delay}ms)", frames[index]) for index in sorted(frames)]
@@ -952,13 +934,9 @@ def frames_on(procedure, run_mode, image, drawables, config):
                 f"{frame.get_width()}x{frame.get_height()}): make every frame whole with Filters "
                 "> Animation > Unoptimize first."
             )
-    held = len(frames) * width * height * 7  # the frames read, and their dreams
-    if held > ZOOM_MEMORY_LIMIT:
-        raise DreamError(
-            f"{len(frames)} frames of {width}x{height} would hold {held / 1e9:.1f} GB until the "
-            f"new image is made (at most {ZOOM_MEMORY_LIMIT / 1e9:.0f} GB): scale the image "
-            "down, or dream the frames as a video with `deepdream video`."
-        )
+    # each frame read as RGBA and dreamed as RGB: 7 bytes a pixel
+    check_held_frames(len(frames), width, height, 7, "scale the image down, or dream the "
+                      "frames as a video with `deepdream video`.")  # fmt: skip
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     if interactive and not dream_dialog(procedure, config, FRAMES_LAYOUT,
                                         check=lambda: refusal(config)):  # fmt: skip
@@ -1041,34 +1019,40 @@ def remembered_zoom(image):
     return remembered(image, ZOOM_PARASITE, {"params": dict, "zoom": dict, "frames": int})
 
 
+def check_held_frames(count, width, height, bytes_per_pixel, way_out):
+    """A DreamError, before any work, where frames would hold more than ZOOM_MEMORY_LIMIT
+    while they wait in the plug-in (see there)."""
+    held = count * width * height * bytes_per_pixel
+    if held > ZOOM_MEMORY_LIMIT:
+        raise DreamError(
+            f"{count} frames of {width}x{height} would hold {held / 1e9:.1f} GB until they are "
+            f"in the image (at most {ZOOM_MEMORY_LIMIT / 1e9:.0f} GB): {way_out}"
+        )
+
+
+def zoom_frames(client, frames, pixels, width, height, params, zoom, after=0):
+    """Have the server dream a zoom from the RGB pixels (the last of `after` frames made before),
+    keeping each frame in `frames` by its index as it comes; returns the frames' size."""
+
+    def keep(index, count, frame):
+        frames[index] = bytes(frame)
+
+    return client.animate(pixels, width, height, 3, params, zoom, keep, after=after,
+                          on_progress=shown_in_status_bar(ZOOM_LAYOUT.title))  # fmt: skip
+
+
 def go_on_zooming(procedure, movie, remembered, params, zoom, interactive):
     """DeepDream Zoom on a zoom's image: `zoom["frames"]` more frames from its last one (the
     top layer), added on top as one longer zoom would have them, in one undo step."""
     last = movie.get_layers()[0]
     made = remembered["frames"]
     width, height = last.get_width(), last.get_height()
-    if zoom["frames"] * width * height * 3 > ZOOM_MEMORY_LIMIT:
-        raise DreamError(f"{zoom['frames']} more frames of {width}x{height} would hold over "
-                         f"{ZOOM_MEMORY_LIMIT / 1e9:.0f} GB: ask for fewer.")  # fmt: skip
+    check_held_frames(zoom["frames"], width, height, 3, "ask for fewer.")
     pixels = read(last, (0, 0, width, height), "R'G'B' u8")
     frames = {}
     Gimp.progress_init("DeepDream Zoom: waiting for the dream server")
     with connect() as client:
-
-        def keep(index, count, frame):
-            frames[index] = bytes(frame)
-
-        client.animate(
-            pixels,
-            width,
-            height,
-            3,
-            params,
-            zoom,
-            keep,
-            on_progress=shown_in_status_bar(ZOOM_LAYOUT.title),
-            after=made,
-        )
+        zoom_frames(client, frames, pixels, width, height, params, zoom, after=made)
     fps = remembered["zoom"].get("fps") or zoom["fps"]  # the animation plays at one speed
     delay = round(1000 / fps)
     movie.undo_group_start()
