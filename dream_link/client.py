@@ -409,12 +409,16 @@ class DreamClient:
         return self._ask({"type": "status"}, "status_ok", "a status request")
 
     def estimate(self, of: str, params: dict, width: int = 0, height: int = 0,
-                 zoom: dict | None = None) -> float | None:  # fmt: skip
+                 zoom: dict | None = None, count: int = 0) -> float | None:  # fmt: skip
         """About how many seconds a job (`of`: submit, animate or visualize) would take on
-        this server, from its last jobs of that kind; None before it has done one."""
+        this server, from its last jobs of that kind; None before it has done one. A
+        visualization has a `width` and `height` when it accentuates a photo, a `count` when it
+        renders that many channels."""
         header = {"type": "estimate", "of": of, "params": params}
-        if of != "visualize":
+        if of != "visualize" or width:
             header.update(width=width, height=height)
+        if count:
+            header["count"] = count
         if zoom is not None:
             header["zoom"] = zoom
         return self._ask(header, "estimate_ok", "an estimate").get("seconds")
@@ -539,16 +543,74 @@ class DreamClient:
         self._await_result(job, on_progress)
 
     def visualize(
-        self, params: dict, on_progress: ProgressCallback | None = None, sheet: bool = False
+        self,
+        params: dict,
+        on_progress: ProgressCallback | None = None,
+        sheet: bool = False,
+        channels: list[int] | None = None,
+        exemplars: list[tuple[str, bytes | memoryview, int, int, int]] = (),
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[int, int, list[tuple[str, memoryview]]]:
         """Feature visualizations from noise: (width, height, [(label, RGB u8 frame)]), a frame
-        per sample, or with `sheet` one frame with the samples side by side, labelled."""
+        per sample (or per channel of `channels`), or with `sheet` one frame with them side by
+        side, labelled, and beside each channel the patches of the `exemplars` photos (name,
+        pixels, width, height, channels) that excite it most."""
         job = uuid.uuid4().hex
-        self._send({"type": "visualize", "job": job, "params": params, "sheet": sheet})
-        frames = self._await_result(job, on_progress)
+        header = {"type": "visualize", "job": job, "params": params, "sheet": sheet}
+        if channels:
+            header["channels"] = list(channels)
+        if exemplars:
+            header["exemplars"] = [_frame_meta(pixels, w, h, c, f"photo {name}")
+                                   for name, pixels, w, h, c in exemplars]  # fmt: skip
+            header["exemplar_names"] = [name for name, *_ in exemplars]
+        self._send(header, [pixels for _, pixels, *_ in exemplars])
+        frames = self._await_result(job, on_progress, should_stop)
         labels = self._last_result.get("labels") or [f"#{i + 1}" for i in range(len(frames))]
         width, height = self._last_result["width"], self._last_result["height"]
         return width, height, list(zip(labels, frames, strict=True))
+
+    def accentuate(
+        self,
+        pixels: bytes | memoryview,
+        width: int,
+        height: int,
+        channels: int,
+        params: dict,
+        change_mask: bool = False,
+        on_progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[memoryview, memoryview | None]:
+        """The photo with the unit of `params` turned up, held close to it (feature
+        accentuation): its RGB u8 pixels, and with `change_mask` one u8 channel that is white
+        where the photo changed most. `should_stop` as in `dream`."""
+        header = self._image_job("visualize", pixels, width, height, channels, params)
+        header = {**header, "photo": header.pop("image"), "change_mask": change_mask}
+        header["params"] = {**params, "samples": 1}
+        self._send(header, [pixels])
+        frames = self._await_result(header["job"], on_progress, should_stop)
+        return frames[0], frames[1] if change_mask else None
+
+    def strongest_channels(
+        self,
+        pixels: bytes | memoryview,
+        width: int,
+        height: int,
+        channels: int,
+        params: dict,
+        mask: bytes | memoryview | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[dict]:
+        """The channels of `params["layer"]` the pixels excite most (where the one-channel
+        `mask` is white), strongest first: each a dict with `label` (`block7/42`, what Layers
+        takes), `channel` and `share` (of the layer's activation, 0..1)."""
+        header = self._image_job("channels", pixels, width, height, channels, params)
+        frames = [pixels]
+        if mask is not None:
+            header["mask"] = _frame_meta(mask, width, height, 1, "mask")
+            frames.append(mask)
+        self._send(header, frames)
+        self._await_result(header["job"], on_progress)
+        return self._last_result["channels"]
 
     def _stopped_answering(self) -> DreamError:
         return DreamError(

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-PROTOCOL_VERSION = 4
-"""3: the `estimate` request. 2: the `check` and `animate` requests, `frame` messages, and
-progress with `loading` and
-`frame`/`frames`."""
+PROTOCOL_VERSION = 5
+"""5: the `channels` request; `visualize` from a photo (accentuation), of a list of channels,
+with exemplars. 4: the `steady` request. 3: the `estimate` request. 2: the `check` and
+`animate` requests, `frame` messages, and progress with `loading` and `frame`/`frames`."""
 CUSTOM_PRESET = "custom"
 """The preset that dreams the layers typed in `layers`: the dialog ties the two together."""
 ITEM_SIZES = {"u8": 1, "f32": 4}
@@ -50,6 +50,9 @@ class Request:
     per_frame: bool = False
     """Whether its frames come once for each frame of an animation: as many times as the
     header's `frames` says (1 to MAX_ANIMATION_FRAMES)."""
+    listed_frames: tuple[str, ...] = ()
+    """Named by a header field that holds a list of descriptions (up to MAX_LISTED_FRAMES),
+    a frame each, sent last: photos of different sizes."""
 
     def frames_of(self, header: Mapping[str, Any]) -> tuple[str, ...]:
         """The frames a request with this header carries, in order (none for a count that is
@@ -58,11 +61,20 @@ class Request:
             count = header.get("frames")
             valid = isinstance(count, int) and not isinstance(count, bool)
             return self.frames * count if valid and 1 <= count <= MAX_ANIMATION_FRAMES else ()
-        return self.frames + tuple(name for name in self.optional_frames if name in header)
+        listed = []
+        for name in self.listed_frames:
+            descriptions = header.get(name, [])
+            if not isinstance(descriptions, list) or len(descriptions) > MAX_LISTED_FRAMES:
+                return ()
+            listed += [name] * len(descriptions)
+        optional = tuple(name for name in self.optional_frames if name in header)
+        return self.frames + optional + tuple(listed)
 
 
 MAX_ANIMATION_FRAMES = 1000
 """Frames in one `steady` request, at most."""
+MAX_LISTED_FRAMES = 500
+"""Frames in one list of a request (the photos exemplars are found in), at most."""
 
 
 JOB_REPLIES = ("accepted", "progress", "result", "error", "cancelled")
@@ -70,7 +82,8 @@ REQUESTS = {
     "prove": Request(replies=("proof",)),
     "hello": Request(replies=("hello_ok",)),
     "submit": Request(("image",), ("mask", "guide"), JOB_REPLIES, job=True),
-    "visualize": Request(replies=JOB_REPLIES, job=True),
+    "visualize": Request((), ("photo",), JOB_REPLIES, job=True, listed_frames=("exemplars",)),
+    "channels": Request(("image",), ("mask",), JOB_REPLIES, job=True),
     "check": Request(replies=JOB_REPLIES, job=True),
     "animate": Request(("image",), replies=(*JOB_REPLIES, "frame"), job=True),
     "steady": Request(("image",), replies=(*JOB_REPLIES, "frame"), job=True, per_frame=True),

@@ -13,14 +13,17 @@ from typing import Any, NoReturn
 
 from dream_link.wire import Progress
 
-from . import __version__
+from . import SAMPLES, __version__
 from .catalogue import MODELS, model_spec
 from .errors import DreamError, InvalidImage, InvalidParameter
 from .params import (
+    CHANNELS_PARAMETERS,
     DREAM_PARAMETERS,
+    EXEMPLARS_PER_CHANNEL,
     VIDEO_PARAMETERS,
     VISUALIZE_PARAMETERS,
     ZOOM_PARAMETERS,
+    ChannelsParams,
     DreamParams,
     Param,
     VideoParams,
@@ -31,7 +34,6 @@ from .params import (
 # The engine, torch and the image libraries are imported where a dream or a visualization
 # starts: --help, --version, --list-models and mistakes in the arguments answer at once.
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -103,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="deepdream",
         description="Dream on an image with a pretrained network (DeepDream). "
-        "`deepdream visualize` and `deepdream atlas` show what a network's units look for; "
+        "`deepdream visualize` and `deepdream atlas` show what a network's units look for, "
+        "`deepdream channels` which of them a photo excites, `deepdream accentuate` a photo "
+        "with one turned up; "
         "`deepdream zoom` dreams an endless zoom, `deepdream video` a video with steady frames.",
         epilog="Example: deepdream photo.jpg -o dream.png --preset animals",
     )
@@ -158,6 +162,63 @@ def build_visualize_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--count", type=int, default=16, help="how many, without --channels")
     else:
         parser.add_argument("--each", type=Path, metavar="DIR", help="also write each image here")
+    add_exemplars_flag(parser)
+    add_run_flags(parser)
+    return parser
+
+
+SHEET_LOOK = tuple(p for p in VISUALIZE_PARAMETERS
+                   if p.name not in ("model", "layer", "channel", "neuron", "class", "samples",
+                                     "leash", "device"))  # fmt: skip
+"""How the renders of a sheet of channels look: the feature visualization's settings."""
+
+
+def add_exemplars_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--exemplars", type=Path, metavar="FOLDER",
+        help=f"put beside each channel the {EXEMPLARS_PER_CHANNEL} patches of the photos in "
+        "this folder that excite it most",
+    )  # fmt: skip
+
+
+def build_channels_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="deepdream channels",
+        description="Name the channels of a layer that a photo excites most, with their share "
+        "of the layer's activation; each name (block7/42) is what to type into Layers to dream "
+        "it. With -o, a sheet of what those channels look for.",
+        epilog="Example: deepdream channels photo.jpg --layer block7 --top 8 -o sheet.png",
+    )
+    parser.add_argument("input", type=Path, help="the photo (PNG, JPEG, WebP, TIFF)")
+    add_parameter_flags(parser, CHANNELS_PARAMETERS)
+    parser.add_argument(
+        "--mask",
+        type=Path,
+        metavar="FILE",
+        help="gray image of the same size: look only where it is white",
+    )
+    parser.add_argument("-o", "--output", type=Path,
+                        help="also render the channels into this sheet (PNG)")  # fmt: skip
+    add_parameter_flags(parser, SHEET_LOOK)
+    add_exemplars_flag(parser)
+    add_run_flags(parser)
+    return parser
+
+
+def build_accentuate_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="deepdream accentuate",
+        description="Turn up one feature of a photo (a channel, a neuron or an ImageNet class) "
+        "while the result stays recognisably the photo: feature accentuation.",
+        epilog="Example: deepdream accentuate cat.jpg --layer block7 --channel 34 -o more.png",
+    )
+    parser.add_argument("input", type=Path, help="the photo (PNG, JPEG, WebP, TIFF)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the accentuated photo")
+    from_noise_only = ("samples", "size", "diversity", "tv", "frequency", "param")
+    shown = tuple(p for p in VISUALIZE_PARAMETERS if p.name not in from_noise_only)
+    add_parameter_flags(parser, shown, exclusive=("channel", "neuron"))
+    parser.add_argument("--change-mask", type=Path, metavar="FILE",
+                        help="also write where the photo changed, as a gray mask")  # fmt: skip
     add_run_flags(parser)
     return parser
 
@@ -212,6 +273,8 @@ SUBCOMMANDS = {
     "atlas": lambda: build_visualize_parser("atlas"),
     "zoom": build_zoom_parser,
     "video": build_video_parser,
+    "channels": build_channels_parser,
+    "accentuate": build_accentuate_parser,
 }
 
 
@@ -229,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return zoom_file(args)
         if command == "video":
             return video_file(args)
+        if command == "channels":
+            return channels_file(args)
+        if command == "accentuate":
+            return accentuate_file(args)
         if command:
             return visualize_file(args, atlas=command == "atlas")
         if args.list_models:
@@ -481,14 +548,13 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def visualize_file(args: argparse.Namespace, atlas: bool) -> int:
-    import numpy as np
-
-    from .imagefile import check_writable, read_image, write_image
+    from .imagefile import read_image
 
     params = VisualizeParams.from_mapping(given_values(args, VISUALIZE_PARAMETERS))
-    if args.output.suffix.lower() != ".png":
-        raise InvalidImage("Contact sheets are PNG files: name the output .png.")
-    check_writable(args.output, np.zeros((1, 1, 3), np.uint8))
+    check_sheet_output(args.output)
+    if args.exemplars and not atlas and params.channel < 0:
+        raise InvalidParameter("--exemplars shows what excites one channel: name it with "
+                               "--channel (or make an atlas).")  # fmt: skip
     with _Progress(enabled=not args.quiet) as progress:
         progress.starting(f"loading {params.model}")
         from .engine import Engine
@@ -502,22 +568,128 @@ def visualize_file(args: argparse.Namespace, atlas: bool) -> int:
                 model.check_layers([params.layer])
                 photos = [read_image(SAMPLES / name) for name in ("coffee.png", "chelsea.png")]
                 channels = interesting_channels(model, params.layer, args.count, photos)
-            labels = [f"{params.layer}/{c}" for c in channels]
+            labels = sample_labels(params, channels)
             images = engine.visualize(params, channels, on_progress=progress.dream)
         else:
+            channels = [params.channel]
             images = engine.visualize(params, on_progress=progress.dream)
             labels = sample_labels(params)
-    from .sheets import contact_sheet
-
-    sheet, text = contact_sheet(images, labels)
-    write_image(args.output, sheet, text)
-    print(f"Wrote {args.output}")
+        found = exemplars_from(args.exemplars, engine, params, channels, progress)
+    write_sheet(args.output, images, labels, found)
     if not atlas and args.each:
+        from .imagefile import write_image
+
         args.each.mkdir(parents=True, exist_ok=True)
         for image, label in zip(images, labels, strict=True):
             name = "".join(c if c.isalnum() or c in "-_" else "-" for c in label)
             write_image(args.each / f"{name}.png", image)
         print(f"Wrote {len(images)} images into {args.each}")
+    return 0
+
+
+def check_sheet_output(output: Path) -> None:
+    import numpy as np
+
+    from .imagefile import check_writable
+
+    if output.suffix.lower() != ".png":
+        raise InvalidImage("Contact sheets are PNG files: name the output .png.")
+    check_writable(output, np.zeros((1, 1, 3), np.uint8))
+
+
+def exemplars_from(folder: Path | None, engine, params: VisualizeParams,  # noqa: ANN001 - Engine
+                   channels: list[int], progress: _Progress) -> list[list] | None:  # fmt: skip
+    """The patches of the folder's photos that excite each channel most (None without one)."""
+    if folder is None:
+        return None
+    from .imagefile import photos_in
+
+    skipped: list[str] = []
+    progress.starting("finding exemplars")
+    found = engine.exemplars(params, channels, photos_in(folder, skipped))
+    for reason in skipped:
+        print(f"deepdream: skipped {reason}", file=sys.stderr)
+    return found
+
+
+def write_sheet(output: Path, images, labels: list[str],  # noqa: ANN001 - (N, H, W, 3) u8
+                found: list[list] | None) -> None:  # fmt: skip
+    from .imagefile import write_image
+    from .sheets import labelled_sheet
+
+    write_image(output, *labelled_sheet(images, labels, found))
+    print(f"Wrote {output}")
+
+
+def channels_file(args: argparse.Namespace) -> int:
+    from .imagefile import read_image, read_mask
+
+    look = given_values(args, SHEET_LOOK)
+    params = ChannelsParams.from_mapping(given_values(args, CHANNELS_PARAMETERS))
+    if args.output is not None:
+        check_sheet_output(args.output)
+    elif args.exemplars or look:
+        raise InvalidParameter("--exemplars and the look of the renders are for the sheet: "
+                               "name it with -o sheet.png.")  # fmt: skip
+    image = read_image(args.input)
+    mask = read_mask(args.mask) if args.mask else None
+    with _Progress(enabled=not args.quiet) as progress:
+        progress.starting(f"loading {params.model}")
+        from .engine import Engine
+
+        engine = Engine(params.device, on_download=progress.download)
+        strongest = engine.strongest_channels(image, params, mask)
+    where = "where the mask is white" if mask is not None else ""
+    print(f"The channels of {params.layer} that {args.input.name} excites most {where}"
+          "(share of the layer's activation):".replace("  ", " "))  # fmt: skip
+    for channel in strongest:
+        print(f"  {channel.label:<14} {channel.share:6.1%}")
+    print("Type one into Layers (or --layers) to dream it.")
+    if args.output is None:
+        return 0
+    channels = [c.channel for c in strongest]
+    sheet_params = VisualizeParams.from_mapping(
+        {"model": params.model, "layer": params.layer, "device": params.device, **look}
+    )
+    with _Progress(enabled=not args.quiet) as progress:
+        images = engine.visualize(sheet_params, channels, on_progress=progress.dream)
+        found = exemplars_from(args.exemplars, engine, sheet_params, channels, progress)
+    labels = [f"{c.label} ({c.share:.0%})" for c in strongest]
+    write_sheet(args.output, images, labels, found)
+    return 0
+
+
+def accentuate_file(args: argparse.Namespace) -> int:
+    from .imagefile import check_writable, load_image, write_image
+
+    given = given_values(args, VISUALIZE_PARAMETERS)
+    params = VisualizeParams.from_mapping({**given, "samples": 1})
+    loaded = load_image(args.input)
+    check_writable(args.output, loaded.pixels)
+    if args.change_mask is not None:
+        check_writable(args.change_mask, loaded.pixels[:, :, :1])
+    with _Progress(enabled=not args.quiet) as progress:
+        progress.starting(f"loading {params.model}")
+        from .engine import Engine
+
+        engine = Engine(params.device, on_download=progress.download)
+        accentuated = engine.visualize(params, on_progress=progress.dream, photo=loaded.pixels)[0]
+    from .imaging import Pixels, luminance_ssim
+    from .visualize import subject, where_changed
+
+    source = Pixels.from_array(loaded.pixels)
+    result = source.compose(accentuated.astype("float32") / 255)
+    write_image(args.output, result, metadata=loaded.metadata)
+    photo = (source.rgb * 255).round().astype("uint8")
+    before, after = (engine.unit_activation(params, x) for x in (photo, accentuated))
+    rise = f", {after / before:.1f}x" if before > 0 else ""
+    print(
+        f"Wrote {args.output}: {subject(params)} from {before:.3g} to {after:.3g}{rise}; "
+        f"similarity to the photo (SSIM of luminance) {luminance_ssim(accentuated, photo):.2f}"
+    )
+    if args.change_mask is not None:
+        write_image(args.change_mask, where_changed(photo, accentuated)[:, :, None])
+        print(f"Wrote {args.change_mask}: white where the photo changed most")
     return 0
 
 

@@ -41,8 +41,13 @@ def frames_work(width: int, height: int, params: DreamParams, count: int, steps:
     return "dream", model, first + (count - 1) * later
 
 
-def visualize_work(params: VisualizeParams) -> Work:
-    return "visualize", params.model, float(params.samples * params.size**2 * params.steps)
+def visualize_work(params: VisualizeParams, pixels: int | None = None,
+                   samples: int | None = None) -> Work:  # fmt: skip
+    """Its images' pixels times the steps: `samples` images (an atlas's channels) of `pixels`
+    (a photo's, accentuated), by default the parameters' own."""
+    pixels = params.size**2 if pixels is None else pixels
+    samples = params.samples if samples is None else samples
+    return "visualize", params.model, float(samples * pixels * params.steps)
 
 
 class Paces:

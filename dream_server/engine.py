@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,14 +17,21 @@ import torch
 
 from dream_link.wire import ProgressCallback
 
-from . import visualize
+from . import explore, visualize
 from .devices import autocast_dtype, select_device, tune_for
 from .dream import StopCheck, dream
 from .errors import InvalidParameter
+from .explore import ChannelStrength, Exemplar
 from .imaging import Pixels
 from .models import FeatureModel, load_model, model_spec
 from .objectives import Objective, guide, parse_objective, sum_of, weighted_layers
-from .params import CUSTOM_PRESET, DreamParams, VisualizeParams
+from .params import (
+    CUSTOM_PRESET,
+    EXEMPLARS_PER_CHANNEL,
+    ChannelsParams,
+    DreamParams,
+    VisualizeParams,
+)
 from .weights import DownloadProgress
 
 log = logging.getLogger(__name__)
@@ -136,19 +144,51 @@ class Engine:
         with torch.no_grad():
             return float(objective(model(tensor, objective.layers)))
 
+    def unit_activation(self, params: VisualizeParams, image: np.ndarray) -> float:
+        """How strongly the image excites the unit `params` shows (its channel, neuron or
+        class): what accentuation raises."""
+        model = self.model(params.model)
+        unit = visualize.target(params, model)
+        rgb = Pixels.from_array(image).rgb
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(self.device)
+        with torch.no_grad():
+            return float(unit(model(tensor, unit.layers)))
+
+    def strongest_channels(self, image: np.ndarray, params: ChannelsParams,
+                           mask: np.ndarray | None = None) -> list[ChannelStrength]:  # fmt: skip
+        """The channels of `params.layer` the image excites most, where the mask is white."""
+        model = self.model(params.model)
+        return explore.strongest_channels(model, params.layer, image, mask, params.top)
+
+    def exemplars(self, params: VisualizeParams, channels: list[int],
+                  photos: Iterable[tuple[str, np.ndarray]]) -> list[list[Exemplar]]:  # fmt: skip
+        """For each channel of `params.layer`, the patches of the photos that excite it most,
+        at the renders' size."""
+        model = self.model(params.model)
+        found = explore.exemplars(model, params.layer, channels, photos,
+                                  EXEMPLARS_PER_CHANNEL, params.size)  # fmt: skip
+        return [found[channel] for channel in channels]
+
     def visualize(
         self,
         params: VisualizeParams,
         channels: list[int] | None = None,
         on_progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        photo: np.ndarray | None = None,
     ) -> np.ndarray:
         """Feature visualizations from noise, (N, size, size, 3) uint8.
 
-        With `channels`, an atlas: one image per channel of `params.layer`.
+        With `channels`, an atlas: one image per channel of `params.layer`. With a `photo`,
+        feature accentuation: the photo with the unit turned up, (N, H, W, 3).
         """
         model = self.model(params.model)
-        if channels is None:
+        start = None
+        if photo is not None:
+            rgb = Pixels.from_array(photo).rgb
+            start = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device)
+            objective = visualize.accentuation_objective(params, model, start)
+        elif channels is None:
             objective = visualize.full_objective(params, model)
         else:
             for index in channels:
@@ -156,4 +196,4 @@ class Engine:
             params = replace(params, samples=len(channels))
             objective = visualize.atlas_objective(params.layer, channels)
         log.info("Visualizing %s on %s", objective.description, params.model)
-        return visualize.render(model, objective, params, on_progress, should_stop)
+        return visualize.render(model, objective, params, on_progress, should_stop, start)

@@ -90,6 +90,33 @@ def load_image(path: Path) -> LoadedImage:
     return LoadedImage(_pixels(image), metadata, frames)
 
 
+MAX_FOLDER_PHOTOS = 1000
+"""Photos read from one folder of exemplars, at most (about a second each on a CPU)."""
+
+
+def photos_in(folder: Path, skipped: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, pixels) of each photo in the folder (PNG, JPEG, WebP, TIFF), by name, one at a
+    time; a file that is no readable image is skipped, and its name and why added to
+    `skipped`. InvalidImage when the folder has no photo to read."""
+    if not folder.is_dir():
+        raise InvalidImage(f"{folder} is not a folder: give a folder of photos.")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in FORMATS and p.is_file())
+    if not paths:
+        raise InvalidImage(f"{folder} holds no photos: put PNG, JPEG, WebP or TIFF files in it.")
+    if len(paths) > MAX_FOLDER_PHOTOS:
+        raise InvalidImage(f"{folder} holds {len(paths)} photos; the limit is "
+                           f"{MAX_FOLDER_PHOTOS}: choose a smaller folder.")  # fmt: skip
+    for path in paths:
+        try:
+            pixels = read_image(path)
+        except InvalidImage as err:
+            skipped.append(str(err))
+            continue
+        yield path.name, pixels
+    if len(skipped) == len(paths):
+        raise InvalidImage(f"None of the files in {folder} could be read: {skipped[0]}")
+
+
 def rgb8(pixels: np.ndarray) -> np.ndarray:
     """8-bit RGB, what animations and video frames are made of: gray spread to the three
     channels, alpha dropped, 16-bit and float scaled."""

@@ -143,3 +143,25 @@ def keep_colours(original_rgb: np.ndarray, dreamed_rgb: np.ndarray) -> np.ndarra
     """The dream's brightness with the original's colour (YCbCr chroma of the original)."""
     delta = (dreamed_rgb - original_rgb) @ LUMA  # change of luma only
     return np.clip(original_rgb + delta[:, :, None], 0.0, 1.0)
+
+
+def luminance_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """The structural similarity of two images' luminance (Wang et al. 2004: 11x11 Gaussian
+    window of sigma 1.5, on the 0-255 scale): 1 for the same picture, about 0 for unrelated
+    ones. How recognisably an accentuated or dreamed image is still its photo."""
+    import torch  # the engine's; this module itself needs only numpy
+
+    luma = [torch.from_numpy(to_unit_float(x[:, :, :3]) @ LUMA * 255)[None, None] for x in (a, b)]
+    offsets = torch.arange(11, dtype=torch.float32) - 5
+    kernel = torch.exp(-offsets.square() / (2 * 1.5**2))
+    kernel = (kernel[:, None] * kernel[None, :] / kernel.sum() ** 2)[None, None]
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, kernel)
+
+    x, y = luma
+    mx, my = mean(x), mean(y)
+    vx, vy, cov = mean(x * x) - mx * mx, mean(y * y) - my * my, mean(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ssim = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(ssim.mean())

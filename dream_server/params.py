@@ -283,9 +283,16 @@ VISUALIZE_PARAMETERS: tuple[Param, ...] = (
           "that survive it grow: off gives sharper but noisier patterns."),
     Param("param", "choice", "fft", "Grow from",
           "fft: grows smooth colours and shapes from a frequency basis (clearer images); "
-          "pixel: grows raw pixels (noisier, as in early feature visualization).",
-          choices=("fft", "pixel"),
-          choice_help={"fft": "smooth colours and shapes", "pixel": "raw pixels, noisier"}),
+          "maco: keeps the spectrum of real photos and changes only where things are (least "
+          "static at 512 px and up, and for deep layers); pixel: grows raw pixels (noisier, as "
+          "in early feature visualization). Accentuating a photo always grows from it.",
+          choices=("fft", "maco", "pixel"),
+          choice_help={"fft": "smooth colours and shapes",
+                       "maco": "a photo's textures, least static when large",
+                       "pixel": "raw pixels, noisier"}),
+    Param("leash", "float", 10.0, "Stay close to the photo",
+          "Accentuating a photo: how close the result stays to it; higher keeps more of the "
+          "photo, 0 lets the feature take over.", minimum=0.0, maximum=100.0),
     Param("learning-rate", "float", 0.05, "Step size",
           "How far each optimisation step moves the image; higher is faster but rougher.",
           minimum=0.0001, maximum=1.0),
@@ -295,6 +302,17 @@ VISUALIZE_PARAMETERS: tuple[Param, ...] = (
           "Where to compute: auto picks CUDA, then Apple MPS, then the CPU.",
           choices=DEVICE_CHOICES, cli_only=True),
 )  # fmt: skip
+
+CHANNELS_PARAMETERS: tuple[Param, ...] = (
+    *(p for p in VISUALIZE_PARAMETERS if p.name in ("model", "layer")),
+    Param("top", "int", 8, "Channels", "How many of the layer's channels to name, strongest "
+          "first.", minimum=1, maximum=64),
+    *(p for p in VISUALIZE_PARAMETERS if p.name == "device"),
+)  # fmt: skip
+"""Which channels of a layer a photo excites most (`deepdream channels`, the `channels`
+request)."""
+EXEMPLARS_PER_CHANNEL = 4
+"""Patches of the user's photos shown beside each channel's render."""
 
 ZOOM_PARAMETERS: tuple[Param, ...] = (
     Param("frames", "int", 30, "Frames", "How many frames the zoom has.",
@@ -427,6 +445,12 @@ VisualizeParams = _parameter_class(
     "Validated feature-visualization settings; build with `VisualizeParams.from_mapping`.",
 )  # fmt: skip
 
+ChannelsParams = _parameter_class(
+    "ChannelsParams", type("_ChannelsChecks", (_ParamSet,), {"PARAMETERS": CHANNELS_PARAMETERS}),
+    "Validated settings of a look at the channels a photo excites; build with "
+    "`ChannelsParams.from_mapping`.",
+)  # fmt: skip
+
 
 def parameter_schema(
     parameters: tuple[Param, ...] = DREAM_PARAMETERS, include_cli_only: bool = False
@@ -435,7 +459,8 @@ def parameter_schema(
 
 
 PLUGIN_PARAMETERS = {"dream": DREAM_PARAMETERS, "visualize": VISUALIZE_PARAMETERS,
-                     "zoom": ZOOM_PARAMETERS, "frames": FRAMES_PARAMETERS}  # fmt: skip
+                     "zoom": ZOOM_PARAMETERS, "frames": FRAMES_PARAMETERS,
+                     "channels": CHANNELS_PARAMETERS}  # fmt: skip
 """What the GIMP plug-in's procedures and dialogs are built from (install.py writes each)."""
 
 

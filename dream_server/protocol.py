@@ -28,12 +28,14 @@ from .engine import Engine
 from .errors import DreamError
 from .imagefile import rgb8
 from .motion import CameraMove, Carry, frame_params, steady_sequence, zoom_sequence
-from .params import DreamParams, VideoParams, VisualizeParams, ZoomParams
-from .sheets import contact_sheet
-from .visualize import sample_labels, subject
+from .params import ChannelsParams, DreamParams, VideoParams, VisualizeParams, ZoomParams
+from .sheets import labelled_sheet
+from .visualize import sample_labels, subject, where_changed
 
 HEADER_LIMIT = 64 * 1024
 JOB_ID_LIMIT = 64
+MAX_ATLAS_CHANNELS = 64
+"""Channels rendered in one request, at most (as `deepdream atlas --channels`)."""
 DTYPES = {"u8": np.uint8, "f32": np.float32}
 assert set(DTYPES) == set(ITEM_SIZES)
 
@@ -69,23 +71,67 @@ class Submission:
 
 @dataclass(frozen=True)
 class VisualizeRequest:
-    """Feature visualization from noise; its result is one frame per sample, or with `sheet`
-    one frame with the samples side by side, each labelled."""
+    """Feature visualization from noise (of the unit, or one image per channel of `channels`),
+    or from a `photo` (accentuation). Its result is one frame per image, then the mask of where
+    the photo changed when `change_mask` asks; or with `sheet` one frame with the images side by
+    side, each labelled, and beside each channel its `exemplars`: the patches of those photos
+    that excite it most."""
 
     job: str
     params: VisualizeParams
     sheet: bool = False
+    channels: tuple[int, ...] | None = None
+    photo: np.ndarray | None = None
+    change_mask: bool = False
+    exemplars: tuple[tuple[str, np.ndarray], ...] = ()
 
     def work(self) -> Work:
-        return visualize_work(self.params)
+        pixels = None if self.photo is None else self.photo.shape[0] * self.photo.shape[1]
+        samples = len(self.channels) if self.channels else None
+        return visualize_work(self.params, pixels, samples)
 
     def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
-        images = engine.visualize(self.params, on_progress=on_progress, should_stop=should_stop)
-        labels = sample_labels(self.params)
-        if not self.sheet:
-            return list(images), {"labels": labels}
-        sheet, _ = contact_sheet(images, labels)
-        return [sheet], {"labels": [f"{subject(self.params)} · {len(labels)} samples"]}
+        channels = list(self.channels) if self.channels else None
+        images = engine.visualize(self.params, channels, on_progress=on_progress,
+                                  should_stop=should_stop, photo=self.photo)  # fmt: skip
+        labels = sample_labels(self.params, channels)
+        found = None
+        if self.exemplars:
+            found = engine.exemplars(self.params, channels or [self.params.channel],
+                                     self.exemplars)  # fmt: skip
+        if self.sheet:
+            sheet, _ = labelled_sheet(images, labels, found)
+            return [sheet], {"labels": [f"{subject(self.params, channels)} · {len(labels)} "
+                                        f"{'channels' if channels else 'samples'}"]}  # fmt: skip
+        frames, fields = list(images), {"labels": labels}
+        if self.change_mask:
+            photo = rgb8(self.photo)
+            frames.append(where_changed(photo, images[0])[:, :, None])
+            fields["change_mask"] = True
+        if found is not None:
+            fields["exemplars"] = [[{"photo": e.photo, "box": e.box} for e in row]
+                                   for row in found]  # fmt: skip
+        return frames, fields
+
+
+@dataclass(frozen=True)
+class ChannelsRequest:
+    """Which channels of a layer the image excites most (where the mask is white): a result
+    with no frames and `channels`, strongest first, each a `label` to type into Layers, its
+    `channel` and its `share` of the layer's activation."""
+
+    job: str
+    params: ChannelsParams
+    image: np.ndarray
+    mask: np.ndarray | None
+
+    def work(self) -> None:
+        return None  # one forward pass
+
+    def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
+        strongest = engine.strongest_channels(self.image, self.params, self.mask)
+        return [], {"channels": [{"label": c.label, "channel": c.channel, "share": c.share}
+                                 for c in strongest]}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -191,13 +237,73 @@ def _checked_params(header: dict[str, Any], kind: type) -> Any:
 def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> VisualizeRequest:
     job = header["job"]
     checked = _checked_params(header, VisualizeParams)
-    if checked.samples * checked.size**2 > max_pixels:
-        raise BadMessage("too_large", f"{checked.samples} images of {checked.size} px are over "
-                         f"this server's limit of {max_pixels} pixels.", job)  # fmt: skip
-    sheet = header.get("sheet", False)
-    if not isinstance(sheet, bool):
-        raise BadMessage("bad_header", f"'sheet' must be true or false; got {sheet!r}.", job)
-    return VisualizeRequest(job, checked, sheet)
+    sheet, change_mask = (_flag(header, name) for name in ("sheet", "change_mask"))
+    channels = header.get("channels")
+    if channels is not None and not (
+        isinstance(channels, list) and 1 <= len(channels) <= MAX_ATLAS_CHANNELS
+        and all(isinstance(c, int) and not isinstance(c, bool) for c in channels)
+    ):  # fmt: skip
+        raise BadMessage("bad_header", "'channels' must be a list of 1 to "
+                         f"{MAX_ATLAS_CHANNELS} channel numbers.", job)  # fmt: skip
+    parts = REQUESTS["visualize"].frames_of(header)
+    arrays = [pixel_array(_description(header, part, index), frame, part, max_pixels, job)
+              for index, (part, frame) in enumerate(zip(parts, frames, strict=True))]  # fmt: skip
+    photo = arrays.pop(0) if "photo" in header else None
+    images = len(channels) if channels else checked.samples
+    pixels = checked.size**2 if photo is None else photo.shape[0] * photo.shape[1]
+    if images * pixels > max_pixels:
+        raise BadMessage("too_large", f"{images} images of {pixels} pixels are over this "
+                         f"server's limit of {max_pixels} pixels.", job)  # fmt: skip
+    if photo is not None and channels:
+        raise BadMessage("bad_header", "Accentuate a photo with one unit (the 'channel' "
+                         "parameter), not a list of 'channels'.", job)  # fmt: skip
+    if change_mask and photo is None:
+        raise BadMessage("bad_header", "'change_mask' shows where a photo changed: send the "
+                         "'photo'.", job)  # fmt: skip
+    exemplars = ()
+    if arrays:
+        names = header.get("exemplar_names", [f"photo {i + 1}" for i in range(len(arrays))])
+        if not (isinstance(names, list) and len(names) == len(arrays)
+                and all(isinstance(n, str) and len(n) <= 255 for n in names)):  # fmt: skip
+            raise BadMessage("bad_header", "'exemplar_names' must name each exemplar photo "
+                             "(up to 255 characters each).", job)  # fmt: skip
+        if not channels and checked.channel < 0:
+            raise BadMessage("bad_parameter", "Exemplars show what excites one channel: set "
+                             "'channel', or send 'channels'.", job)  # fmt: skip
+        exemplars = tuple(zip(names, arrays, strict=True))
+    return VisualizeRequest(job, checked, sheet, tuple(channels) if channels else None, photo,
+                            change_mask, exemplars)  # fmt: skip
+
+
+def _flag(header: dict[str, Any], name: str) -> bool:
+    value = header.get(name, False)
+    if not isinstance(value, bool):
+        raise BadMessage("bad_header", f"'{name}' must be true or false; got {value!r}.",
+                         header.get("job"))  # fmt: skip
+    return value
+
+
+def _description(header: dict[str, Any], part: str, index: int) -> Any:
+    """The header's description of the `index`th frame, named `part` (an item of a list for
+    listed frames)."""
+    if part in REQUESTS[header["type"]].listed_frames:
+        return header[part][index - REQUESTS[header["type"]].frames_of(header).index(part)]
+    return header.get(part)
+
+
+def parse_channels(header: dict[str, Any], frames: list, max_pixels: int) -> ChannelsRequest:
+    job = header["job"]
+    checked = _checked_params(header, ChannelsParams)
+    parts = REQUESTS["channels"].frames_of(header)
+    arrays = {part: pixel_array(header.get(part), frame, part, max_pixels, job)
+              for part, frame in zip(parts, frames, strict=True)}  # fmt: skip
+    image, mask = arrays["image"], arrays.get("mask")
+    if mask is not None:
+        if mask.shape[:2] != image.shape[:2] or mask.shape[2] != 1:
+            raise BadMessage("bad_frames", f"The mask must be one channel of {image.shape[1]}x"
+                             f"{image.shape[0]}.", job)  # fmt: skip
+        mask = mask[:, :, 0]
+    return ChannelsRequest(job, checked, image, mask)
 
 
 def parse_check(header: dict[str, Any], frames: list, max_pixels: int) -> CheckRequest:
@@ -260,13 +366,19 @@ def parse_estimate(header: dict[str, Any], max_pixels: int) -> Work:
     of = header.get("of")
     if of not in ESTIMATED:
         raise BadMessage("bad_header", f"'of' must be one of {', '.join(ESTIMATED)}; got {of!r}.")
-    if of == "visualize":
-        return visualize_work(_checked_params(header, VisualizeParams))
     width, height = header.get("width"), header.get("height")
+    if of == "visualize" and width is None and height is None:
+        count = header.get("count")  # an atlas's channels
+        if count is not None and not (isinstance(count, int) and not isinstance(count, bool)
+                                      and 1 <= count <= MAX_ATLAS_CHANNELS):  # fmt: skip
+            raise BadMessage("bad_header", f"'count' must be 1 to {MAX_ATLAS_CHANNELS}.")
+        return visualize_work(_checked_params(header, VisualizeParams), None, count)
     if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0
                for side in (width, height)) or width * height > max_pixels:  # fmt: skip
         raise BadMessage("bad_header", f"'width' and 'height' must be whole numbers over 0 "
                          f"with at most {max_pixels} pixels together.")  # fmt: skip
+    if of == "visualize":  # accentuating a photo of that size
+        return visualize_work(_checked_params(header, VisualizeParams), width * height)
     params = _checked_params(header, DreamParams)
     if of == "animate":
         return zoom_work(width, height, params, _zoom_params(header))
@@ -395,6 +507,7 @@ def frame_meta(array: np.ndarray) -> dict[str, Any]:
 JOB_PARSERS = {
     "submit": parse_submit,
     "visualize": parse_visualize,
+    "channels": parse_channels,
     "check": parse_check,
     "animate": parse_animate,
     "steady": parse_steady,

@@ -76,12 +76,15 @@ def small_cat() -> np.ndarray:
     return photo("chelsea.png", (192, 128))
 
 
-def deepdream(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def deepdream(
+    *args: str | Path, timeout: float = 300, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
     run = subprocess.run(
         [sys.executable, "-m", "dream_server.cli", *map(str, args)],
         capture_output=True,
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     # Decoded by hand: text mode would turn the progress bar's carriage returns into newlines.
     return subprocess.CompletedProcess(

@@ -29,8 +29,9 @@ from dream_server.devices import devices
 from dream_server.engine import Engine
 from dream_server.models import MODELS
 from dream_server.motion import CameraMove, Carry, frame_params, steady_sequence, zoom_sequence
-from dream_server.params import DreamParams, VisualizeParams, ZoomParams
-from dream_server.sheets import contact_sheet
+from dream_server.params import ChannelsParams, DreamParams, VisualizeParams, ZoomParams
+from dream_server.sheets import contact_sheet, labelled_sheet
+from dream_server.visualize import where_changed
 
 QUICK = {"octaves": 1, "steps": 2, "preset": "textures"}
 LONG = {"octaves": 4, "steps": 200}
@@ -919,6 +920,67 @@ def test_a_visualize_job_shows_a_class_as_a_channel_of_logits(server):
         width, height, [(label, image)] = client.visualize(params)
     assert width == height == 64 and len(image) == 64 * 64 * 3
     assert label.startswith("logits/999")
+
+
+def test_a_channels_job_names_the_channels_the_selection_excites_most(server, transport,
+                                                                      local_engine):  # fmt: skip
+    cat = photo("chelsea.png", (160, 112))
+    mask = np.zeros((112, 160, 1), np.uint8)
+    mask[:, :80] = 255
+    with DreamClient(server.connection) as client:
+        strongest = client.strongest_channels(cat.tobytes(), 160, 112, 3, {"top": 3},
+                                              mask=mask.tobytes())  # fmt: skip
+    expected = local_engine.strongest_channels(cat, ChannelsParams.from_mapping({"top": 3}),
+                                               mask[:, :, 0])  # fmt: skip
+    assert [c["label"] for c in strongest] == [c.label for c in expected]
+    assert [c["share"] for c in strongest] == pytest.approx([c.share for c in expected])
+
+
+def test_an_accentuation_comes_back_with_where_the_photo_changed(server, transport, local_engine):
+    cat = photo("chelsea.png", (96, 64))
+    values = {"layer": "block7", "channel": 34, "steps": 6}
+    with DreamClient(server.connection) as client:
+        accentuated, mask = client.accentuate(cat.tobytes(), 96, 64, 3, values, change_mask=True)
+    params = VisualizeParams.from_mapping({**values, "samples": 1})
+    expected = local_engine.visualize(params, photo=cat)[0]
+    assert np.array_equal(np.frombuffer(accentuated, np.uint8).reshape(64, 96, 3), expected)
+    assert np.array_equal(np.frombuffer(mask, np.uint8).reshape(64, 96),
+                          where_changed(cat, expected))  # fmt: skip
+
+
+def test_a_sheet_of_channels_shows_each_beside_the_patches_that_excite_it(server, local_engine):
+    values = {"layer": "block7", "size": 64, "steps": 4}
+    photos = [("cat", photo("chelsea.png", (200, 133))), ("coffee", photo("coffee.png"))]
+    with DreamClient(server.connection) as client:
+        width, height, [(label, frame)] = client.visualize(
+            values, sheet=True, channels=[34, 50],
+            exemplars=[(name, p.tobytes(), p.shape[1], p.shape[0], 3) for name, p in photos],
+        )  # fmt: skip
+    params = VisualizeParams.from_mapping(values)
+    renders = local_engine.visualize(params, [34, 50])
+    expected, _ = labelled_sheet(renders, ["block7/34", "block7/50"],
+                                 local_engine.exemplars(params, [34, 50], photos))  # fmt: skip
+    assert label == "block7 channels · 2 channels"
+    assert np.array_equal(np.frombuffer(frame, np.uint8).reshape(expected.shape), expected)
+
+
+def test_the_new_visualize_fields_are_checked_like_any_other(server):
+    raw = Raw(server)
+    meta = {"width": 8, "height": 8, "channels": 3, "dtype": "u8"}
+    for header, frames, says in [
+        ({"channels": [1, "two"]}, [], "'channels' must be a list"),
+        ({"channels": list(range(65))}, [], "'channels' must be a list"),
+        ({"change_mask": True}, [], "send the 'photo'"),
+        ({"exemplars": [meta]}, [bytes(192)], "set 'channel'"),
+        ({"exemplars": [meta], "exemplar_names": [], "channels": [1]}, [bytes(192)], "name each"),
+        ({"exemplars": meta}, [bytes(192)], "carries no frames"),
+        ({"photo": meta, "channels": [1]}, [bytes(192)], "not a list of 'channels'"),
+    ]:
+        raw.send({"type": "visualize", "job": "v", "params": {"steps": 1}, **header}, *frames)
+        assert says in raw.wait_for("error")["message"], header
+    raw.send({"type": "channels", "job": "c", "params": {"top": 0}, "image": meta}, bytes(192))
+    assert "'top' must be a whole number from 1 to 64" in raw.wait_for("error")["message"]
+    raw.close()
 
 
 def test_bad_server_options_are_refused_at_start(tmp_path):

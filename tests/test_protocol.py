@@ -9,7 +9,7 @@ from conftest import ROOT
 
 from dream_link.wire import JOB_ENDINGS, REQUESTS
 
-FRAME_NAMES = ("image", "mask", "guide")
+FRAME_NAMES = ("image", "mask", "guide", "photo", "exemplars")
 
 
 def table(title: str) -> list[list[str]]:
@@ -34,8 +34,11 @@ def test_the_table_of_requests_is_the_one_the_server_and_client_use():
         plain = re.sub(r"`[^`]*`", "", frames)  # the frames, not the fields that describe them
         said_frames = [word for word in re.findall(r"[a-z]+", plain) if word in FRAME_NAMES]
         optional = re.findall(r"if `([a-z]+)` is given", frames)
-        assert said_frames == [*request.frames, *request.optional_frames], kind
+        listed = re.findall(r"one for each description in the list `([a-z]+)`", frames)
+        assert said_frames == [*request.frames, *request.optional_frames,
+                               *request.listed_frames], kind  # fmt: skip
         assert tuple(optional) == request.optional_frames, kind
+        assert tuple(listed) == request.listed_frames, kind
         said_replies = {name for name in named(replies) if name in every_reply}
         assert said_replies == set(request.replies), kind
 
