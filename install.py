@@ -146,20 +146,13 @@ def default_profiles() -> list[Path]:
 
 
 def parameter_files(python: Path) -> dict[str, str]:
-    """The parameter files written next to the plug-in, which its dialogs are built from."""
+    """The parameter files written next to the plug-in, which its procedures and dialogs are
+    built from: `parameters.json` for the dream's, `parameters-NAME.json` for each other."""
+    schemas = json.loads(subprocess.run([str(python), "-m", "dream_server.params"], check=True,
+                                        capture_output=True, text=True).stdout)  # fmt: skip
     return {
-        f"parameters{suffix}.json": subprocess.run(
-            [str(python), "-m", "dream_server.params", which],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        for suffix, which in (
-            ("", "dream"),
-            ("-visualize", "visualize"),
-            ("-zoom", "zoom"),
-            ("-frames", "frames"),
-        )  # fmt: skip
+        f"parameters{'' if name == 'dream' else '-' + name}.json": json.dumps(schema, indent=1)
+        for name, schema in schemas.items()
     }
 
 

@@ -579,16 +579,18 @@ class DreamClient:
         change_mask: bool = False,
         on_progress: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> tuple[memoryview, memoryview | None]:
+    ) -> tuple[str, memoryview, memoryview | None]:
         """The photo with the unit of `params` turned up, held close to it (feature
-        accentuation): its RGB u8 pixels, and with `change_mask` one u8 channel that is white
-        where the photo changed most. `should_stop` as in `dream`."""
+        accentuation): what it shows (`block7/34 accentuated`), its RGB u8 pixels, and with
+        `change_mask` one u8 channel that is white where the photo changed most.
+        `should_stop` as in `dream`."""
         header = self._image_job("visualize", pixels, width, height, channels, params)
         header = {**header, "photo": header.pop("image"), "change_mask": change_mask}
         header["params"] = {**params, "samples": 1}
         self._send(header, [pixels])
         frames = self._await_result(header["job"], on_progress, should_stop)
-        return frames[0], frames[1] if change_mask else None
+        label = self._last_result["labels"][0]
+        return label, frames[0], frames[1] if change_mask else None
 
     def strongest_channels(
         self,

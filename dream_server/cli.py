@@ -17,9 +17,11 @@ from . import SAMPLES, __version__
 from .catalogue import MODELS, model_spec
 from .errors import DreamError, InvalidImage, InvalidParameter
 from .params import (
+    ACCENTUATE_PARAMETERS,
     CHANNELS_PARAMETERS,
     DREAM_PARAMETERS,
     EXEMPLARS_PER_CHANNEL,
+    SHEET_LOOK_PARAMETERS,
     VIDEO_PARAMETERS,
     VISUALIZE_PARAMETERS,
     ZOOM_PARAMETERS,
@@ -167,12 +169,6 @@ def build_visualize_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
-SHEET_LOOK = tuple(p for p in VISUALIZE_PARAMETERS
-                   if p.name not in ("model", "layer", "channel", "neuron", "class", "samples",
-                                     "leash", "device"))  # fmt: skip
-"""How the renders of a sheet of channels look: the feature visualization's settings."""
-
-
 def add_exemplars_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exemplars", type=Path, metavar="FOLDER",
@@ -199,7 +195,7 @@ def build_channels_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-o", "--output", type=Path,
                         help="also render the channels into this sheet (PNG)")  # fmt: skip
-    add_parameter_flags(parser, SHEET_LOOK)
+    add_parameter_flags(parser, SHEET_LOOK_PARAMETERS)
     add_exemplars_flag(parser)
     add_run_flags(parser)
     return parser
@@ -214,9 +210,7 @@ def build_accentuate_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", type=Path, help="the photo (PNG, JPEG, WebP, TIFF)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the accentuated photo")
-    from_noise_only = ("samples", "size", "diversity", "tv", "frequency", "param")
-    shown = tuple(p for p in VISUALIZE_PARAMETERS if p.name not in from_noise_only)
-    add_parameter_flags(parser, shown, exclusive=("channel", "neuron"))
+    add_parameter_flags(parser, ACCENTUATE_PARAMETERS, exclusive=("channel", "neuron"))
     parser.add_argument("--change-mask", type=Path, metavar="FILE",
                         help="also write where the photo changed, as a gray mask")  # fmt: skip
     add_run_flags(parser)
@@ -624,7 +618,7 @@ def write_sheet(output: Path, images, labels: list[str],  # noqa: ANN001 - (N, H
 def channels_file(args: argparse.Namespace) -> int:
     from .imagefile import read_image, read_mask
 
-    look = given_values(args, SHEET_LOOK)
+    look = given_values(args, SHEET_LOOK_PARAMETERS)
     params = ChannelsParams.from_mapping(given_values(args, CHANNELS_PARAMETERS))
     if args.output is not None:
         check_sheet_output(args.output)
@@ -652,17 +646,18 @@ def channels_file(args: argparse.Namespace) -> int:
         {"model": params.model, "layer": params.layer, "device": params.device, **look}
     )
     with _Progress(enabled=not args.quiet) as progress:
+        from .visualize import sample_labels
+
         images = engine.visualize(sheet_params, channels, on_progress=progress.dream)
         found = exemplars_from(args.exemplars, engine, sheet_params, channels, progress)
-    labels = [f"{c.label} ({c.share:.0%})" for c in strongest]
-    write_sheet(args.output, images, labels, found)
+    write_sheet(args.output, images, sample_labels(sheet_params, channels), found)
     return 0
 
 
 def accentuate_file(args: argparse.Namespace) -> int:
     from .imagefile import check_writable, load_image, write_image
 
-    given = given_values(args, VISUALIZE_PARAMETERS)
+    given = given_values(args, ACCENTUATE_PARAMETERS)
     params = VisualizeParams.from_mapping({**given, "samples": 1})
     loaded = load_image(args.input)
     check_writable(args.output, loaded.pixels)

@@ -311,6 +311,17 @@ CHANNELS_PARAMETERS: tuple[Param, ...] = (
 )  # fmt: skip
 """Which channels of a layer a photo excites most (`deepdream channels`, the `channels`
 request)."""
+SHEET_LOOK_PARAMETERS = tuple(
+    p for p in VISUALIZE_PARAMETERS
+    if p.name not in ("model", "layer", "channel", "neuron", "class", "samples", "leash", "device")
+)  # fmt: skip
+"""How the renders on a sheet of channels look: feature visualization's settings."""
+ACCENTUATE_PARAMETERS = tuple(
+    p for p in VISUALIZE_PARAMETERS
+    if p.name not in ("samples", "size", "diversity", "tv", "frequency", "param")
+)  # fmt: skip
+"""Feature visualization's settings that accentuating a photo uses: it grows from the photo,
+at its size, held by the leash rather than by pixel penalties."""
 EXEMPLARS_PER_CHANNEL = 4
 """Patches of the user's photos shown beside each channel's render."""
 
@@ -460,7 +471,8 @@ def parameter_schema(
 
 PLUGIN_PARAMETERS = {"dream": DREAM_PARAMETERS, "visualize": VISUALIZE_PARAMETERS,
                      "zoom": ZOOM_PARAMETERS, "frames": FRAMES_PARAMETERS,
-                     "channels": CHANNELS_PARAMETERS}  # fmt: skip
+                     "channels": CHANNELS_PARAMETERS, "sheet-look": SHEET_LOOK_PARAMETERS,
+                     "accentuate": ACCENTUATE_PARAMETERS}  # fmt: skip
 """What the GIMP plug-in's procedures and dialogs are built from (install.py writes each)."""
 
 
@@ -474,4 +486,4 @@ if __name__ == "__main__":  # install.py writes these next to the GIMP plug-in
     import json
     import sys
 
-    json.dump(plugin_schemas()[(sys.argv[1:] or ["dream"])[0]], sys.stdout, indent=1)
+    json.dump(plugin_schemas(), sys.stdout, indent=1)

@@ -95,6 +95,10 @@ class VisualizeRequest:
         images = engine.visualize(self.params, channels, on_progress=on_progress,
                                   should_stop=should_stop, photo=self.photo)  # fmt: skip
         labels = sample_labels(self.params, channels)
+        if self.photo is not None:
+            labels = [label.replace(" #", " accentuated #") for label in labels]
+            if len(labels) == 1:
+                labels = [f"{subject(self.params)} accentuated"]
         found = None
         if self.exemplars:
             found = engine.exemplars(self.params, channels or [self.params.channel],

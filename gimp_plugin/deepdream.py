@@ -23,18 +23,23 @@ from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject, Gtk  # noqa: E
 
 # install.py puts the dream_link package beside this file, where Python finds it
 from dream_link.client import LOST, UNREACHABLE, DreamClient  # noqa: E402
-from dream_link.wire import CUSTOM_PRESET, DreamCancelled, DreamError, log_path, schema_hash  # noqa: E402
+from dream_link.wire import (  # noqa: E402
+    CUSTOM_PRESET,
+    MAX_LISTED_FRAMES,
+    DreamCancelled,
+    DreamError,
+    log_path,
+    schema_hash,
+)
 
 PROCEDURE = "plug-in-deepdream"
 VISUALIZE_PROCEDURE = "plug-in-deepdream-visualize"
 ZOOM_PROCEDURE = "plug-in-deepdream-zoom"
 FRAMES_PROCEDURE = "plug-in-deepdream-frames"
+CHANNELS_PROCEDURE = "plug-in-deepdream-channels"
+ACCENTUATE_PROCEDURE = "plug-in-deepdream-accentuate"
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELP_DOMAIN = "deepdream-for-gimp"
-PARAMETERS_FILE = os.path.join(HERE, "parameters.json")
-VISUALIZE_PARAMETERS_FILE = os.path.join(HERE, "parameters-visualize.json")
-ZOOM_PARAMETERS_FILE = os.path.join(HERE, "parameters-zoom.json")
-FRAMES_PARAMETERS_FILE = os.path.join(HERE, "parameters-frames.json")
 ZOOM_MEMORY_LIMIT = 2_000_000_000
 """The frames of a zoom (or of DeepDream Frames) wait in the plug-in until the new image is made
 (so that a cancel leaves nothing behind): one that would hold more is refused before it
@@ -45,6 +50,20 @@ LAYOUTS = (
     ("layers", "A layer per sample", "Each sample in a layer of its own, named after it"),
     ("sheet", "Side by side", "All samples side by side in one layer, each labelled"),
 )
+EXEMPLAR_SOURCES = (
+    {"name": "exemplars-folder", "kind": "folder", "default": None, "label": "Folder of photos",
+     "help": "Your photos: beside each channel, the patches of them that excite it most"},
+    {"name": "open-images", "kind": "bool", "default": False, "label": "Open images",
+     "help": "Also look for those patches in every image open in GIMP"},
+)  # fmt: skip
+"""Where DeepDream Strongest Channels finds exemplars: the plug-in's own arguments."""
+EXEMPLAR_SEND_SIDE = 1024
+"""Exemplar photos go to the server with their longer side at most this (it looks at them
+smaller still): a folder of phone photos would be gigabytes."""
+CHANGE_MASK = {"name": "change-mask", "kind": "bool", "default": True,
+               "label": "Mask where it changed",
+               "help": "The new layer's mask is white where the photo changed most (within the "
+                       "selection): paint on it to keep more or less of the change"}  # fmt: skip
 SELECTION_MODES = (
     ("mask", "Layer mask", "The selection becomes the new layer's mask (editable later)"),
     ("alpha", "Alpha", "The selection is baked into the new layer's transparency"),
@@ -52,18 +71,21 @@ SELECTION_MODES = (
 FLAGS = GObject.ParamFlags.READWRITE
 
 
-def load_parameters(path=PARAMETERS_FILE):
-    """The parameters as the engine defines them (install.py writes these files)."""
-    with open(path) as schema:
+def load_parameters(name="dream"):
+    """The parameters of `name` (dream, visualize, zoom, ...) as the engine defines them:
+    install.py writes them beside this file, `parameters.json` the dream's, `parameters-NAME.json`
+    the others'."""
+    file = "parameters.json" if name == "dream" else f"parameters-{name}.json"
+    with open(os.path.join(HERE, file)) as schema:
         return json.load(schema)
 
 
 def connect():
     """A client of the dream server, which must define the parameters this plug-in was installed
     with: else both come from different releases, and the client says to install again."""
-    schemas = {"dream": load_parameters(), "visualize": load_parameters(VISUALIZE_PARAMETERS_FILE),
-               "zoom": load_parameters(ZOOM_PARAMETERS_FILE),
-               "frames": load_parameters(FRAMES_PARAMETERS_FILE)}  # fmt: skip
+    files = [f for f in os.listdir(HERE) if f.startswith("parameters") and f.endswith(".json")]
+    names = [f[len("parameters-") : -len(".json")] if "-" in f else "dream" for f in files]
+    schemas = {name: load_parameters(name) for name in names}
     return DreamClient(schema=schema_hash(schemas))
 
 
@@ -131,6 +153,9 @@ def add_arguments(
         elif kind == "choice":
             choices = choice_of(param["choices"], param.get("choice_help", {}))
             procedure.add_choice_argument(name, label, help_text, choices, default, FLAGS)
+        elif kind == "folder":
+            folder = Gimp.FileChooserAction.SELECT_FOLDER
+            procedure.add_file_argument(name, label, help_text, folder, True, None, FLAGS)
         else:
             procedure.add_string_argument(name, label, help_text, default, FLAGS)
 
@@ -247,6 +272,22 @@ VISUALIZE_LAYOUT = Layout(
      ("look", "Their look", ("steps", "diversity", "tv", "frequency", "robustness"))),
     left=("what", "how-many"),
     right=("look", "advanced", "problem"),
+)  # fmt: skip
+CHANNELS_LAYOUT = Layout(
+    "DeepDream Strongest Channels",
+    (("what", "What to look at", ("layer", "top", "model")),
+     ("photos", "Beside them, patches of", ("exemplars-folder", "open-images")),
+     ("look", "Their pictures", ("size", "steps", "param"))),
+    left=("what", "photos"),
+    right=("look", "advanced", "problem"),
+)  # fmt: skip
+ACCENTUATE_LAYOUT = Layout(
+    "DeepDream Accentuate",
+    (("what", "What to turn up", ("layer", "channel", "class", "model")),
+     ("how-much", "How much", ("steps", "leash")),
+     ("result", "The result", ("change-mask",))),
+    left=("what", "how-much"),
+    right=("result", "advanced", "problem"),
 )  # fmt: skip
 SLIDERS = ("steps", "octaves", "jitter", "frames", "steps-per-frame")
 """Whole numbers shown as sliders; every fraction is one too."""
@@ -584,6 +625,14 @@ def run_zoom(procedure, run_mode, image, drawables, config, data):
     return guarded(procedure, zoom_on, procedure, run_mode, image, drawables, config)
 
 
+def run_channels(procedure, run_mode, image, drawables, config, data):
+    return guarded(procedure, channels_on, procedure, run_mode, image, drawables, config)
+
+
+def run_accentuate(procedure, run_mode, image, drawables, config, data):
+    return guarded(procedure, accentuate_on, procedure, run_mode, image, drawables, config)
+
+
 def run_visualize(procedure, config, data):
     return guarded(procedure, visualize, procedure, config)
 
@@ -871,7 +920,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     remembered = remembered_zoom(image)
     if remembered is not None and interactive:  # the dialog opens with that zoom's settings
-        known = {p["name"] for p in load_parameters() + load_parameters(ZOOM_PARAMETERS_FILE)}
+        known = {p["name"] for p in load_parameters() + load_parameters("zoom")}
         for name, value in {**remembered["params"], **remembered["zoom"]}.items():
             if name in known and name != "frames":
                 config.set_property(name, value)
@@ -879,7 +928,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
                                         check=lambda: refusal(config)):  # fmt: skip
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters())
-    zoom = dream_params(config, load_parameters(ZOOM_PARAMETERS_FILE))
+    zoom = dream_params(config, load_parameters("zoom"))
     if remembered is not None:
         return go_on_zooming(procedure, image, remembered, params, zoom, interactive)
     inside, x, y, width, height = source.mask_intersect()
@@ -942,7 +991,7 @@ def frames_on(procedure, run_mode, image, drawables, config):
                                         check=lambda: refusal(config)):  # fmt: skip
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters())
-    steady = dream_params(config, load_parameters(FRAMES_PARAMETERS_FILE))
+    steady = dream_params(config, load_parameters("frames"))
     sources = [read(frame, (0, 0, width, height), "R'G'B'A u8") for frame in frames]
     dreamed = {}
     Gimp.progress_init("DeepDream Frames: waiting for the dream server")
@@ -1155,11 +1204,13 @@ def file_of(image):
     return None
 
 
-def succeeded(procedure, kind, value):
-    """The procedure's return values: success, and the new layer or image."""
+def succeeded(procedure, kind, value, *texts):
+    """The procedure's return values: success, the new layer or image, and any texts after."""
     result = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
-    result.remove(1)
-    result.insert(1, GObject.Value(kind, value))
+    returned = [(kind, value)] + [(GObject.TYPE_STRING, text) for text in texts]
+    for index, (value_type, content) in enumerate(returned, 1):
+        result.remove(index)
+        result.insert(index, GObject.Value(value_type, content))
     return result
 
 
@@ -1168,7 +1219,7 @@ def visualize(procedure, config):
     interactive = config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE
     if interactive and not dream_dialog(procedure, config, VISUALIZE_LAYOUT):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    params = dream_params(config, load_parameters(VISUALIZE_PARAMETERS_FILE))
+    params = dream_params(config, load_parameters("visualize"))
     sheet = config.get_property("layout") == "sheet"
     Gimp.progress_init("DeepDream: rendering from noise")
     with connect() as client:
@@ -1192,6 +1243,165 @@ def visualize(procedure, config):
     return succeeded(procedure, Gimp.Image, image)
 
 
+def channels_on(procedure, run_mode, image, drawables, config):
+    """File > Create > DeepDream Strongest Channels: which channels of a layer of the network the
+    selection excites most, as a new image: a labelled sheet of what each looks for, each label
+    the text that dreams it when typed into Layers (`block7/42`), beside each the patches of
+    the artist's photos that excite it most."""
+    source = source_layer(image, drawables, "look at")
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    if interactive and not dream_dialog(procedure, config, CHANNELS_LAYOUT):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    which = dream_params(config, load_parameters("channels"))
+    look = {**dream_params(config, load_parameters("sheet-look")), "model": which["model"],
+            "layer": which["layer"]}  # fmt: skip
+    inside, x, y, width, height = source.mask_intersect()
+    if not inside:
+        raise DreamError("The selection does not touch this layer: select part of it, or "
+                         "Select > None to look at all of it.")  # fmt: skip
+    pixels = read(source, (x, y, width, height), "R'G'B' u8")
+    selection = None
+    if not Gimp.Selection.is_empty(image):
+        offset_x, offset_y = source.get_offsets()[1:]
+        selection = read(image.get_selection(), (offset_x + x, offset_y + y, width, height),
+                         "Y u8")  # fmt: skip
+    Gimp.progress_init("DeepDream: looking at the channels")
+    exemplars = exemplar_photos(config)
+    with connect() as client:
+        strongest = client.strongest_channels(bytes(pixels), width, height, 3, which,
+                                              mask=selection and bytes(selection))  # fmt: skip
+        channels = [found["channel"] for found in strongest]
+        seconds = client.estimate("visualize", look, count=len(channels))
+        if not worth_the_wait(CHANNELS_LAYOUT.title, f"{len(channels)} pictures", seconds,
+                              interactive):  # fmt: skip
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        sheet_width, sheet_height, [(_, sheet)] = client.visualize(
+            look, on_progress=shown_in_status_bar("DeepDream Strongest Channels"), sheet=True,
+            channels=channels, exemplars=exemplars,
+        )  # fmt: skip
+    shares = ", ".join(f"{found['label']} {found['share']:.1%}" for found in strongest)
+    sheet_image = new_image(sheet_width, sheet_height, [(shares, sheet)])
+    titled(sheet_image, f"{which['layer']} channels", source)
+    Gimp.progress_end()
+    if interactive:
+        Gimp.Display.new(sheet_image)
+    return succeeded(procedure, Gimp.Image, sheet_image, shares)
+
+
+def exemplar_photos(config):
+    """(name, RGB u8 pixels, width, height, 3) of the photos in the folder chosen and, when
+    asked, of the images open in GIMP, each scaled to EXEMPLAR_SEND_SIDE at most; files GIMP
+    cannot open are left out."""
+    photos = []
+    folder = config.get_property("exemplars-folder")
+    if folder is not None and folder.get_path():
+        path = folder.get_path()
+        if not os.path.isdir(path):
+            raise DreamError(f"{path} is not a folder: choose the folder of your photos.")
+        names = sorted(name for name in os.listdir(path) if not name.startswith("."))
+        for name in names:
+            Gimp.progress_set_text(f"DeepDream: reading {name}")
+            try:
+                file = Gio.File.new_for_path(os.path.join(path, name))
+                opened = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, file)
+            except GLib.Error:  # not an image GIMP opens
+                continue
+            if opened is not None:
+                try:
+                    photos.append((name, *composite(opened, EXEMPLAR_SEND_SIDE)))
+                finally:
+                    opened.delete()
+        if not photos:
+            raise DreamError(f"{path} holds no images GIMP can open: choose the folder of your "
+                             "photos.")  # fmt: skip
+    if config.get_property("open-images"):
+        for image in Gimp.get_images():
+            name = os.path.basename(file_of(image) or image.get_name())
+            photos.append((name, *composite(image, EXEMPLAR_SEND_SIDE)))
+    return photos[:MAX_LISTED_FRAMES]
+
+
+def composite(image, longest):
+    """(RGB u8 pixels, width, height) of what the image shows, at most `longest` pixels on its
+    longer side; the image itself is not touched."""
+    copy = image.duplicate()
+    try:
+        copy.undo_disable()
+        layer = copy.flatten()
+        width, height = copy.get_width(), copy.get_height()
+        factor = min(1.0, longest / max(width, height))
+        if factor < 1.0:
+            copy.scale(max(1, round(width * factor)), max(1, round(height * factor)))
+            layer = copy.get_layers()[0]
+        width, height = layer.get_width(), layer.get_height()
+        return bytes(read(layer, (0, 0, width, height), "R'G'B' u8")), width, height, 3
+    finally:
+        copy.delete()
+
+
+def accentuate_on(procedure, run_mode, image, drawables, config):
+    """Filters > Artistic > DeepDream Accentuate: the selection with one feature of the network
+    turned up, still recognisably itself, as a new layer above, its mask white where it changed
+    (within the selection). Nothing changes until it is back."""
+    source = source_layer(image, drawables, "accentuate")
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    if interactive and not dream_dialog(procedure, config, ACCENTUATE_LAYOUT):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    params = dream_params(config, load_parameters("accentuate"))
+    change_mask = config.get_property("change-mask")
+    has_selection = not Gimp.Selection.is_empty(image)
+    inside, x, y, width, height = source.mask_intersect()
+    if not inside:
+        raise DreamError("The selection does not touch this layer: select part of it, or "
+                         "Select > None to accentuate all of it.")  # fmt: skip
+    region = Region(source, x, y, width, height)
+    context_pixels = read(source, region.context, "R'G'B' u8")
+    context_width, context_height = region.context[2:]
+    Gimp.progress_init("DeepDream: waiting for the dream server")
+    with connect() as client:
+        seconds = client.estimate("visualize", params, context_width, context_height)
+        if not worth_the_wait(ACCENTUATE_LAYOUT.title, "the accentuation", seconds, interactive):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        label, accentuated, changed = client.accentuate(
+            bytes(context_pixels), context_width, context_height, 3, params, change_mask,
+            on_progress=shown_in_status_bar("DeepDream Accentuate"),
+        )  # fmt: skip
+    pixels = region.crop(accentuated, 3, 1)
+    if not source.is_valid():
+        raise DreamError("The layer was deleted while it was being accentuated.")
+    image.undo_group_start()
+    layer = None
+    try:
+        layer = add_layer(image, source, region, pixels, "R'G'B' u8",
+                          label + DREAM_LAYER_SUFFIX)  # fmt: skip
+        if changed is not None:
+            where = region.crop(changed, 1, 1)
+            if has_selection:
+                offset_x, offset_y = layer.get_offsets()[1:]
+                inside = read(image.get_selection(), (offset_x, offset_y, width, height), "Y u8")
+                where = bytes(c * s // 255 for c, s in zip(where, bytes(inside), strict=True))
+            mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+            layer.add_mask(mask)
+            buffer = mask.get_buffer()
+            buffer.set(Gegl.Rectangle.new(0, 0, width, height), "Y u8", bytes(where))
+            buffer.flush()
+            mask.update(0, 0, width, height)
+        elif has_selection:
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+        if layer.get_mask() is not None:
+            layer.set_edit_mask(False)
+        image.set_selected_layers([layer])
+    except Exception:
+        if layer is not None and layer.is_valid():
+            image.remove_layer(layer)
+        raise
+    finally:
+        image.undo_group_end()
+    Gimp.progress_end()
+    Gimp.displays_flush()
+    return succeeded(procedure, Gimp.Layer, layer)
+
+
 def described(procedure, menu_label, menu_path, blurb, help_text):
     """Where the procedure sits in GIMP's menus, and what it says of itself."""
     procedure.set_menu_label(menu_label)
@@ -1205,7 +1415,8 @@ class DeepDream(Gimp.PlugIn):
         # Help in the dialogs opens the README's words on them, which install.py puts here
         # (GIMP takes a help domain only while it asks for the procedures)
         self.set_help_domain(HELP_DOMAIN, Gio.File.new_for_path(os.path.join(HERE, "help")))
-        return [PROCEDURE, VISUALIZE_PROCEDURE, ZOOM_PROCEDURE, FRAMES_PROCEDURE]
+        return [PROCEDURE, VISUALIZE_PROCEDURE, ZOOM_PROCEDURE, FRAMES_PROCEDURE,
+                CHANNELS_PROCEDURE, ACCENTUATE_PROCEDURE]  # fmt: skip
 
     def do_set_i18n(self, name):
         return False
@@ -1218,6 +1429,10 @@ class DeepDream(Gimp.PlugIn):
             return self.create_zoom(name)
         if name == FRAMES_PROCEDURE:
             return self.create_frames(name)
+        if name == CHANNELS_PROCEDURE:
+            return self.create_channels(name)
+        if name == ACCENTUATE_PROCEDURE:
+            return self.create_accentuate(name)
         procedure = self.layer_procedure(name, run)
         described(
             procedure, "_DeepDream...", "<Image>/Filters/Artistic",
@@ -1254,7 +1469,7 @@ class DeepDream(Gimp.PlugIn):
             "if asked). Opens a new image with a layer per frame, ready for Filters > Animation "
             "> Playback and for export as an animated GIF or WebP.",
         )  # fmt: skip
-        parameters = load_parameters(ZOOM_PARAMETERS_FILE) + load_parameters()
+        parameters = load_parameters("zoom") + load_parameters()
         add_arguments(procedure, parameters, layout=ZOOM_LAYOUT)
         procedure.add_image_return_value("image", "Image", "The new image of frames", False, FLAGS)
         return procedure
@@ -1270,9 +1485,45 @@ class DeepDream(Gimp.PlugIn):
             "flickering. Opens a new image with the dreamed frames, their names, delays and "
             "offsets kept, ready for Filters > Animation > Playback and for export.",
         )  # fmt: skip
-        parameters = load_parameters(FRAMES_PARAMETERS_FILE) + load_parameters()
+        parameters = load_parameters("frames") + load_parameters()
         add_arguments(procedure, parameters, layout=FRAMES_LAYOUT)
         procedure.add_image_return_value("image", "Image", "The new image of frames", False, FLAGS)
+        return procedure
+
+    def create_channels(self, name):
+        procedure = self.layer_procedure(name, run_channels)
+        described(
+            procedure, "DeepDream _Strongest Channels...", "<Image>/File/Create",
+            "See which features of a network layer the selection excites most",
+            "Finds the channels (features) of a layer of the network that the selected part of "
+            "the layer excites most, and opens a new image with a labelled picture of what each "
+            "looks for; each label (block7/42) dreams that feature when typed into DeepDream's "
+            "Layers. Beside each, the patches of your photos (a folder, or the open images) that "
+            "excite it most.",
+        )  # fmt: skip
+        parameters = (load_parameters("channels") + list(EXEMPLAR_SOURCES)
+                      + load_parameters("sheet-look"))  # fmt: skip
+        add_arguments(procedure, parameters, layout=CHANNELS_LAYOUT)
+        procedure.add_image_return_value("image", "Image", "The new image", False, FLAGS)
+        procedure.add_string_return_value(
+            "channels", "Channels", "The channels, strongest first, with their share of the "
+            "layer's activation: block7/34 4.7%, block7/50 2.9%, ...", "", FLAGS,
+        )  # fmt: skip
+        return procedure
+
+    def create_accentuate(self, name):
+        procedure = self.layer_procedure(name, run_accentuate)
+        described(
+            procedure, "DeepDream _Accentuate...", "<Image>/Filters/Artistic",
+            "Turn up one feature of the network in the selection",
+            "Raises one channel (feature) of a layer, or an ImageNet class, in the selected part "
+            "of the layer while the result stays close to it, and adds it as a new layer above, "
+            "its mask white where it changed. DeepDream Strongest Channels names the features "
+            "the selection excites most.",
+        )  # fmt: skip
+        add_arguments(procedure, load_parameters("accentuate") + [CHANGE_MASK],
+                      layout=ACCENTUATE_LAYOUT)  # fmt: skip
+        procedure.add_layer_return_value("layer", "Layer", "The new layer", False, FLAGS)
         return procedure
 
     def create_visualize(self, name):
@@ -1287,9 +1538,7 @@ class DeepDream(Gimp.PlugIn):
             "run-mode", "Run mode", "The run mode", Gimp.RunMode, Gimp.RunMode.NONINTERACTIVE, FLAGS
         )
         layout = ("layout", "Stack or sheet", "How the samples are laid out", LAYOUTS, "layers")
-        add_arguments(
-            procedure, load_parameters(VISUALIZE_PARAMETERS_FILE), [layout], VISUALIZE_LAYOUT
-        )
+        add_arguments(procedure, load_parameters("visualize"), [layout], VISUALIZE_LAYOUT)
         procedure.add_image_return_value("image", "Image", "The new image", False, FLAGS)
         return procedure
 

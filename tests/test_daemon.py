@@ -940,7 +940,9 @@ def test_an_accentuation_comes_back_with_where_the_photo_changed(server, transpo
     cat = photo("chelsea.png", (96, 64))
     values = {"layer": "block7", "channel": 34, "steps": 6}
     with DreamClient(server.connection) as client:
-        accentuated, mask = client.accentuate(cat.tobytes(), 96, 64, 3, values, change_mask=True)
+        label, accentuated, mask = client.accentuate(cat.tobytes(), 96, 64, 3, values,
+                                                     change_mask=True)  # fmt: skip
+    assert label == "block7/34 accentuated"
     params = VisualizeParams.from_mapping({**values, "samples": 1})
     expected = local_engine.visualize(params, photo=cat)[0]
     assert np.array_equal(np.frombuffer(accentuated, np.uint8).reshape(64, 96, 3), expected)

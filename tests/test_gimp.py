@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLES, panned_frames, start_server
+from conftest import PHOTOS, ROOT, SAMPLES, panned_frames, start_server
 from numerics import jump_at_the_wrap_and_in_the_middle
 from PIL import Image
 
@@ -22,12 +22,15 @@ sys.path.insert(0, str(Path(__file__).parent / "gimp"))
 from sandbox import SUITES, Gimp, find_gimps, install_plugin  # noqa: E402
 
 from dream_link.client import DreamClient  # noqa: E402
+from dream_server.engine import Engine  # noqa: E402
+from dream_server.params import ChannelsParams  # noqa: E402
 
 pytestmark = pytest.mark.gimp
 
 QUICK = {"octaves": 2, "steps": 3, "preset": "textures"}
 ELLIPSE = [100, 60, 220, 160]  # x, y, width, height on the 451x300 cat
 FEATHER = 30.0
+SHEET = {"layer": "block7", "top": 3, "size": 64, "steps": 4}
 
 
 GIMPS = find_gimps()
@@ -64,6 +67,11 @@ def workspace(gimp):
     assert (profile / "plug-ins" / "deepdream" / "deepdream.py").stat().st_mode & 0o111
     for name in ("chelsea.png", "coffee.png"):
         shutil.copy(SAMPLES / name, scratch / name)
+    photos = scratch / "photos"  # an artist's folder: photos, and a file that is none
+    photos.mkdir()
+    for source in (SAMPLES / "coffee.png", PHOTOS / "rocket.jpg"):
+        shutil.copy(source, photos / source.name)
+    (photos / "notes.txt").write_text("not a photo")
     server = start_server(home)
     yield scratch, profile, server
     server.stop()
@@ -154,6 +162,9 @@ def start_gimp(
         folder.chmod(0o777)
         scenario["folder"] = gimp.inside(folder)
         scenario["file"] = gimp.inside(scratch / scenario.get("photo", "chelsea.png"))
+        if "exemplars" in scenario:
+            folder = gimp.inside(scratch / scenario["exemplars"])
+            scenario["params"] = {**scenario["params"], "exemplars-folder": folder}
     (scratch / "scenarios.json").write_text(json.dumps(scenarios))
     environment = {
         "HOME": gimp.inside(scratch / "home"),
@@ -296,6 +307,27 @@ SCENARIOS = [
         "name": "redream-without-its-source",
         "params": QUICK,
         "redream": {"params": QUICK, "remove_source": True},
+    },
+    {
+        "name": "channels",
+        "procedure": "channels",
+        "ellipse": ELLIPSE,
+        "exemplars": "photos",
+        "params": {**SHEET, "open-images": True},
+    },
+    {"name": "channels-whole", "procedure": "channels", "params": SHEET},
+    {"name": "channels-wrong-layer", "procedure": "channels", "params": {"layer": "block99"}},
+    {
+        "name": "accentuate",
+        "procedure": "accentuate",
+        "ellipse": ELLIPSE,
+        "feather": FEATHER,
+        "params": {"layer": "block7", "channel": 34, "steps": 8},
+    },
+    {
+        "name": "accentuate-without-mask",
+        "procedure": "accentuate",
+        "params": {"class": "tabby", "steps": 2, "change-mask": False},
     },
     {
         "name": "selection-misses-layer",
@@ -549,11 +581,73 @@ def test_feature_visualization_side_by_side_is_one_labelled_layer(gimp, workspac
     assert (label_rows < 128).any() and (label_rows == 255).mean() > 0.5  # dark text on white
 
 
+@pytest.fixture(scope="module")
+def local_engine() -> Engine:
+    """The engine on the device the server picks by itself, to compare its results with."""
+    return Engine("auto")
+
+
+def sheet_cell(sheet: np.ndarray, row: int, column: int, size: int = 64) -> np.ndarray:
+    """A picture of a contact sheet of `size` px cells (dream_server.sheets' layout)."""
+    top, left = 4 + row * (size + 18 + 4), 4 + column * (size + 4)
+    return sheet[top : top + size, left : left + size]
+
+
+def test_strongest_channels_opens_a_sheet_of_them_beside_patches_of_the_artists_photos(
+    workspace, reports, local_engine
+):
+    report = reports["channels"]
+    assert report["status"] == "success", report
+    assert report["images_after"] == report["images_before"] + 1
+    assert len(report["layers_after"]) == 1  # the photo is left as it was
+    labels = [part.split()[0] for part in report["channels"].split(", ")]
+    assert len(labels) == 3 and all(label.startswith("block7/") for label in labels)
+    assert report["title"].endswith(" block7 channels.xcf")  # after the photo or its layer
+    # 3 rows: the channel's picture, then 4 patches from the folder's photos and the open image
+    width, height = report["size"]
+    assert (width, height) == (4 + 5 * 68, 4 + 3 * 86)
+    sheet = raw(workspace, "channels", "sheet.raw", (height, width, 3))
+    for row in range(3):
+        assert all(sheet_cell(sheet, row, column).std() > 5 for column in range(5))
+    # without a selection: the channels the whole photo excites most, as the engine names them
+    whole = reports["channels-whole"]
+    cat = np.array(Image.open(SAMPLES / "chelsea.png").convert("RGB"))
+    expected = local_engine.strongest_channels(cat, ChannelsParams.from_mapping({"top": 3}))
+    assert whole["channels"] == ", ".join(f"{c.label} {c.share:.1%}" for c in expected)
+    assert whole["channels"] != report["channels"]  # the selection's are its own
+    wrong = reports["channels-wrong-layer"]
+    assert wrong["status"] == "execution-error" and "block99" in wrong["message"]
+
+
+def test_accentuate_adds_a_layer_masked_where_the_selection_changed(workspace, reports):
+    report = reports["accentuate"]
+    assert report["status"] == "success", report
+    new = report["returned"]
+    assert new["name"] == "block7/34 accentuated · DeepDream" and new["has_mask"]
+    assert len(report["layers_after"]) == 2
+    width, height = new["size"]
+    before = raw(workspace, "accentuate", "source-before.raw", (300, 451, 4))
+    after = raw(workspace, "accentuate", "source-after.raw", (300, 451, 4))
+    assert np.array_equal(before, after)
+    layer = raw(workspace, "accentuate", "layer.raw", (height, width, 3)).astype(np.float32)
+    x, y = new["offsets"]
+    source = before[y : y + height, x : x + width, :3]
+    assert 1.0 < np.abs(layer - source).mean() < 40  # the photo, with a feature turned up
+    mask = raw(workspace, "accentuate", "mask.raw", (height, width))
+    assert mask[0, 0] == mask[-1, -1] == 0  # outside the ellipse
+    assert mask[height // 2 - 20 : height // 2 + 20, width // 2 - 20 : width // 2 + 20].max() > 128
+    plain = reports["accentuate-without-mask"]
+    assert plain["status"] == "success", plain
+    assert plain["returned"]["name"] == "class tabby accentuated · DeepDream"
+    assert not plain["returned"]["has_mask"] and plain["returned"]["size"] == [451, 300]
+
+
 def test_a_gimp_whose_python_has_no_pyzmq_dreams_the_same_through_the_standard_library(
     gimp, workspace, reports
 ):
-    same = ("feathered", "alpha-mode", "gray", "16-bit")
-    scenarios = [{**s, "name": f"{s['name']}-stdlib"} for s in SCENARIOS if s["name"] in same]
+    same = ("feathered", "alpha-mode", "gray", "16-bit", "accentuate")
+    scenarios = [{**s, "name": f"{s['name']}-stdlib"} for s in SCENARIOS
+                 if s["name"] in (*same, "channels")]  # fmt: skip
     visualize = {"procedure": "visualize", "params": VISUALIZE}
     scenarios += [{**visualize, "name": "visualize-stdlib"}]
     without = run_gimp(gimp, workspace, scenarios, pyzmq=False)
@@ -566,6 +660,9 @@ def test_a_gimp_whose_python_has_no_pyzmq_dreams_the_same_through_the_standard_l
             if through_pyzmq.exists():
                 stdlib = (workspace[0] / f"{name}-stdlib" / file).read_bytes()
                 assert stdlib == through_pyzmq.read_bytes(), f"{name}: {file}"
+    assert without["channels-stdlib"]["channels"] == reports["channels"]["channels"]
+    sheet = (workspace[0] / "channels-stdlib" / "sheet.raw").read_bytes()
+    assert sheet == (workspace[0] / "channels" / "sheet.raw").read_bytes()
     with_pyzmq = run_gimp(gimp, workspace, [{**visualize, "name": "visualize-pyzmq"}])
     assert without["visualize-stdlib"]["layers"] == with_pyzmq["visualize-pyzmq"]["layers"]
     for index in range(3):

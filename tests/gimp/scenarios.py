@@ -182,7 +182,63 @@ def run_frames(scenario):
     return report
 
 
+def run_channels(scenario):
+    """DeepDream Strongest Channels on the photo (its selection), with a folder of photos and
+    the open images as exemplars."""
+    image, layer = prepare(scenario)
+    params = dict(scenario.get("params", {}))
+    if "exemplars-folder" in params:
+        params["exemplars-folder"] = Gio.File.new_for_path(params["exemplars-folder"])
+    images_before = len(Gimp.get_images())
+    result = run_on(image, [layer], "plug-in-deepdream-channels", params)
+    status = result.index(0)
+    report = {"status": status.value_nick, "images_before": images_before,
+              "images_after": len(Gimp.get_images()),
+              "layers_after": [describe(item) for item in image.get_layers()]}  # fmt: skip
+    if status == Gimp.PDBStatusType.SUCCESS:
+        sheet = result.index(1)
+        report["channels"] = result.index(2)
+        report["size"] = [sheet.get_width(), sheet.get_height()]
+        report["title"] = sheet.get_name()
+        report["layers"] = [describe(item) for item in sheet.get_layers()]
+        dump(sheet.get_layers()[0], 0, 0, sheet.get_width(), sheet.get_height(), "R'G'B' u8",
+             os.path.join(scenario["folder"], "sheet.raw"))  # fmt: skip
+        sheet.delete()
+    else:
+        report["message"] = str(result.index(1))
+    image.delete()
+    return report
+
+
+def run_accentuate(scenario):
+    """DeepDream Accentuate on the photo's selection: the new layer and its mask."""
+    folder = scenario["folder"]
+    image, layer = prepare(scenario)
+    width, height = layer.get_width(), layer.get_height()
+    dump(layer, 0, 0, width, height, "R'G'B'A u8", os.path.join(folder, "source-before.raw"))
+    result = run_on(image, [layer], "plug-in-deepdream-accentuate", scenario.get("params", {}))
+    status = result.index(0)
+    report = {"status": status.value_nick,
+              "layers_after": [describe(item) for item in image.get_layers()]}  # fmt: skip
+    dump(layer, 0, 0, width, height, "R'G'B'A u8", os.path.join(folder, "source-after.raw"))
+    if status == Gimp.PDBStatusType.SUCCESS:
+        new = result.index(1)
+        report["returned"] = describe(new)
+        size = (new.get_width(), new.get_height())
+        dump(new, 0, 0, *size, "R'G'B' u8", os.path.join(folder, "layer.raw"))
+        if new.get_mask() is not None:
+            dump(new.get_mask(), 0, 0, *size, "Y u8", os.path.join(folder, "mask.raw"))
+    else:
+        report["message"] = str(result.index(1))
+    image.delete()
+    return report
+
+
 def run(scenario):
+    if scenario.get("procedure") == "channels":
+        return run_channels(scenario)
+    if scenario.get("procedure") == "accentuate":
+        return run_accentuate(scenario)
     if scenario.get("procedure") == "frames":
         return run_frames(scenario)
     if scenario.get("procedure") == "visualize":
