@@ -1243,6 +1243,59 @@ def test_a_dream_layer_reopens_with_its_dream_and_a_preset_chosen_then_dreams_it
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
 
+def search_action(screen, window: str, words: str) -> None:  # noqa: ANN001 - Screen
+    """Run a menu item through Help > Search and Run a Command, as people find one."""
+    screen.keys(window, "slash")
+    search = screen.wait_for_window("Search Actions", timeout=20)
+    screen.type(search, words)  # into its entry
+    time.sleep(1)
+    screen.tool("xdotool", "key", "Return")  # to what has the focus: the first match
+
+
+def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees(gimp, workspace):
+    with gimp_gui(gimp, workspace, ":94") as screen:
+        main = screen.wait_for_window("1 layer)")
+        screen.tool("xdotool", "mousemove", "1360", "760")
+        title = "DeepDream Strongest Channels"
+        search_action(screen, main, title)
+        dialog = screen.wait_for_window(title, timeout=30, exact=True)
+        for words, value in (("Steps", "4"), ("Size", "64")):
+            screen.keys(dialog, screen.alt_key(title, words), "ctrl+a")
+            screen.type(dialog, value)
+            screen.keys(dialog, "Tab")
+        screen.unfold(title, "Advanced")
+        screen.screenshot("channels-1-dialog.png")
+        shown = screen.fresh_dialog(title)
+        words = {widget.get("text") for widget in shown["widgets"]}
+        assert {"What to look at", "Beside them, patches of", "Their pictures"} <= words
+        assert fits_the_screen(shown), shown["box"]
+        screen.keys(dialog, "alt+o")
+        screen.wait_for_window("block7 channels")  # a new image: the sheet
+        screen.screenshot("channels-2-sheet.png")
+        screen.keys(main, "alt+1")  # back to the photo's tab
+        screen.wait_for_window("[chelsea] (imported)")
+        title = "DeepDream Accentuate"
+        search_action(screen, main, title)
+        dialog = screen.wait_for_window(title, timeout=30, exact=True)
+        screen.keys(dialog, screen.alt_key(title, "Steps"), "ctrl+a")
+        screen.type(dialog, "4")
+        screen.keys(dialog, "Tab")
+        screen.unfold(title, "Advanced")
+        screen.screenshot("accentuate-1-dialog.png")
+        shown = screen.fresh_dialog(title)
+        words = {widget.get("text") for widget in shown["widgets"]}
+        assert {"What to turn up", "How much", "The result"} <= words
+        assert fits_the_screen(shown), shown["box"]
+        screen.keys(dialog, "alt+o")
+        screen.wait_for_window("[block7 accentuated · DeepDream]")  # the new layer, active
+        time.sleep(3)  # GIMP shows the layer before the plug-in has given it its mask and ended
+        screen.screenshot("accentuate-2-layer.png")
+        assert "2 layers)" in screen.window_titles()[main]
+        screen.keys(main, "ctrl+z")  # one step takes it back
+        screen.wait_for_window("1 layer)", timeout=20)
+    assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
+
+
 def test_in_the_gui_the_zoom_dialog_makes_a_new_image_of_frames(gimp, workspace):
     with gimp_gui(gimp, workspace, ":95") as screen:
         main = screen.wait_for_window("1 layer)")
