@@ -552,16 +552,16 @@ def visualize_file(args: argparse.Namespace, atlas: bool) -> int:
     with _Progress(enabled=not args.quiet) as progress:
         progress.starting(f"loading {params.model}")
         from .engine import Engine
-        from .visualize import interesting_channels, sample_labels
+        from .explore import channels_photos_excite
+        from .visualize import sample_labels
 
         engine = Engine(params.device, on_download=progress.download)
         if atlas:
             channels = parse_channels(args.channels) if args.channels else None
             if channels is None:
                 model = engine.model(params.model)
-                model.check_layers([params.layer])
                 photos = [read_image(SAMPLES / name) for name in ("coffee.png", "chelsea.png")]
-                channels = interesting_channels(model, params.layer, args.count, photos)
+                channels = channels_photos_excite(model, params.layer, photos, args.count)
             labels = sample_labels(params, channels)
             images = engine.visualize(params, channels, on_progress=progress.dream)
         else:

@@ -90,6 +90,17 @@ def strongest_channels(
             for c in order]  # fmt: skip
 
 
+def channels_photos_excite(model: FeatureModel, name: str, photos: Iterable[np.ndarray],
+                           count: int) -> list[int]:  # fmt: skip
+    """The `count` channels of layer `name` that the photos excite most together: the sum of
+    each channel's share over them (an atlas's channels when none are named)."""
+    totals: dict[int, float] = {}
+    for photo in photos:
+        for strength in strongest_channels(model, name, photo, top=model.channel_count(name)):
+            totals[strength.channel] = totals.get(strength.channel, 0.0) + strength.share
+    return sorted(totals, key=lambda channel: -totals[channel])[:count]
+
+
 def exemplars(model: FeatureModel, name: str, channels: list[int],
               photos: Iterable[tuple[str, np.ndarray]], count: int = 4,
               size: int = 128) -> dict[int, list[Exemplar]]:  # fmt: skip

@@ -29,7 +29,7 @@ from .errors import DreamError
 from .imagefile import rgb8
 from .motion import CameraMove, Carry, frame_params, steady_sequence, zoom_sequence
 from .params import ChannelsParams, DreamParams, VideoParams, VisualizeParams, ZoomParams
-from .sheets import labelled_sheet
+from .sheets import exemplar_cells, labelled_sheet
 from .visualize import sample_labels, subject, where_changed
 
 HEADER_LIMIT = 64 * 1024
@@ -112,7 +112,12 @@ class VisualizeRequest:
             photo = rgb8(self.photo)
             frames.append(where_changed(photo, images[0])[:, :, None])
             fields["change_mask"] = True
-        if found is not None:
+        if found is not None:  # after the renders, each channel's patches, labelled
+            units = sample_labels(self.params, channels) if channels else [subject(self.params)]
+            for unit, row in zip(units, found, strict=True):
+                for patch, where in exemplar_cells(row):
+                    frames.append(patch)
+                    labels.append(f"{unit} {where}")
             fields["exemplars"] = [[{"photo": e.photo, "box": e.box} for e in row]
                                    for row in found]  # fmt: skip
         return frames, fields
@@ -271,6 +276,9 @@ def parse_visualize(header: dict[str, Any], frames: list, max_pixels: int) -> Vi
                 and all(isinstance(n, str) and len(n) <= 255 for n in names)):  # fmt: skip
             raise BadMessage("bad_header", "'exemplar_names' must name each exemplar photo "
                              "(up to 255 characters each).", job)  # fmt: skip
+        if photo is not None:
+            raise BadMessage("bad_header", "Exemplars go beside renders from noise, not an "
+                             "accentuated photo.", job)  # fmt: skip
         if not channels and checked.channel < 0:
             raise BadMessage("bad_parameter", "Exemplars show what excites one channel: set "
                              "'channel', or send 'channels'.", job)  # fmt: skip

@@ -345,19 +345,6 @@ def atlas_objective(name: str, channels: list[int]) -> Objective:
     return Objective(score, frozenset({name}), f"atlas of {name}")
 
 
-def interesting_channels(model: FeatureModel, name: str, count: int,
-                         photos: list[np.ndarray]) -> list[int]:  # fmt: skip
-    """The channels of a layer that respond most, on average, to real photos."""
-    device = next(model.parameters()).device
-    totals = None
-    with torch.no_grad():
-        for photo in photos:
-            x = torch.from_numpy(photo[:, :, :3].astype(np.float32) / 255).permute(2, 0, 1)[None]
-            response = model(x.to(device), [name])[name].mean(dim=(0, 2, 3))
-            totals = response if totals is None else totals + response
-    return totals.argsort(descending=True)[:count].tolist()
-
-
 def subject(params, channels: list[int] | None = None) -> str:  # noqa: ANN001 - VisualizeParams
     """What the samples show, e.g. `block7/5`, `block9/3,4,4`, `class goldfish`, or for an
     atlas of `channels` `block7 channels`."""

@@ -269,8 +269,9 @@ VISUALIZE_LAYOUT = Layout(
     "DeepDream Feature Visualization",
     (("what", "What to show", ("layer", "channel", "class", "model")),
      ("how-many", "Pictures", ("samples", "size", "layout")),
+     ("photos", "Beside them, patches of", ("exemplars-folder", "open-images")),
      ("look", "Their look", ("steps", "diversity", "tv", "frequency", "robustness"))),
-    left=("what", "how-many"),
+    left=("what", "how-many", "photos"),
     right=("look", "advanced", "problem"),
 )  # fmt: skip
 CHANNELS_LAYOUT = Layout(
@@ -1215,13 +1216,18 @@ def succeeded(procedure, kind, value, *texts):
 
 
 def visualize(procedure, config):
-    """File > Create > DeepDream Feature Visualization: a new image, one layer per sample."""
+    """File > Create > DeepDream Feature Visualization: a new image, one layer per sample (and
+    one per patch of the artist's photos that excites the channel most), or one sheet."""
     interactive = config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE
     if interactive and not dream_dialog(procedure, config, VISUALIZE_LAYOUT):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters("visualize"))
     sheet = config.get_property("layout") == "sheet"
     Gimp.progress_init("DeepDream: rendering from noise")
+    exemplars = exemplar_photos(config)
+    if exemplars and params["channel"] < 0:
+        raise DreamError("Patches of your photos show what excites one channel: choose a "
+                         "Channel (0 or more), or no folder and no open images.")  # fmt: skip
     with connect() as client:
         seconds = client.estimate("visualize", params)
         pictures = f"{params['samples']} pictures"
@@ -1232,7 +1238,8 @@ def visualize(procedure, config):
             Gimp.progress_update(progress.fraction)
             Gimp.progress_set_text(f"DeepDream: rendering from noise, {progress.describe()}")
 
-        width, height, samples = client.visualize(params, on_progress=show, sheet=sheet)
+        width, height, samples = client.visualize(params, on_progress=show, sheet=sheet,
+                                                  exemplars=exemplars)  # fmt: skip
     image = new_image(width, height, samples)  # the first sample on top
     # the unit the samples show, as their names say it: "block7/5 #1", "block7/5 · 4 samples"
     unit = samples[0][0].split(" #")[0].split(" · ")[0]
@@ -1538,7 +1545,8 @@ class DeepDream(Gimp.PlugIn):
             "run-mode", "Run mode", "The run mode", Gimp.RunMode, Gimp.RunMode.NONINTERACTIVE, FLAGS
         )
         layout = ("layout", "Stack or sheet", "How the samples are laid out", LAYOUTS, "layers")
-        add_arguments(procedure, load_parameters("visualize"), [layout], VISUALIZE_LAYOUT)
+        parameters = load_parameters("visualize") + list(EXEMPLAR_SOURCES)
+        add_arguments(procedure, parameters, [layout], VISUALIZE_LAYOUT)
         procedure.add_image_return_value("image", "Image", "The new image", False, FLAGS)
         return procedure
 

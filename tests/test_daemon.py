@@ -966,6 +966,18 @@ def test_a_sheet_of_channels_shows_each_beside_the_patches_that_excite_it(server
     assert np.array_equal(np.frombuffer(frame, np.uint8).reshape(expected.shape), expected)
 
 
+def test_without_a_sheet_the_exemplars_follow_the_renders_as_frames(server, local_engine):
+    values = {"layer": "block7", "channel": 34, "samples": 1, "size": 64, "steps": 2}
+    cat = photo("chelsea.png", (200, 133))
+    with DreamClient(server.connection) as client:
+        _, _, frames = client.visualize(values, exemplars=[("cat", cat.tobytes(), 200, 133, 3)])
+    params = VisualizeParams.from_mapping(values)
+    [found] = local_engine.exemplars(params, [34], [("cat", cat)])
+    assert [label for label, _ in frames] == ["block7/34 #1"] + ["block7/34 in cat"] * len(found)
+    for (_, frame), exemplar in zip(frames[1:], found, strict=True):
+        assert np.array_equal(np.frombuffer(frame, np.uint8).reshape(64, 64, 3), exemplar.patch)
+
+
 def test_the_new_visualize_fields_are_checked_like_any_other(server):
     raw = Raw(server)
     meta = {"width": 8, "height": 8, "channels": 3, "dtype": "u8"}
@@ -977,6 +989,7 @@ def test_the_new_visualize_fields_are_checked_like_any_other(server):
         ({"exemplars": [meta], "exemplar_names": [], "channels": [1]}, [bytes(192)], "name each"),
         ({"exemplars": meta}, [bytes(192)], "carries no frames"),
         ({"photo": meta, "channels": [1]}, [bytes(192)], "not a list of 'channels'"),
+        ({"photo": meta, "exemplars": [meta]}, [bytes(192)] * 2, "not an accentuated photo"),
     ]:
         raw.send({"type": "visualize", "job": "v", "params": {"steps": 1}, **header}, *frames)
         assert says in raw.wait_for("error")["message"], header

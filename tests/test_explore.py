@@ -14,7 +14,7 @@ from PIL import Image
 
 from dream_server.engine import Engine
 from dream_server.errors import InvalidParameter
-from dream_server.explore import PER_PHOTO, exemplars
+from dream_server.explore import PER_PHOTO, channels_photos_excite, exemplars
 from dream_server.imaging import luminance_ssim
 from dream_server.params import ChannelsParams, DreamParams, VisualizeParams
 from dream_server.visualize import MagnitudeImage, PhotoImage, natural_spectrum, where_changed
@@ -55,6 +55,18 @@ def test_the_strongest_channels_are_those_the_photo_excites_most_with_their_shar
     assert shares == sorted(shares, reverse=True)
     expected = float(means.max() / means.sum())
     assert shares[0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_an_atlas_without_channels_shows_those_the_projects_photos_excite_most(engine, cat):
+    model = engine.model("effnet-lite0")
+    coffee = photo("coffee.png")
+    together = channels_photos_excite(model, "block7", [cat, coffee], 4)
+    shares = {}
+    for image in (cat, coffee):
+        means = positive_means(engine, image, "block7")
+        for channel, share in enumerate((means / means.sum()).tolist()):
+            shares[channel] = shares.get(channel, 0.0) + share
+    assert together == sorted(shares, key=lambda c: -shares[c])[:4]
 
 
 def test_a_selection_names_the_channels_of_what_it_holds(engine, cat):

@@ -564,6 +564,23 @@ def test_feature_visualization_opens_a_new_image_with_a_layer_per_sample(gimp, w
     assert not np.array_equal(samples[0], samples[1])
 
 
+def test_feature_visualization_adds_the_patches_of_the_artists_photos_that_excite_the_channel(
+    gimp, workspace
+):
+    scenario = {"name": "visualize-exemplars", "procedure": "visualize", "exemplars": "photos",
+                "params": {**VISUALIZE, "samples": 1}}  # fmt: skip
+    report = run_gimp(gimp, workspace, [scenario])["visualize-exemplars"]
+    assert report["status"] == "success", report
+    names = [layer["name"] for layer in report["layers"]]
+    assert names[0] == "block7/5 #1" and len(names) == 5
+    assert all(name.startswith("block7/5 in ") for name in names[1:])
+    photos = {name.rpartition(" in ")[2].split(" #")[0] for name in names[1:]}  # GIMP numbers
+    assert photos <= {"coffee.png", "rocket.jpg"}  # a second "coffee.png" layer "... #1"
+    patches = [raw(workspace, "visualize-exemplars", f"sample-{i}.raw", (96, 96, 3))
+               for i in range(1, 5)]  # fmt: skip
+    assert all(patch.std() > 5 for patch in patches)  # pieces of photos, not blanks
+
+
 def test_feature_visualization_side_by_side_is_one_labelled_layer(gimp, workspace):
     scenario = {
         "name": "visualize-sheet",

@@ -15,7 +15,6 @@ from dream_server.params import VisualizeParams
 from dream_server.visualize import (
     FourierImage,
     full_objective,
-    interesting_channels,
     render,
     target,
 )
@@ -116,14 +115,6 @@ def test_bad_targets_say_what_exists(effnet):
         params(layer="block7", neuron="3,4")
     with pytest.raises(InvalidParameter, match="not both"):
         params(layer="block7", neuron="3,4,5", channel=2)
-
-
-def test_the_most_interesting_channels_are_those_real_photos_excite(effnet, cat):
-    top = interesting_channels(effnet, "block7", 4, [cat])
-    x = torch.from_numpy(cat.astype(np.float32) / 255).permute(2, 0, 1)[None]
-    with torch.no_grad():
-        means = effnet(x, ["block7"])["block7"].mean(dim=(0, 2, 3))
-    assert top == means.argsort(descending=True)[:4].tolist()
 
 
 def test_the_visualize_command_writes_a_labelled_contact_sheet(tmp_path):

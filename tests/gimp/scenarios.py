@@ -73,11 +73,19 @@ def run_on(image, drawables, procedure_name, params):
     return procedure.run(config)
 
 
+def script_values(scenario):
+    """The scenario's arguments as a script passes them: a folder as a file."""
+    params = dict(scenario.get("params", {}))
+    if "exemplars-folder" in params:
+        params["exemplars-folder"] = Gio.File.new_for_path(params["exemplars-folder"])
+    return params
+
+
 def run_visualize(scenario):
     procedure = Gimp.get_pdb().lookup_procedure("plug-in-deepdream-visualize")
     config = procedure.create_config()
     config.set_property("run-mode", NONINTERACTIVE)
-    for name, value in scenario.get("params", {}).items():
+    for name, value in script_values(scenario).items():
         config.set_property(name, value)
     images_before = len(Gimp.get_images())
     result = procedure.run(config)
@@ -186,9 +194,7 @@ def run_channels(scenario):
     """DeepDream Strongest Channels on the photo (its selection), with a folder of photos and
     the open images as exemplars."""
     image, layer = prepare(scenario)
-    params = dict(scenario.get("params", {}))
-    if "exemplars-folder" in params:
-        params["exemplars-folder"] = Gio.File.new_for_path(params["exemplars-folder"])
+    params = script_values(scenario)
     images_before = len(Gimp.get_images())
     result = run_on(image, [layer], "plug-in-deepdream-channels", params)
     status = result.index(0)
