@@ -51,9 +51,10 @@ LAYOUTS = (
     ("sheet", "Side by side", "All samples side by side in one layer, each labelled"),
 )
 EXEMPLAR_SOURCES = (
-    {"name": "exemplars-folder", "kind": "folder", "default": None, "label": "Folder of photos",
-     "help": "Your photos: beside each channel, the patches of them that excite it most"},
-    {"name": "open-images", "kind": "bool", "default": False, "label": "Open images",
+    {"name": "exemplars-folder", "kind": "folder", "default": None, "label": "Examples folder",
+     "help": "A folder of your photos: beside each channel, the patches of them that excite it "
+             "most"},
+    {"name": "open-images", "kind": "bool", "default": False, "label": "Images open now",
      "help": "Also look for those patches in every image open in GIMP"},
 )  # fmt: skip
 """Where DeepDream Strongest Channels finds exemplars: the plug-in's own arguments."""
@@ -269,15 +270,16 @@ VISUALIZE_LAYOUT = Layout(
     "DeepDream Feature Visualization",
     (("what", "What to show", ("layer", "channel", "class", "model")),
      ("how-many", "Pictures", ("samples", "size", "layout")),
-     ("photos", "Beside them, patches of", ("exemplars-folder", "open-images")),
+     ("photos", "Examples from your photos", ("exemplars-folder", "open-images")),
      ("look", "Their look", ("steps", "diversity", "tv", "frequency", "robustness"))),
     left=("what", "how-many", "photos"),
     right=("look", "advanced", "problem"),
+    hidden=("leash",),  # it holds an accentuated photo to its own; these grow from noise
 )  # fmt: skip
 CHANNELS_LAYOUT = Layout(
     "DeepDream Strongest Channels",
     (("what", "What to look at", ("layer", "top", "model")),
-     ("photos", "Beside them, patches of", ("exemplars-folder", "open-images")),
+     ("photos", "Examples from your photos", ("exemplars-folder", "open-images")),
      ("look", "Their pictures", ("size", "steps", "param"))),
     left=("what", "photos"),
     right=("look", "advanced", "problem"),

@@ -1284,7 +1284,7 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         screen.screenshot("channels-1-dialog.png")
         shown = screen.fresh_dialog(title)
         words = {widget.get("text") for widget in shown["widgets"]}
-        assert {"What to look at", "Beside them, patches of", "Their pictures"} <= words
+        assert {"What to look at", "Examples from your photos", "Their pictures"} <= words
         assert fits_the_screen(shown), shown["box"]
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("block7 channels")  # a new image: the sheet
