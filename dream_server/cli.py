@@ -630,14 +630,18 @@ def channels_file(args: argparse.Namespace) -> int:
     with _Progress(enabled=not args.quiet) as progress:
         progress.starting(f"loading {params.model}")
         from .engine import Engine
+        from .models import imagenet_classes
 
         engine = Engine(params.device, on_download=progress.download)
         strongest = engine.strongest_channels(image, params, mask)
     where = "where the mask is white" if mask is not None else ""
     print(f"The channels of {params.layer} that {args.input.name} excites most {where}"
           "(share of the layer's activation):".replace("  ", " "))  # fmt: skip
+    logits = params.layer == "logits" and model_spec(params.model).imagenet_classes
+    classes = imagenet_classes() if logits else None
     for channel in strongest:
-        print(f"  {channel.label:<14} {channel.share:6.1%}")
+        named = f"  {classes[channel.channel]}" if classes else ""  # a logit is a class
+        print(f"  {channel.label:<14} {channel.share:6.1%}{named}")
     print("Type one into Layers (or --layers) to dream it.")
     if args.output is None:
         return 0
@@ -669,14 +673,17 @@ def accentuate_file(args: argparse.Namespace) -> int:
 
         engine = Engine(params.device, on_download=progress.download)
         accentuated = engine.visualize(params, on_progress=progress.dream, photo=loaded.pixels)[0]
-    from .imaging import Pixels, luminance_ssim
+    from .engine import ACCENTUATE_SIDE
+    from .imaging import Pixels, at_most, luminance_ssim, to_unit_float
     from .visualize import subject, where_changed
 
     source = Pixels.from_array(loaded.pixels)
     result = source.compose(accentuated.astype("float32") / 255)
     write_image(args.output, result, metadata=loaded.metadata)
     photo = (source.rgb * 255).round().astype("uint8")
-    before, after = (engine.unit_activation(params, x) for x in (photo, accentuated))
+    # measured as the network looked at them while accentuating
+    before, after = (engine.unit_activation(params, at_most(to_unit_float(x), ACCENTUATE_SIDE))
+                     for x in (photo, accentuated))  # fmt: skip
     rise = f", {after / before:.1f}x" if before > 0 else ""
     print(
         f"Wrote {args.output}: {subject(params)} from {before:.3g} to {after:.3g}{rise}; "

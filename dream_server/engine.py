@@ -22,7 +22,7 @@ from .devices import autocast_dtype, select_device, tune_for
 from .dream import StopCheck, dream
 from .errors import InvalidParameter
 from .explore import ChannelStrength, Exemplar
-from .imaging import Pixels
+from .imaging import Pixels, at_most, resized
 from .models import FeatureModel, load_model, model_spec
 from .objectives import Objective, guide, parse_objective, sum_of, weighted_layers
 from .params import (
@@ -36,6 +36,10 @@ from .weights import DownloadProgress
 
 log = logging.getLogger(__name__)
 
+ACCENTUATE_SIDE = 1024
+"""Photos are accentuated with their longer side at most this, and the change scaled up onto
+the photo: the optimisation keeps every step's activations for its gradient (a phone photo's
+would be gigabytes), and the change is smooth shapes, not detail."""
 GUIDE_MAX_SIDE = 512
 """Guide images are shrunk to this: their features are a small reference set, not a canvas."""
 
@@ -138,21 +142,19 @@ class Engine:
         """How strongly the image excites what `params` dream of: a dream raises it, and its
         ratio to the undreamed image's is the dream's activation gain."""
         model = self.model(params.model)
-        objective = self.objective(params, model)
-        rgb = Pixels.from_array(image).rgb
-        tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(self.device)
-        with torch.no_grad():
-            return float(objective(model(tensor, objective.layers)))
+        return self._score(model, self.objective(params, model), image)
 
     def unit_activation(self, params: VisualizeParams, image: np.ndarray) -> float:
         """How strongly the image excites the unit `params` shows (its channel, neuron or
         class): what accentuation raises."""
         model = self.model(params.model)
-        unit = visualize.target(params, model)
+        return self._score(model, visualize.target(params, model, image.shape[:2]), image)
+
+    def _score(self, model: FeatureModel, objective: Objective, image: np.ndarray) -> float:
         rgb = Pixels.from_array(image).rgb
         tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(self.device)
         with torch.no_grad():
-            return float(unit(model(tensor, unit.layers)))
+            return float(objective(model(tensor, objective.layers)))
 
     def strongest_channels(self, image: np.ndarray, params: ChannelsParams,
                            mask: np.ndarray | None = None) -> list[ChannelStrength]:  # fmt: skip
@@ -186,7 +188,8 @@ class Engine:
         start = None
         if photo is not None:
             rgb = Pixels.from_array(photo).rgb
-            start = torch.from_numpy(rgb).permute(2, 0, 1).to(self.device)
+            seen = at_most(rgb, ACCENTUATE_SIDE)
+            start = torch.from_numpy(seen).permute(2, 0, 1).to(self.device)
             objective = visualize.accentuation_objective(params, model, start)
         elif channels is None:
             objective = visualize.full_objective(params, model)
@@ -196,4 +199,15 @@ class Engine:
             params = replace(params, samples=len(channels))
             objective = visualize.atlas_objective(params.layer, channels)
         log.info("Visualizing %s on %s", objective.description, params.model)
-        return visualize.render(model, objective, params, on_progress, should_stop, start)
+        images = visualize.render(model, objective, params, on_progress, should_stop, start)
+        if photo is None or seen is rgb:
+            return images
+        return np.stack([_changed_as(seen, image, rgb) for image in images])
+
+
+def _changed_as(seen: np.ndarray, result: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """The photo (float) changed as `seen`, a smaller copy of it, changed into `result` (u8):
+    the change scaled up onto it."""
+    height, width = photo.shape[:2]
+    change = resized(result.astype(np.float32) / 255, height, width) - resized(seen, height, width)
+    return ((photo + change).clip(0, 1) * 255).round().astype(np.uint8)

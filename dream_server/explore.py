@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidParameter
-from .imaging import Pixels, check_mask
+from .imaging import Pixels, at_most, check_mask, resized
 from .models import FeatureModel
 from .models.base import INPUT
 
@@ -72,7 +72,7 @@ def strongest_channels(
     """
     check_layer(model, name)
     rgb = Pixels.from_array(image).rgb
-    acts = _activations(model, name, _scaled(rgb, ANALYSIS_SIDE))[0].clamp(min=0)
+    acts = _activations(model, name, at_most(rgb, ANALYSIS_SIDE))[0].clamp(min=0)
     if acts.ndim == 1:  # logits: no grid
         acts = acts[:, None, None]
     weights = torch.ones(acts.shape[1:], device=acts.device)
@@ -115,7 +115,7 @@ def exemplars(model: FeatureModel, name: str, channels: list[int],
     found: dict[int, list[Exemplar]] = {c: [] for c in channels}
     for photo_name, photo in photos:
         rgb = Pixels.from_array(photo).rgb
-        seen = _scaled(rgb, EXEMPLAR_SIDE)
+        seen = at_most(rgb, EXEMPLAR_SIDE)
         acts = _activations(model, name, seen)[0]
         if acts.ndim != 3:
             raise InvalidParameter(f"Layer '{name}' has no grid of positions to find patches "
@@ -126,7 +126,7 @@ def exemplars(model: FeatureModel, name: str, channels: list[int],
             for strength, row, column in _peaks(acts[channel], PER_PHOTO):
                 left = _clamped(round((column + 0.5) * scale - side / 2), rgb.shape[1] - side)
                 top = _clamped(round((row + 0.5) * scale - side / 2), rgb.shape[0] - side)
-                patch = _resized(rgb[top : top + side, left : left + side], size)
+                patch = _as_u8(resized(rgb[top : top + side, left : left + side], size, size))
                 found[channel].append(
                     Exemplar(channel, photo_name, (left, top, side), strength, patch)
                 )
@@ -159,18 +159,5 @@ def _activations(model: FeatureModel, name: str, rgb: np.ndarray) -> torch.Tenso
         return model(x, [name])[name].float()
 
 
-def _scaled(rgb: np.ndarray, longest: int) -> np.ndarray:
-    """The image with its longer side at most `longest` pixels (antialiased)."""
-    factor = longest / max(rgb.shape[:2])
-    if factor >= 1:
-        return rgb
-    size = (max(1, round(rgb.shape[0] * factor)), max(1, round(rgb.shape[1] * factor)))
-    return _resized(rgb, size).astype(np.float32) / 255
-
-
-def _resized(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """An RGB float image at (height, width) `size` (square when one number), uint8."""
-    shape = (size, size) if isinstance(size, int) else size
-    x = torch.from_numpy(np.ascontiguousarray(rgb, np.float32)).permute(2, 0, 1)[None]
-    x = torch.nn.functional.interpolate(x, size=shape, mode="bilinear", antialias=True)
-    return (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+def _as_u8(rgb: np.ndarray) -> np.ndarray:
+    return (rgb * 255).round().astype(np.uint8)

@@ -165,3 +165,21 @@ def luminance_ssim(a: np.ndarray, b: np.ndarray) -> float:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     ssim = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return float(ssim.mean())
+
+
+def resized(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An RGB float image (0..1) at another size, antialiased when smaller."""
+    import torch  # the engine's; this module itself needs only numpy
+
+    x = torch.from_numpy(np.ascontiguousarray(rgb, np.float32)).permute(2, 0, 1)[None]
+    x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+    return x[0].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def at_most(rgb: np.ndarray, longest: int) -> np.ndarray:
+    """The RGB float image with its longer side at most `longest` pixels."""
+    factor = longest / max(rgb.shape[:2])
+    if factor >= 1:
+        return rgb
+    height, width = (max(1, round(side * factor)) for side in rgb.shape[:2])
+    return resized(rgb, height, width)

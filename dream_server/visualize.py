@@ -191,8 +191,10 @@ def _from_rgb(rgb: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,dc->bdhw", logits, inverse)
 
 
-def target(params, model: FeatureModel) -> Objective:  # noqa: ANN001 - VisualizeParams
-    """The unit to show: a class logit, a neuron, a channel, or a whole layer."""
+def target(params, model: FeatureModel,  # noqa: ANN001 - VisualizeParams
+           shape: tuple[int, int] | None = None) -> Objective:  # fmt: skip
+    """The unit to show: a class logit, a neuron, a channel, or a whole layer; a neuron's
+    position is on the grid of images of `shape` (height, width), by default `params.size`."""
     if params.class_name:
         return class_logit(params.class_name)
     model.check_layers([params.layer])
@@ -201,7 +203,7 @@ def target(params, model: FeatureModel) -> Objective:  # noqa: ANN001 - Visualiz
     if params.neuron:
         index, x, y = (int(part) for part in params.neuron.split(","))
         _check_channel(model, params.layer, index)
-        _check_position(model, params.layer, params.size, x, y)
+        _check_position(model, params.layer, shape or (params.size, params.size), x, y)
         return neuron(params.layer, index, x, y)
     if params.channel >= 0:
         _check_channel(model, params.layer, params.channel)
@@ -215,10 +217,11 @@ def _check_channel(model: FeatureModel, name: str, index: int) -> None:
         raise InvalidParameter(f"Layer '{name}' has channels 0 to {count - 1}; got {index}.")
 
 
-def _check_position(model: FeatureModel, name: str, size: int, x: int, y: int) -> None:
+def _check_position(model: FeatureModel, name: str, shape: tuple[int, int], x: int,
+                    y: int) -> None:  # fmt: skip
     device = next(model.parameters()).device
     with torch.no_grad():
-        grid = model(torch.zeros(1, 3, size, size, device=device), [name])[name].shape[2:]
+        grid = model(torch.zeros(1, 3, *shape, device=device), [name])[name].shape[2:]
     if len(grid) != 2:
         raise InvalidParameter(
             f"Layer '{name}' has no grid of positions: show one of its channels instead "
@@ -227,7 +230,8 @@ def _check_position(model: FeatureModel, name: str, size: int, x: int, y: int) -
     height, width = grid
     if not (0 <= x < width and 0 <= y < height):
         raise InvalidParameter(
-            f"Layer '{name}' is a grid of {width}x{height} positions for images of {size} px: "
+            f"Layer '{name}' is a grid of {width}x{height} positions for images of "
+            f"{shape[1]}x{shape[0]} px: "
             f"X goes from 0 to {width - 1} and Y from 0 to {height - 1}; got {x},{y}."
         )
 
@@ -308,7 +312,7 @@ def accentuation_objective(params, model: FeatureModel,  # noqa: ANN001 - Visual
                            photo: torch.Tensor) -> Objective:  # fmt: skip
     """The target, in units of its layer's typical activation on the photo (so that one leash
     weight means the same for every layer and class), held to the photo by the leash."""
-    unit = target(params, model)
+    unit = target(params, model, tuple(photo.shape[-2:]))
     device = next(model.parameters()).device
     with torch.no_grad():
         acts = model(_at_least(photo[None].to(device), model.min_input_size), unit.layers)

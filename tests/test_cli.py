@@ -379,7 +379,7 @@ def test_a_neuron_off_the_layers_grid_is_refused(tmp_path):
         tmp_path / "sheet.png",
     )  # fmt: skip
     assert run.returncode == 2
-    assert "grid of 4x4 positions for images of 64 px" in run.stderr
+    assert "grid of 4x4 positions for images of 64x64 px" in run.stderr
     assert not (tmp_path / "sheet.png").exists()
 
 
