@@ -126,6 +126,20 @@ def test_accentuation_turns_a_channel_up_3x_and_keeps_the_photo_recognisable(eng
     assert luminance_ssim(dreamed, cat) < similarity - 0.1
 
 
+def test_a_photo_larger_than_the_network_looks_at_gets_the_change_scaled_up_onto_it(engine, cat):
+    big = np.array(Image.fromarray(cat).resize((2256, 1500), Image.BICUBIC))
+    params = VisualizeParams.from_mapping({"layer": "block7", "channel": 34, "samples": 1,
+                                           "steps": 8})  # fmt: skip
+    accentuated = engine.visualize(params, photo=big)[0]
+    assert accentuated.shape == big.shape
+    seen = np.array(Image.fromarray(big).resize((1024, 681), Image.BILINEAR))
+    assert channel_mean(engine, np.array(Image.fromarray(accentuated).resize((1024, 681))),
+                        "block7", 34) > 1.3 * channel_mean(engine, seen, "block7", 34)  # fmt: skip
+    assert luminance_ssim(accentuated, big) > 0.8  # the photo's own detail is kept
+    with pytest.raises(InvalidParameter, match="grid of 29x19 positions for images of 451x300"):
+        engine.visualize(VisualizeParams.from_mapping({"neuron": "3,40,2"}), photo=cat)
+
+
 def test_where_the_photo_changed_is_white_there_and_black_elsewhere(cat):
     changed = cat.copy()
     changed[100:150, 200:260] = 255 - changed[100:150, 200:260]

@@ -325,6 +325,14 @@ SCENARIOS = [
         "params": {"layer": "block7", "channel": 34, "steps": 8},
     },
     {
+        "name": "accentuate-gray-16-bit",
+        "procedure": "accentuate",
+        "gray": True,
+        "precision": "u16",
+        "ellipse": ELLIPSE,
+        "params": {"layer": "block7", "channel": 34, "steps": 2},
+    },
+    {
         "name": "accentuate-without-mask",
         "procedure": "accentuate",
         "params": {"class": "tabby", "steps": 2, "change-mask": False},
@@ -653,6 +661,9 @@ def test_accentuate_adds_a_layer_masked_where_the_selection_changed(workspace, r
     mask = raw(workspace, "accentuate", "mask.raw", (height, width))
     assert mask[0, 0] == mask[-1, -1] == 0  # outside the ellipse
     assert mask[height // 2 - 20 : height // 2 + 20, width // 2 - 20 : width // 2 + 20].max() > 128
+    gray = reports["accentuate-gray-16-bit"]
+    assert gray["status"] == "success", gray
+    assert gray["returned"]["gray"] and gray["returned"]["has_mask"]
     plain = reports["accentuate-without-mask"]
     assert plain["status"] == "success", plain
     assert plain["returned"]["name"] == "class tabby accentuated · DeepDream"
