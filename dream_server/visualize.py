@@ -2,8 +2,10 @@
 
 The same gradient ascent as DeepDream, started from noise instead of a photo, with what keeps
 the optimum a picture rather than high-frequency static (Olah et al., Distill 2017): images
-parameterised in a decorrelated colour space and a 1/f-scaled Fourier basis, random transforms
-every step, optional pixel penalties, and a diversity term across the batch.
+parameterised in a decorrelated colour space and a 1/f-scaled Fourier basis (or, MACO, only
+the phase of a spectrum fixed to photos'), random transforms every step, optional pixel
+penalties, and a diversity term across the batch. Started from a photo instead, on a leash to
+it, the same loop accentuates one of the photo's features.
 """
 
 from __future__ import annotations
@@ -135,8 +137,8 @@ against 2-4% in the photos)."""
 
 @functools.cache
 def natural_spectrum() -> NaturalSpectrum:
-    """Fitted from the project's own sample photos (a log-log line through each channel's
-    amplitude, averaged over rings of equal frequency)."""
+    """Fitted from the project's own sample photos: for each channel, the least-squares line
+    through the log of the photos' summed amplitude against the log of the frequency."""
     from .imagefile import read_image  # the sample photos' reader; only MACO needs it
 
     size, slopes, values = 256, [], []

@@ -57,10 +57,14 @@ EXEMPLAR_SOURCES = (
     {"name": "open-images", "kind": "bool", "default": False, "label": "Images open now",
      "help": "Also look for those patches in every image open in GIMP"},
 )  # fmt: skip
-"""Where DeepDream Strongest Channels finds exemplars: the plug-in's own arguments."""
+"""Where DeepDream Strongest Channels and Feature Visualization find the patches of the
+artist's photos that excite a channel most: the plug-in's own arguments."""
 EXEMPLAR_SEND_SIDE = 1024
 """Exemplar photos go to the server with their longer side at most this (it looks at them
 smaller still): a folder of phone photos would be gigabytes."""
+MADE_HERE = "deepdream-made"
+"""The mark on the images DeepDream makes (sheets, frames), which are no photos to find
+examples in."""
 CHANGE_MASK = {"name": "change-mask", "kind": "bool", "default": True,
                "label": "Mask where it changed",
                "help": "The new layer's mask is white where the photo changed most (within the "
@@ -1166,6 +1170,7 @@ def new_image(width, height, layers):
     image = Gimp.Image.new(width, height, Gimp.ImageBaseType.RGB)
     try:
         image.undo_disable()  # a new image: nothing to undo
+        remember(image, MADE_HERE, {})
         for position, (name, pixels) in enumerate(layers):
             kind = Gimp.ImageType.RGB_IMAGE
             layer = Gimp.Layer.new(image, name, width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
@@ -1308,6 +1313,9 @@ def exemplar_photos(config):
         if not os.path.isdir(path):
             raise DreamError(f"{path} is not a folder: choose the folder of your photos.")
         names = sorted(name for name in os.listdir(path) if not name.startswith("."))
+        if len(names) > MAX_LISTED_FRAMES:
+            raise DreamError(f"{path} holds {len(names)} files; at most {MAX_LISTED_FRAMES} "
+                             "photos can be looked through: choose a smaller folder.")  # fmt: skip
         for name in names:
             Gimp.progress_set_text(f"DeepDream: reading {name}")
             try:
@@ -1325,14 +1333,16 @@ def exemplar_photos(config):
                              "photos.")  # fmt: skip
     if config.get_property("open-images"):
         for image in Gimp.get_images():
+            if remembered(image, MADE_HERE, {}) is not None:
+                continue  # a sheet or frames DeepDream made: not a photo of the artist's
             name = os.path.basename(file_of(image) or image.get_name())
             photos.append((name, *composite(image, EXEMPLAR_SEND_SIDE)))
     return photos[:MAX_LISTED_FRAMES]
 
 
 def composite(image, longest):
-    """(RGB u8 pixels, width, height) of what the image shows, at most `longest` pixels on its
-    longer side; the image itself is not touched."""
+    """(RGB u8 pixels, width, height, 3) of what the image shows, at most `longest` pixels on
+    its longer side; the image itself is not touched."""
     copy = image.duplicate()
     try:
         copy.undo_disable()

@@ -316,6 +316,12 @@ SCENARIOS = [
         "params": {**SHEET, "open-images": True},
     },
     {"name": "channels-whole", "procedure": "channels", "params": SHEET},
+    {
+        "name": "channels-twice",
+        "procedure": "channels",
+        "params": {**SHEET, "top": 1, "open-images": True},
+        "twice": True,
+    },
     {"name": "channels-wrong-layer", "procedure": "channels", "params": {"layer": "block99"}},
     {
         "name": "accentuate",
@@ -640,6 +646,13 @@ def test_strongest_channels_opens_a_sheet_of_them_beside_patches_of_the_artists_
     expected = local_engine.strongest_channels(cat, ChannelsParams.from_mapping({"top": 3}))
     assert whole["channels"] == ", ".join(f"{c.label} {c.share:.1%}" for c in expected)
     assert whole["channels"] != report["channels"]  # the selection's are its own
+    # the open images' patches are the photo's (2 at most from one photo), not those of a
+    # sheet DeepDream made before
+    twice = reports["channels-twice"]
+    assert twice["status"] == "success", twice
+    first, second = (raw(workspace, "channels-twice", name, (86 + 4, 3 * 68 + 4, 3))
+                     for name in ("first-sheet.raw", "sheet.raw"))  # fmt: skip
+    assert np.array_equal(first, second)
     wrong = reports["channels-wrong-layer"]
     assert wrong["status"] == "execution-error" and "block99" in wrong["message"]
 

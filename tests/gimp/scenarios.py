@@ -198,6 +198,14 @@ def run_channels(scenario):
     images_before = len(Gimp.get_images())
     result = run_on(image, [layer], "plug-in-deepdream-channels", params)
     status = result.index(0)
+    if scenario.get("twice") and status == Gimp.PDBStatusType.SUCCESS:
+        # again, with the first sheet open beside the photo
+        first = result.index(1)
+        dump(first.get_layers()[0], 0, 0, first.get_width(), first.get_height(), "R'G'B' u8",
+             os.path.join(scenario["folder"], "first-sheet.raw"))  # fmt: skip
+        result = run_on(image, [layer], "plug-in-deepdream-channels", params)
+        status = result.index(0)
+        first.delete()
     report = {"status": status.value_nick, "images_before": images_before,
               "images_after": len(Gimp.get_images()),
               "layers_after": [describe(item) for item in image.get_layers()]}  # fmt: skip
