@@ -1077,6 +1077,7 @@ def gimp_gui(gimp: Gimp, workspace, display: str, file: str = "chelsea.png"):
         **server_for_gimp(gimp, server),
     }
     width, height = SCREEN
+    clear_stale_lock(gimp, display)
     xvfb = subprocess.Popen(
         gimp.command(
             "Xvfb", [display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"], {}
@@ -1103,6 +1104,22 @@ def gimp_gui(gimp: Gimp, workspace, display: str, file: str = "chelsea.png"):
         shutil.copy(scratch / "gimp-gui.log", ARTIFACTS / f"{gimp.version}-gimp{display[1:]}.log")
         if screen.map_file.exists():
             shutil.copy(screen.map_file, ARTIFACTS / f"{gimp.version}-widgets{display[1:]}.json")
+
+
+def clear_stale_lock(gimp: Gimp, display: str) -> None:
+    """Remove the lock file an Xvfb killed on this display left, when the process it names is
+    no Xvfb: Xvfb refuses a display whose lock names any live process, and a killed one's pid
+    is soon another process's."""
+    number = display.lstrip(":")
+    tmp = (gimp.root or Path("/")) / "tmp"
+    lock = tmp / f".X{number}-lock"
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if "Xvfb" not in command_line(pid):
+        lock.unlink(missing_ok=True)
+        (tmp / ".X11-unix" / f"X{number}").unlink(missing_ok=True)
 
 
 def wait_for_file(path: Path, timeout: float = 30) -> str:
@@ -1312,6 +1329,7 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         assert fits_the_screen(shown), shown["box"]
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("block7 channels")  # a new image: the sheet
+        time.sleep(2)  # drawn
         screen.screenshot("channels-2-sheet.png")
         screen.keys(main, "alt+1")  # back to the photo's tab
         screen.wait_for_window("[chelsea] (imported)")

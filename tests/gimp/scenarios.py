@@ -195,6 +195,8 @@ def run_channels(scenario):
     the open images as exemplars."""
     image, layer = prepare(scenario)
     params = script_values(scenario)
+    source = (0, 0, layer.get_width(), layer.get_height(), "R'G'B'A u8")
+    dump(layer, *source, os.path.join(scenario["folder"], "source-before.raw"))
     images_before = len(Gimp.get_images())
     result = run_on(image, [layer], "plug-in-deepdream-channels", params)
     status = result.index(0)
@@ -209,6 +211,7 @@ def run_channels(scenario):
     report = {"status": status.value_nick, "images_before": images_before,
               "images_after": len(Gimp.get_images()),
               "layers_after": [describe(item) for item in image.get_layers()]}  # fmt: skip
+    dump(layer, *source, os.path.join(scenario["folder"], "source-after.raw"))
     if status == Gimp.PDBStatusType.SUCCESS:
         sheet = result.index(1)
         report["channels"] = result.index(2)
