@@ -535,11 +535,17 @@ class DreamClient:
         image = _frame_meta(pixels, width, height, channels, "image")
         return {"type": kind, "job": uuid.uuid4().hex, "params": params, "image": image}
 
-    def check(self, params: dict, on_progress: ProgressCallback | None = None) -> None:
-        """Raise the server's DreamError if it would refuse these dream parameters (the layers
-        text is checked against the model, which the server loads for it)."""
+    def check(self, params: dict, on_progress: ProgressCallback | None = None,
+              of: str = "submit", photo: tuple[int, int] | None = None) -> None:  # fmt: skip
+        """Raise the server's DreamError if it would refuse these parameters of a request `of`
+        (submit, visualize or channels): the layers text, the unit or the layer is checked
+        against the model, which the server loads for it. `photo` is the (width, height) of a
+        photo to accentuate, whose grid a neuron is on."""
         job = uuid.uuid4().hex
-        self._send({"type": "check", "job": job, "params": params})
+        header = {"type": "check", "job": job, "params": params, "of": of}
+        if photo is not None:
+            header["photo"] = FrameDescription(*photo, 3, "u8").as_header()
+        self._send(header)
         self._await_result(job, on_progress)
 
     def visualize(

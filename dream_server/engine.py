@@ -22,7 +22,7 @@ from .devices import autocast_dtype, select_device, tune_for
 from .dream import StopCheck, dream
 from .errors import InvalidParameter
 from .explore import ChannelStrength, Exemplar
-from .imaging import Pixels, at_most, resized
+from .imaging import Pixels, at_most, resized, shape_at_most
 from .models import FeatureModel, load_model, model_spec
 from .objectives import Objective, guide, parse_objective, sum_of, weighted_layers
 from .params import (
@@ -143,6 +143,20 @@ class Engine:
         ratio to the undreamed image's is the dream's activation gain."""
         model = self.model(params.model)
         return self._score(model, self.objective(params, model), image)
+
+    def check(self, params: DreamParams | VisualizeParams | ChannelsParams,
+              photo_shape: tuple[int, int] | None = None) -> None:  # fmt: skip
+        """Raise the InvalidParameter the job would fail with, after loading the model: a
+        dream's layers text, a unit to show (or to accentuate in a photo of `photo_shape`,
+        (height, width)), a layer to look at."""
+        model = self.model(params.model)
+        if isinstance(params, DreamParams):
+            self.objective(params, model)
+        elif isinstance(params, VisualizeParams):
+            seen = photo_shape and shape_at_most(*photo_shape, ACCENTUATE_SIDE)
+            visualize.target(params, model, seen)
+        else:
+            explore.check_layer(model, params.layer)
 
     def unit_activation(self, params: VisualizeParams, image: np.ndarray) -> float:
         """How strongly the image excites the unit `params` shows (its channel, neuron or

@@ -178,8 +178,13 @@ def resized(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def at_most(rgb: np.ndarray, longest: int) -> np.ndarray:
     """The RGB float image with its longer side at most `longest` pixels."""
-    factor = longest / max(rgb.shape[:2])
+    shape = shape_at_most(*rgb.shape[:2], longest)
+    return rgb if shape == rgb.shape[:2] else resized(rgb, *shape)
+
+
+def shape_at_most(height: int, width: int, longest: int) -> tuple[int, int]:
+    """(height, width) scaled down, if need be, to a longer side of `longest` pixels."""
+    factor = longest / max(height, width)
     if factor >= 1:
-        return rgb
-    height, width = (max(1, round(side * factor)) for side in rgb.shape[:2])
-    return resized(rgb, height, width)
+        return height, width
+    return max(1, round(height * factor)), max(1, round(width * factor))

@@ -145,17 +145,20 @@ class ChannelsRequest:
 
 @dataclass(frozen=True)
 class CheckRequest:
-    """Whether dream parameters would be taken, down to the layers text checked against the
-    model (which is loaded for it): a dialog asks before it closes. Its result has no frames."""
+    """Whether the parameters of a job would be taken, down to the layers text, the unit or
+    the layer checked against the model (which is loaded for it): a dialog asks before it
+    closes. Its result has no frames."""
 
     job: str
-    params: DreamParams
+    params: DreamParams | VisualizeParams | ChannelsParams
+    photo_shape: tuple[int, int] | None = None
+    """(height, width) of the photo an accentuation would start from."""
 
     def work(self) -> None:
         return None  # too little to time
 
     def run(self, engine: Engine, on_progress, should_stop, on_frame):  # noqa: ANN001, ANN201
-        engine.objective(self.params, engine.model(self.params.model))
+        engine.check(self.params, self.photo_shape)
         return [], {}
 
 
@@ -318,8 +321,23 @@ def parse_channels(header: dict[str, Any], frames: list, max_pixels: int) -> Cha
     return ChannelsRequest(job, checked, image, mask)
 
 
+CHECKED = {"submit": DreamParams, "visualize": VisualizeParams, "channels": ChannelsParams}
+"""What a `check` request's `of` names: the request whose parameters it checks."""
+
+
 def parse_check(header: dict[str, Any], frames: list, max_pixels: int) -> CheckRequest:
-    return CheckRequest(header["job"], _checked_params(header, DreamParams))
+    of = header.get("of", "submit")
+    if of not in CHECKED:
+        raise BadMessage("bad_header", f"'of' must be one of {', '.join(CHECKED)}; got {of!r}.",
+                         header["job"])  # fmt: skip
+    photo_shape = None
+    if "photo" in header:  # the size of the photo to accentuate
+        try:
+            photo = FrameDescription.of_header(header["photo"], "photo", max_pixels)
+        except (ValueError, OverflowError) as err:
+            raise BadMessage("bad_header", str(err), header["job"]) from None
+        photo_shape = (photo.height, photo.width)
+    return CheckRequest(header["job"], _checked_params(header, CHECKED[of]), photo_shape)
 
 
 def parse_animate(header: dict[str, Any], frames: list, max_pixels: int) -> AnimateRequest:

@@ -398,11 +398,13 @@ def wrapped(label):
     return label
 
 
-def refusal(config):
-    """What the server says against the dream settings, in one line, or None."""
+def refusal(config, name="dream", of="submit", photo=None):
+    """What the server says against the settings of `name` (dream, visualize, ...) for the
+    request `of` (submit, visualize, channels), in one line, or None. `photo` (width, height):
+    the photo an accentuation starts from."""
     try:
         with connect() as client:
-            client.check(dream_params(config, load_parameters()))
+            client.check(dream_params(config, load_parameters(name)), of=of, photo=photo)
     except DreamError as err:
         return str(err)
     return None
@@ -1226,7 +1228,8 @@ def visualize(procedure, config):
     """File > Create > DeepDream Feature Visualization: a new image, one layer per sample (and
     one per patch of the artist's photos that excites the channel most), or one sheet."""
     interactive = config.get_property("run-mode") == Gimp.RunMode.INTERACTIVE
-    if interactive and not dream_dialog(procedure, config, VISUALIZE_LAYOUT):
+    check = lambda: refusal(config, "visualize", "visualize")  # noqa: E731
+    if interactive and not dream_dialog(procedure, config, VISUALIZE_LAYOUT, check=check):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     params = dream_params(config, load_parameters("visualize"))
     sheet = config.get_property("layout") == "sheet"
@@ -1264,7 +1267,8 @@ def channels_on(procedure, run_mode, image, drawables, config):
     the artist's photos that excite it most."""
     source = source_layer(image, drawables, "look at")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    if interactive and not dream_dialog(procedure, config, CHANNELS_LAYOUT):
+    check = lambda: refusal(config, "channels", "channels")  # noqa: E731
+    if interactive and not dream_dialog(procedure, config, CHANNELS_LAYOUT, check=check):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     which = dream_params(config, load_parameters("channels"))
     look = {**dream_params(config, load_parameters("sheet-look")), "model": which["model"],
@@ -1364,16 +1368,18 @@ def accentuate_on(procedure, run_mode, image, drawables, config):
     (within the selection). Nothing changes until it is back."""
     source = source_layer(image, drawables, "accentuate")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    if interactive and not dream_dialog(procedure, config, ACCENTUATE_LAYOUT):
-        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    params = dream_params(config, load_parameters("accentuate"))
-    change_mask = config.get_property("change-mask")
-    has_selection = not Gimp.Selection.is_empty(image)
     inside, x, y, width, height = source.mask_intersect()
     if not inside:
         raise DreamError("The selection does not touch this layer: select part of it, or "
                          "Select > None to accentuate all of it.")  # fmt: skip
     region = Region(source, x, y, width, height)
+    photo = region.context[2:]  # a neuron is on its grid
+    check = lambda: refusal(config, "accentuate", "visualize", photo)  # noqa: E731
+    if interactive and not dream_dialog(procedure, config, ACCENTUATE_LAYOUT, check=check):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    params = dream_params(config, load_parameters("accentuate"))
+    change_mask = config.get_property("change-mask")
+    has_selection = not Gimp.Selection.is_empty(image)
     context_pixels = read(source, region.context, "R'G'B' u8")
     context_width, context_height = region.context[2:]
     Gimp.progress_init("DeepDream: waiting for the dream server")

@@ -978,6 +978,26 @@ def test_without_a_sheet_the_exemplars_follow_the_renders_as_frames(server, loca
         assert np.array_equal(np.frombuffer(frame, np.uint8).reshape(64, 64, 3), exemplar.patch)
 
 
+def test_a_check_asks_about_a_visualization_an_accentuation_or_a_look_at_the_channels(server):
+    with DreamClient(server.connection) as client:
+        client.check({"layer": "block7", "channel": 5}, of="visualize")
+        client.check({"layer": "block7", "top": 3}, of="channels")
+        client.check({"neuron": "3,25,15"}, of="visualize", photo=(451, 300))  # on its grid
+        for params, of, photo, says in [
+            ({"class": "tabbby"}, "visualize", None, "'tabbby' is not an ImageNet class"),
+            ({"layer": "block99"}, "channels", None, "block99"),
+            ({"neuron": "3,25,15"}, "visualize", None, "grid of 16x16 positions"),
+            ({"neuron": "3,40,2"}, "visualize", (451, 300), "for images of 451x300 px"),
+            ({"neuron": "3,70,2"}, "visualize", (4000, 3000), "for images of 1024x768 px"),
+        ]:
+            with pytest.raises(DreamError, match=says):
+                client.check(params, of=of, photo=photo)
+    raw = Raw(server)
+    raw.send({"type": "check", "job": "c", "params": {}, "of": "zoom"})
+    assert "'of' must be one of submit, visualize, channels" in raw.wait_for("error")["message"]
+    raw.close()
+
+
 def test_the_new_visualize_fields_are_checked_like_any_other(server):
     raw = Raw(server)
     meta = {"width": 8, "height": 8, "channels": 3, "dtype": "u8"}

@@ -1339,12 +1339,21 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         screen.keys(dialog, screen.alt_key(title, "Steps"), "ctrl+a")
         screen.type(dialog, "4")
         screen.keys(dialog, "Tab")
+        screen.click(screen.control(title, "Class"))
+        screen.type(dialog, "tabbby")  # a typo: OK asks the server, which refuses it
+        screen.keys(dialog, "Tab")
         screen.unfold(title, "Advanced")
+        screen.keys(dialog, "alt+o")
+        time.sleep(3)
         screen.screenshot("accentuate-1-dialog.png")
         shown = screen.fresh_dialog(title)
         words = {widget.get("text") for widget in shown["widgets"]}
         assert {"What to turn up", "How much", "The result"} <= words
+        assert any("'tabbby' is not an ImageNet class" in (word or "") for word in words)
         assert fits_the_screen(shown), shown["box"]
+        screen.click(screen.control(title, "Class"))
+        screen.keys(dialog, "ctrl+a", "BackSpace")  # mended: the whole layer, turned up
+        screen.keys(dialog, "Tab")
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("[block7 accentuated · DeepDream]")  # the new layer, active
         time.sleep(3)  # GIMP shows the layer before the plug-in has given it its mask and ended
