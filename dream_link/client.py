@@ -454,10 +454,7 @@ class DreamClient:
         (pixels, width, height, channels). When `should_stop` says so (it is asked every
         STOP_CHECK_S), the job is cancelled on the server and DreamCancelled raised."""
         header = self._image_job("submit", pixels, width, height, channels, params)
-        frames = [pixels]
-        if mask is not None:
-            header["mask"] = _frame_meta(mask, width, height, 1, "mask")
-            frames.append(mask)
+        frames = _with_mask(header, [pixels], mask, width, height)
         if guide is not None:
             guide_pixels, guide_width, guide_height, guide_channels = guide
             header["guide"] = _frame_meta(
@@ -612,11 +609,7 @@ class DreamClient:
         `mask` is white), strongest first: each a dict with `label` (`block7/42`, what Layers
         takes), `channel` and `share` (of the layer's activation, 0..1)."""
         header = self._image_job("channels", pixels, width, height, channels, params)
-        frames = [pixels]
-        if mask is not None:
-            header["mask"] = _frame_meta(mask, width, height, 1, "mask")
-            frames.append(mask)
-        self._send(header, frames)
+        self._send(header, _with_mask(header, [pixels], mask, width, height))
         self._await_result(header["job"], on_progress)
         return self._last_result["channels"]
 
@@ -687,6 +680,15 @@ class DreamClient:
 
     def cancel(self, job: str) -> None:
         self._send({"type": "cancel", "job": job})
+
+
+def _with_mask(header: dict, frames: list, mask, width: int, height: int) -> list:  # noqa: ANN001
+    """The frames with the one-channel `mask` after them, described in the header, if there is
+    one."""
+    if mask is None:
+        return frames
+    header["mask"] = _frame_meta(mask, width, height, 1, "mask")
+    return [*frames, mask]
 
 
 def _frame_meta(pixels: bytes | memoryview, width: int, height: int, channels: int, what: str):

@@ -312,13 +312,8 @@ def parse_channels(header: dict[str, Any], frames: list, max_pixels: int) -> Cha
     parts = REQUESTS["channels"].frames_of(header)
     arrays = {part: pixel_array(header.get(part), frame, part, max_pixels, job)
               for part, frame in zip(parts, frames, strict=True)}  # fmt: skip
-    image, mask = arrays["image"], arrays.get("mask")
-    if mask is not None:
-        if mask.shape[:2] != image.shape[:2] or mask.shape[2] != 1:
-            raise BadMessage("bad_frames", f"The mask must be one channel of {image.shape[1]}x"
-                             f"{image.shape[0]}.", job)  # fmt: skip
-        mask = mask[:, :, 0]
-    return ChannelsRequest(job, checked, image, mask)
+    image = arrays["image"]
+    return ChannelsRequest(job, checked, image, _mask_of(arrays, image, job))
 
 
 CHECKED = {"submit": DreamParams, "visualize": VisualizeParams, "channels": ChannelsParams}
@@ -493,17 +488,23 @@ def parse_submit(header: dict[str, Any], frames: list, max_pixels: int) -> Submi
         for part, frame in zip(parts, frames, strict=True)
     }
     image = arrays["image"]
-    mask = arrays.get("mask")
-    if mask is not None:
-        if mask.shape[:2] != image.shape[:2] or mask.shape[2] != 1:
-            raise BadMessage(
-                "bad_frames",
-                f"The mask must be one channel of {image.shape[1]}x{image.shape[0]}; got "
-                f"{mask.shape[2]} channel(s) of {mask.shape[1]}x{mask.shape[0]}.",
-                job,
-            )
-        mask = mask[:, :, 0]
+    mask = _mask_of(arrays, image, job)
     return Submission(job, dream_params, image, mask, arrays.get("guide"))
+
+
+def _mask_of(arrays: dict[str, np.ndarray], image: np.ndarray, job: str) -> np.ndarray | None:
+    """The request's mask frame as (H, W), checked to be one channel of the image's size."""
+    mask = arrays.get("mask")
+    if mask is None:
+        return None
+    if mask.shape[:2] != image.shape[:2] or mask.shape[2] != 1:
+        raise BadMessage(
+            "bad_frames",
+            f"The mask must be one channel of {image.shape[1]}x{image.shape[0]}; got "
+            f"{mask.shape[2]} channel(s) of {mask.shape[1]}x{mask.shape[0]}.",
+            job,
+        )
+    return mask[:, :, 0]
 
 
 def pixel_array(meta: Any, frame, what: str, max_pixels: int, job: str) -> np.ndarray:  # noqa: ANN001

@@ -677,6 +677,16 @@ def source_layer(image, drawables, purpose):
     return drawables[0]
 
 
+def selection_bounds(source, purpose):
+    """(x, y, width, height) of the selection's bounds on the layer (all of it without a
+    selection); a DreamError that says what to do where the selection misses the layer."""
+    inside, x, y, width, height = source.mask_intersect()
+    if not inside:
+        raise DreamError("The selection does not touch this layer: select part of it, or "
+                         f"Select > None to {purpose} all of it.")  # fmt: skip
+    return x, y, width, height
+
+
 def dream_on(procedure, run_mode, image, drawables, config):
     source = source_layer(image, drawables, "dream on")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
@@ -700,13 +710,7 @@ def dream_on(procedure, run_mode, image, drawables, config):
     params = dream_params(config, parameters)
     selection_mode = config.get_property("selection-mode")
     has_selection = not Gimp.Selection.is_empty(image)
-    inside, x, y, width, height = source.mask_intersect()
-    if not inside:
-        return failure(
-            procedure,
-            "The selection does not touch this layer: select part of it, "
-            "or Select > None to dream on all of it.",
-        )
+    x, y, width, height = selection_bounds(source, "dream on")
     region = dream_region(source, params, (x, y, width, height))
     babl_format, channels, item_size = pixel_format(image)
 
@@ -940,10 +944,7 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     zoom = dream_params(config, load_parameters("zoom"))
     if remembered is not None:
         return go_on_zooming(procedure, image, remembered, params, zoom, interactive)
-    inside, x, y, width, height = source.mask_intersect()
-    if not inside:
-        return failure(procedure, "The selection does not touch this layer: select part of it, "
-                       "or Select > None to zoom into all of it.")  # fmt: skip
+    x, y, width, height = selection_bounds(source, "zoom into")
     check_held_frames(zoom["frames"], width, height, 3, "choose fewer frames or a smaller "
                       "selection, or run `deepdream zoom`, which writes each frame to disk as it "
                       "comes.")  # fmt: skip
@@ -1273,10 +1274,7 @@ def channels_on(procedure, run_mode, image, drawables, config):
     which = dream_params(config, load_parameters("channels"))
     look = {**dream_params(config, load_parameters("sheet-look")), "model": which["model"],
             "layer": which["layer"]}  # fmt: skip
-    inside, x, y, width, height = source.mask_intersect()
-    if not inside:
-        raise DreamError("The selection does not touch this layer: select part of it, or "
-                         "Select > None to look at all of it.")  # fmt: skip
+    x, y, width, height = selection_bounds(source, "look at")
     pixels = read(source, (x, y, width, height), "R'G'B' u8")
     selection = None
     if not Gimp.Selection.is_empty(image):
@@ -1368,10 +1366,7 @@ def accentuate_on(procedure, run_mode, image, drawables, config):
     (within the selection). Nothing changes until it is back."""
     source = source_layer(image, drawables, "accentuate")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    inside, x, y, width, height = source.mask_intersect()
-    if not inside:
-        raise DreamError("The selection does not touch this layer: select part of it, or "
-                         "Select > None to accentuate all of it.")  # fmt: skip
+    x, y, width, height = selection_bounds(source, "accentuate")
     region = Region(source, x, y, width, height)
     photo = region.context[2:]  # a neuron is on its grid
     check = lambda: refusal(config, "accentuate", "visualize", photo)  # noqa: E731
