@@ -1075,6 +1075,9 @@ def gimp_gui(gimp: Gimp, workspace, display: str, file: str = "chelsea.png"):
         "PYTHONPATH": gimp.inside(widget_map),
         "DEEPDREAM_WIDGET_MAP": gimp.inside(screen.map_file),
         **server_for_gimp(gimp, server),
+        # the server's state folder, as an artist's GIMP shares it: where a restarted server's
+        # new token is
+        "DEEPDREAM_HOME": gimp.inside(scratch / "home"),
     }
     width, height = SCREEN
     clear_stale_lock(gimp, display)
@@ -1361,6 +1364,20 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         assert "2 layers)" in screen.window_titles()[main]
         screen.keys(main, "ctrl+z")  # one step takes it back
         screen.wait_for_window("1 layer)", timeout=20)
+        # the server restarted (a new token and socket): the dialog opens again with the last
+        # values, and accentuates again
+        server = workspace[2]
+        server.stop()
+        restarted = start_server(server.home)
+        server.process, server.record = restarted.process, restarted.record  # the fixture's
+        search_action(screen, main, title)
+        dialog = screen.wait_for_window(title, timeout=30, exact=True)
+        assert screen.control(title, "Steps")["value"] == "4"
+        screen.screenshot("accentuate-3-again.png")
+        screen.keys(dialog, "alt+o")
+        screen.wait_for_window("[block7 accentuated · DeepDream]")
+        time.sleep(3)
+        assert "2 layers)" in screen.window_titles()[main]
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
 
