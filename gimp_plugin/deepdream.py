@@ -67,8 +67,8 @@ MADE_HERE = "deepdream-made"
 examples in."""
 CHANGE_MASK = {"name": "change-mask", "kind": "bool", "default": True,
                "label": "Mask where it changed",
-               "help": "The new layer's mask is white where the photo changed most (within the "
-                       "selection): paint on it to keep more or less of the change"}  # fmt: skip
+               "help": "The new layer's mask is white where the photo changed most: paint on "
+                       "it to keep more or less of the change"}  # fmt: skip
 SELECTION_MODES = (
     ("mask", "Layer mask", "The selection becomes the new layer's mask (editable later)"),
     ("alpha", "Alpha", "The selection is baked into the new layer's transparency"),
@@ -695,12 +695,7 @@ def dream_on(procedure, run_mode, image, drawables, config):
         origin = image.get_layer_by_tattoo(remembered.get("source") or 0)
         if origin is not None and origin != source:
             return redream(procedure, run_mode, image, source, origin, remembered, config)
-        gone = (f"The layer this dream was made from ({remembered.get('source-name')}) is not "
-                "in this image any more")  # fmt: skip
-        if not interactive:
-            raise DreamError(f"{gone}: to dream on the dream itself, dream on a copy of it made "
-                             "with Layer > New from Visible.")  # fmt: skip
-        if not dream_the_dream_itself(gone):
+        if not on_it_itself(remembered, "dream", "dream layer", "dream on", interactive):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     if interactive and not dream_dialog(procedure, config, DREAM_LAYOUT, source,
                                         check=lambda: refusal(config)):  # fmt: skip
@@ -851,23 +846,11 @@ def redream(procedure, run_mode, image, layer, origin, remembered, config):
         pixels = alpha_kept(pixels, before, channels, item_size)
     Gimp.progress_set_text("DeepDream: dreaming the layer again")
     image.undo_group_start()
-    # A shadow buffer merges (undoably) through the selection, as filters do: the whole layer
-    # is new, so the selection steps aside meanwhile.
-    selection = None if Gimp.Selection.is_empty(image) else Gimp.Selection.save(image)
     try:
-        if selection is not None:
-            Gimp.Selection.none(image)
-        shadow = layer.get_shadow_buffer()
-        shadow.set(Gegl.Rectangle.new(0, 0, width, height), babl_format, pixels)
-        shadow.flush()
-        layer.merge_shadow(True)
-        layer.update(0, 0, width, height)
+        replace_pixels(image, layer, babl_format, pixels)
         layer.set_name(layer_name(params, parameters))
         remember_dream(layer, origin, region, params, remembered.get("selection-mode"))
     finally:
-        if selection is not None:
-            image.select_item(Gimp.ChannelOps.REPLACE, selection)
-            image.remove_channel(selection)
         image.undo_group_end()
     Gimp.progress_end()
     Gimp.displays_flush()
@@ -883,15 +866,42 @@ def alpha_kept(pixels, before, channels, item_size):
     return bytes(combined)
 
 
-def dream_the_dream_itself(gone):
-    """Ask whether to dream on a dream layer whose source is gone, as on any layer."""
+def replace_pixels(image, drawable, babl_format, pixels):
+    """All of `drawable`'s pixels, a layer's or a mask's, replaced undoably (inside the caller's
+    undo group): a shadow buffer merged as filters do, through the selection, which steps
+    aside meanwhile since the whole drawable is new."""
+    width, height = drawable.get_width(), drawable.get_height()
+    selection = None if Gimp.Selection.is_empty(image) else Gimp.Selection.save(image)
+    try:
+        if selection is not None:
+            Gimp.Selection.none(image)
+        shadow = drawable.get_shadow_buffer()
+        shadow.set(Gegl.Rectangle.new(0, 0, width, height), babl_format, bytes(pixels))
+        shadow.flush()
+        drawable.merge_shadow(True)
+        drawable.update(0, 0, width, height)
+    finally:
+        if selection is not None:
+            image.select_item(Gimp.ChannelOps.REPLACE, selection)
+            image.remove_channel(selection)
+
+
+def on_it_itself(record, made, layer_noun, verb, interactive):
+    """Whether to work on a layer DeepDream made (`made`: "dream") whose source layer is gone
+    as on any other layer, into a new one: a script is told what to do instead, an artist is
+    asked."""
+    gone = (f"The layer this {made} was made from ({record.get('source-name')}) is not in this "
+            "image any more")  # fmt: skip
+    if not interactive:
+        raise DreamError(f"{gone}: to {verb} the {made} itself, {verb} a copy of it made with "
+                         "Layer > New from Visible.")  # fmt: skip
     GimpUi.init("deepdream")
     question = Gtk.MessageDialog(
-        title="DeepDream", modal=True, message_type=Gtk.MessageType.QUESTION,
-        text=f"{gone}.", secondary_text="Dream on this dream layer itself, into a new layer?",
+        title="DeepDream", modal=True, message_type=Gtk.MessageType.QUESTION, text=f"{gone}.",
+        secondary_text=f"{verb.capitalize()} this {layer_noun} itself, into a new layer?",
     )  # fmt: skip
     question.add_button("_Cancel", Gtk.ResponseType.CANCEL)
-    question.add_button("_Dream on it", Gtk.ResponseType.OK)
+    question.add_button(f"_{verb.capitalize()} it", Gtk.ResponseType.OK)
     question.set_default_response(Gtk.ResponseType.OK)
     answer = question.run()
     question.destroy()
@@ -1052,9 +1062,11 @@ def without_alpha(rgba):
     return bytes(rgb)
 
 
-def with_alpha(rgb, rgba):
-    """The RGBA pixels `rgba` with the colours `rgb`: the alpha stays as it was."""
-    combined = bytearray(rgba)
+def with_alpha(rgb, alpha, alpha_from=4):
+    """RGBA u8 pixels of the colours `rgb` and the alpha of `alpha`: RGBA pixels (`alpha_from`
+    4), whose alpha stays as it was, or one channel (1)."""
+    combined = bytearray(len(rgb) // 3 * 4)
+    combined[3::4] = alpha[alpha_from - 1 :: alpha_from]
     for channel in range(3):
         combined[channel::4] = rgb[channel::3]
     return bytes(combined)
@@ -1360,21 +1372,47 @@ def composite(image, longest):
         copy.delete()
 
 
+ACCENTUATION_PARASITE = "deepdream-accentuation"
+"""What an accentuated layer remembers of how it was made, saved with it in XCF files: as a
+dream layer (`params`, `source`, `source-name`, `selection`), and whether its mask shows where
+the photo changed (`change-mask`)."""
+
+
 def accentuate_on(procedure, run_mode, image, drawables, config):
     """Filters > Artistic > DeepDream Accentuate: the selection with one feature of the network
-    turned up, still recognisably itself, as a new layer above, its mask white where it changed
-    (within the selection). Nothing changes until it is back."""
-    source = source_layer(image, drawables, "accentuate")
+    turned up, still recognisably itself, as a new layer above: the selection is its alpha, and
+    its mask is white where the photo changed. On an accentuated layer it accentuates that
+    layer again, in place, from its source as it is now, the dialog opening with its settings.
+    Nothing changes until the result is back."""
+    layer = source_layer(image, drawables, "accentuate")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    x, y, width, height = selection_bounds(source, "accentuate")
-    region = Region(source, x, y, width, height)
+    record = remembered(layer, ACCENTUATION_PARASITE, {"params": dict, "selection": list})
+    source, again = layer, None
+    if record is not None:
+        origin = image.get_layer_by_tattoo(record.get("source") or 0)
+        if origin is not None and origin != layer:
+            source, again = origin, layer
+        elif not on_it_itself(record, "accentuation", "accentuated layer", "accentuate",
+                              interactive):  # fmt: skip
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    parameters = load_parameters("accentuate")
+    if again is not None:
+        selection = tuple(record["selection"])
+        if interactive:  # the dialog opens with this accentuation's settings
+            known = {param["name"] for param in parameters}
+            for name, value in record["params"].items():
+                if name in known:
+                    config.set_property(name, value)
+            config.set_property("change-mask", bool(record.get("change-mask")))
+    else:
+        selection = selection_bounds(source, "accentuate")
+    region = Region(source, *selection)
     photo = region.context[2:]  # a neuron is on its grid
     check = lambda: refusal(config, "accentuate", "visualize", photo)  # noqa: E731
     if interactive and not dream_dialog(procedure, config, ACCENTUATE_LAYOUT, check=check):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    params = dream_params(config, load_parameters("accentuate"))
+    params = dream_params(config, parameters)
     change_mask = config.get_property("change-mask")
-    has_selection = not Gimp.Selection.is_empty(image)
     context_pixels = read(source, region.context, "R'G'B' u8")
     context_width, context_height = region.context[2:]
     Gimp.progress_init("DeepDream: waiting for the dream server")
@@ -1386,35 +1424,75 @@ def accentuate_on(procedure, run_mode, image, drawables, config):
             bytes(context_pixels), context_width, context_height, 3, params, change_mask,
             on_progress=shown_in_status_bar("DeepDream Accentuate"),
         )  # fmt: skip
-    pixels = region.crop(accentuated, 3, 1)
-    if not source.is_valid():
+    rgb = region.crop(accentuated, 3, 1)
+    where = None if changed is None else region.crop(changed, 1, 1)
+    if not source.is_valid() or not layer.is_valid():
         raise DreamError("The layer was deleted while it was being accentuated.")
+    memory = {"params": params, "change-mask": change_mask, "source": source.get_tattoo(),
+              "source-name": source.get_name(), "selection": list(region.selection)}  # fmt: skip
+    name = label + DREAM_LAYER_SUFFIX
+    if again is not None:
+        had_change_mask = bool(record.get("change-mask"))
+        return accentuated_again(procedure, image, again, rgb, where, had_change_mask, name,
+                                 memory)  # fmt: skip
+    x, y, width, height = region.selection
+    inside = bytes([255]) * (width * height)  # the selection, as the new layer's alpha
+    if not Gimp.Selection.is_empty(image):
+        offset_x, offset_y = source.get_offsets()[1:]
+        inside = bytes(read(image.get_selection(), (offset_x + x, offset_y + y, width, height),
+                            "Y u8"))  # fmt: skip
+    rgba = with_alpha(rgb, inside, alpha_from=1)
     image.undo_group_start()
     layer = None
     try:
-        layer = add_layer(image, source, region, pixels, "R'G'B' u8",
-                          label + DREAM_LAYER_SUFFIX)  # fmt: skip
-        if changed is not None:
-            where = region.crop(changed, 1, 1)
-            if has_selection:
-                offset_x, offset_y = layer.get_offsets()[1:]
-                inside = read(image.get_selection(), (offset_x, offset_y, width, height), "Y u8")
-                where = bytes(c * s // 255 for c, s in zip(where, bytes(inside), strict=True))
-            mask = layer.create_mask(Gimp.AddMaskType.WHITE)
-            layer.add_mask(mask)
+        layer = add_layer(image, source, region, rgba, "R'G'B'A u8", name)
+        remember(layer, ACCENTUATION_PARASITE, memory)
+        if where is not None:
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.WHITE))
+            mask = layer.get_mask()
             buffer = mask.get_buffer()
             buffer.set(Gegl.Rectangle.new(0, 0, width, height), "Y u8", bytes(where))
             buffer.flush()
             mask.update(0, 0, width, height)
-        elif has_selection:
-            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
-        if layer.get_mask() is not None:
-            layer.set_edit_mask(False)
+            layer.set_edit_mask(False)  # the layer is active, so that Ctrl+F accentuates again
         image.set_selected_layers([layer])
     except Exception:
         if layer is not None and layer.is_valid():
             image.remove_layer(layer)
         raise
+    finally:
+        image.undo_group_end()
+    Gimp.progress_end()
+    Gimp.displays_flush()
+    return succeeded(procedure, Gimp.Layer, layer)
+
+
+def accentuated_again(procedure, image, layer, rgb, where, had_change_mask, name, memory):
+    """The accentuated `layer` with new pixels `rgb`, its alpha (the selection) kept, its mask
+    white where it changed now (`where`; None: no such mask, though a mask the artist added
+    stays), its name and memory new: one undo step."""
+    width, height = layer.get_width(), layer.get_height()
+    if len(rgb) != width * height * 3:
+        raise DreamError(f"This accentuated layer was resized to {width}x{height}: accentuate "
+                         f"{memory['source-name']} anew.")  # fmt: skip
+    before = read(layer, (0, 0, width, height), "R'G'B'A u8")
+    Gimp.progress_set_text("DeepDream: accentuating the layer again")
+    image.undo_group_start()
+    try:
+        replace_pixels(image, layer, "R'G'B'A u8", with_alpha(rgb, before))
+        mask = layer.get_mask()
+        if where is not None:
+            if mask is None:
+                layer.add_mask(layer.create_mask(Gimp.AddMaskType.WHITE))
+                mask = layer.get_mask()
+            replace_pixels(image, mask, "Y u8", where)
+        elif mask is not None and had_change_mask:
+            layer.remove_mask(Gimp.MaskApplyMode.DISCARD)
+        if layer.get_mask() is not None:
+            layer.set_edit_mask(False)
+        layer.set_name(name)
+        remember(layer, ACCENTUATION_PARASITE, memory)
+        image.set_selected_layers([layer])
     finally:
         image.undo_group_end()
     Gimp.progress_end()
@@ -1538,8 +1616,9 @@ class DeepDream(Gimp.PlugIn):
             "Turn up one feature of the network in the selection",
             "Raises one channel (feature) of a layer, or an ImageNet class, in the selected part "
             "of the layer while the result stays close to it, and adds it as a new layer above, "
-            "its mask white where it changed. DeepDream Strongest Channels names the features "
-            "the selection excites most.",
+            "its mask white where it changed. On an accentuated layer, accentuates it again, in "
+            "place, from its source as it is now. DeepDream Strongest Channels names the "
+            "features the selection excites most.",
         )  # fmt: skip
         add_arguments(procedure, load_parameters("accentuate") + [CHANGE_MASK],
                       layout=ACCENTUATE_LAYOUT)  # fmt: skip

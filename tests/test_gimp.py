@@ -344,6 +344,37 @@ SCENARIOS = [
         "params": {"class": "tabby", "steps": 2, "change-mask": False},
     },
     {
+        "name": "accentuate-again",
+        "procedure": "accentuate",
+        "ellipse": ELLIPSE,
+        "feather": FEATHER,
+        "params": {"layer": "block7", "channel": 34, "steps": 2},
+        "redream": {"params": {"layer": "block7", "channel": 71, "steps": 4}},
+    },
+    {
+        "name": "accentuate-fresh-as-again",
+        "procedure": "accentuate",
+        "ellipse": ELLIPSE,
+        "feather": FEATHER,
+        "params": {"layer": "block7", "channel": 71, "steps": 4},
+    },
+    {
+        "name": "accentuate-again-retouched-via-xcf",
+        "procedure": "accentuate",
+        "params": {"layer": "block7", "channel": 34, "steps": 2},
+        "redream": {
+            "params": {"class": "tabby", "steps": 2, "change-mask": False},
+            "retouch": True,
+            "via_xcf": True,
+        },
+    },
+    {
+        "name": "accentuate-again-without-its-source",
+        "procedure": "accentuate",
+        "params": {"layer": "block7", "channel": 34, "steps": 1},
+        "redream": {"params": {"layer": "block7", "channel": 34}, "remove_source": True},
+    },
+    {
         "name": "selection-misses-layer",
         "offsets": [200, 150],
         "ellipse": [0, 0, 100, 80],
@@ -657,7 +688,7 @@ def test_strongest_channels_opens_a_sheet_of_them_beside_patches_of_the_artists_
     assert wrong["status"] == "execution-error" and "block99" in wrong["message"]
 
 
-def test_accentuate_adds_a_layer_masked_where_the_selection_changed(workspace, reports):
+def test_accentuate_adds_a_layer_of_the_selection_masked_where_it_changed(workspace, reports):
     report = reports["accentuate"]
     assert report["status"] == "success", report
     new = report["returned"]
@@ -667,13 +698,15 @@ def test_accentuate_adds_a_layer_masked_where_the_selection_changed(workspace, r
     before = raw(workspace, "accentuate", "source-before.raw", (300, 451, 4))
     after = raw(workspace, "accentuate", "source-after.raw", (300, 451, 4))
     assert np.array_equal(before, after)
-    layer = raw(workspace, "accentuate", "layer.raw", (height, width, 3)).astype(np.float32)
+    layer = raw(workspace, "accentuate", "layer.raw", (height, width, 4)).astype(np.float32)
     x, y = new["offsets"]
     source = before[y : y + height, x : x + width, :3]
-    assert 1.0 < np.abs(layer - source).mean() < 40  # the photo, with a feature turned up
+    assert 1.0 < np.abs(layer[:, :, :3] - source).mean() < 40  # the photo, a feature turned up
+    alpha = layer[:, :, 3]  # the feathered ellipse
+    assert alpha[0, 0] == alpha[-1, -1] == 0 and alpha[height // 2, width // 2] == 255
     mask = raw(workspace, "accentuate", "mask.raw", (height, width))
-    assert mask[0, 0] == mask[-1, -1] == 0  # outside the ellipse
     assert mask[height // 2 - 20 : height // 2 + 20, width // 2 - 20 : width // 2 + 20].max() > 128
+    assert mask.min() < 64  # white where it changed, not everywhere
     gray = reports["accentuate-gray-16-bit"]
     assert gray["status"] == "success", gray
     assert gray["returned"]["gray"] and gray["returned"]["has_mask"]
@@ -681,6 +714,55 @@ def test_accentuate_adds_a_layer_masked_where_the_selection_changed(workspace, r
     assert plain["status"] == "success", plain
     assert plain["returned"]["name"] == "class tabby accentuated · DeepDream"
     assert not plain["returned"]["has_mask"] and plain["returned"]["size"] == [451, 300]
+
+
+def test_an_accentuated_layer_accentuated_again_with_new_values_is_that_layer_in_place(
+    workspace, reports
+):
+    report, fresh = reports["accentuate-again"], reports["accentuate-fresh-as-again"]
+    again = report["redream"]
+    assert again["status"] == "success", again
+    before, after = again["before"], again["after"]
+    assert after["id"] == before["id"] and after["position"] == before["position"]
+    assert after["offsets"] == before["offsets"] and after["size"] == before["size"]
+    assert after["name"] == "block7/71 accentuated · DeepDream" and after["has_mask"]
+    assert len(again["layers_after"]) == len(report["layers_after"]) == 2
+    # Bit for bit what a fresh accentuation with those values gives (the CPU, the same seed):
+    # its pixels, its alpha (the selection) and its mask (where it changed now).
+    w, h = after["size"]
+    assert fresh["status"] == "success" and fresh["returned"]["size"] == [w, h]
+    for redone, file, shape in (("redreamed.raw", "layer.raw", (h, w, 4)),
+                                ("redreamed-mask.raw", "mask.raw", (h, w))):  # fmt: skip
+        assert np.array_equal(raw(workspace, "accentuate-again", redone, shape),
+                              raw(workspace, "accentuate-fresh-as-again", file, shape))  # fmt: skip
+    first = raw(workspace, "accentuate-again", "layer.raw", (h, w, 4))
+    assert not np.array_equal(first, raw(workspace, "accentuate-again", "redreamed.raw", (h, w, 4)))
+
+
+def test_an_accentuated_layer_kept_in_an_xcf_file_accentuates_again_from_the_retouched_photo(
+    workspace, reports
+):
+    report = reports["accentuate-again-retouched-via-xcf"]
+    again = report["redream"]
+    assert again["status"] == "success", again
+    assert again["before"]["name"] == "block7/34 accentuated · DeepDream"
+    assert again["after"]["name"] == "class tabby accentuated · DeepDream"
+    assert again["before"]["has_mask"] and not again["after"]["has_mask"]  # asked for none now
+    name = "accentuate-again-retouched-via-xcf"
+    first = raw(workspace, name, "layer.raw", (300, 451, 4)).astype(int)
+    redone = raw(workspace, name, "redreamed.raw", (300, 451, 4)).astype(int)
+    square = (slice(110, 130), slice(160, 200), slice(0, 3))  # inside the white square painted
+    assert redone[square].mean() > first[square].mean() + 40
+
+
+def test_an_accentuated_layer_whose_source_is_gone_says_so_in_one_line_and_stays(reports):
+    again = reports["accentuate-again-without-its-source"]["redream"]
+    assert again["status"] == "execution-error"
+    message = again["message"]
+    assert "accentuation was made from (Background) is not in this image any more" in message
+    assert "Layer > New from Visible" in message and "\n" not in message
+    assert again["layers_after"] == [{k: v for k, v in again["before"].items()
+                                      if k not in ("id", "position")}]  # fmt: skip
 
 
 def test_a_gimp_whose_python_has_no_pyzmq_dreams_the_same_through_the_standard_library(
@@ -1376,6 +1458,25 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         screen.screenshot("accentuate-3-again.png")
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("[block7 accentuated · DeepDream]")
+        time.sleep(3)
+        assert "2 layers)" in screen.window_titles()[main]
+        # on the accentuated layer, the dialog opens with its settings, and OK accentuates that
+        # layer again, in place, one undo step; Ctrl+F does it with the last values
+        search_action(screen, main, title)
+        dialog = screen.wait_for_window(title, timeout=30, exact=True)
+        assert screen.control(title, "Steps")["value"] == "4"
+        screen.keys(dialog, screen.alt_key(title, "Channel"), "ctrl+a")
+        screen.type(dialog, "34")
+        screen.keys(dialog, "Tab")
+        screen.keys(dialog, "alt+o")
+        screen.wait_for_window("[block7/34 accentuated · DeepDream]")
+        time.sleep(3)
+        screen.screenshot("accentuate-4-in-place.png")
+        assert "2 layers)" in screen.window_titles()[main]
+        screen.keys(main, "ctrl+z")
+        screen.wait_for_window("[block7 accentuated · DeepDream]", timeout=20)
+        screen.keys(main, "ctrl+f")
+        screen.wait_for_window("[block7/34 accentuated · DeepDream]")
         time.sleep(3)
         assert "2 layers)" in screen.window_titles()[main]
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []

@@ -242,9 +242,11 @@ def run_accentuate(scenario):
         new = result.index(1)
         report["returned"] = describe(new)
         size = (new.get_width(), new.get_height())
-        dump(new, 0, 0, *size, "R'G'B' u8", os.path.join(folder, "layer.raw"))
+        dump(new, 0, 0, *size, "R'G'B'A u8", os.path.join(folder, "layer.raw"))
         if new.get_mask() is not None:
             dump(new.get_mask(), 0, 0, *size, "Y u8", os.path.join(folder, "mask.raw"))
+        if scenario.get("redream"):
+            report["redream"] = redream(image, layer, new, scenario, "accentuate")
     else:
         report["message"] = str(result.index(1))
     image.delete()
@@ -315,9 +317,10 @@ def run(scenario):
     return report
 
 
-def redream(image, source, dream, scenario):
+def redream(image, source, dream, scenario, procedure=None):
     """Retouch the source (optionally), keep the image in an XCF file and open it again
-    (optionally), then run the plug-in on the dream layer with new values; dump the layer."""
+    (optionally), then run the plug-in (`plug-in-deepdream-PROCEDURE`) on the layer it made
+    with new values; dump the layer."""
     again = scenario["redream"]
     folder = scenario["folder"]
     if again.get("retouch"):  # paint a white square on the photo
@@ -333,7 +336,8 @@ def redream(image, source, dream, scenario):
         Gimp.file_save(NONINTERACTIVE, image, Gio.File.new_for_path(path), None)
         image = Gimp.file_load(NONINTERACTIVE, Gio.File.new_for_path(path))
         dream = next(layer for layer in image.get_layers() if layer.get_name() == before["name"])
-    result = run_on(image, [dream], "plug-in-deepdream", again["params"])
+    name = "plug-in-deepdream" + ("" if procedure is None else f"-{procedure}")
+    result = run_on(image, [dream], name, again["params"])
     report = {"status": result.index(0).value_nick, "before": before,
               "layers_after": [describe(item) for item in image.get_layers()]}  # fmt: skip
     if again.get("remove_source"):
