@@ -1398,6 +1398,12 @@ def accentuate_on(procedure, run_mode, image, drawables, config):
     parameters = load_parameters("accentuate")
     if again is not None:
         selection = tuple(record["selection"])
+        if list(selection[2:]) != [layer.get_width(), layer.get_height()]:
+            raise DreamError(
+                f"This accentuated layer was resized to {layer.get_width()}x"
+                f"{layer.get_height()} after it accentuated {selection[2]}x{selection[3]} pixels "
+                f"of {origin.get_name()}: accentuate that layer anew."
+            )
         if interactive:  # the dialog opens with this accentuation's settings
             known = {param["name"] for param in parameters}
             for name, value in record["params"].items():
@@ -1472,9 +1478,6 @@ def accentuated_again(procedure, image, layer, rgb, where, had_change_mask, name
     white where it changed now (`where`; None: no such mask, though a mask the artist added
     stays), its name and memory new: one undo step."""
     width, height = layer.get_width(), layer.get_height()
-    if len(rgb) != width * height * 3:
-        raise DreamError(f"This accentuated layer was resized to {width}x{height}: accentuate "
-                         f"{memory['source-name']} anew.")  # fmt: skip
     before = read(layer, (0, 0, width, height), "R'G'B'A u8")
     Gimp.progress_set_text("DeepDream: accentuating the layer again")
     image.undo_group_start()

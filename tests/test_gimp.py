@@ -375,6 +375,12 @@ SCENARIOS = [
         "redream": {"params": {"layer": "block7", "channel": 34}, "remove_source": True},
     },
     {
+        "name": "accentuate-again-cropped",
+        "procedure": "accentuate",
+        "params": {"layer": "block7", "channel": 34, "steps": 1},
+        "redream": {"params": {"layer": "block7", "channel": 34}, "crop": True},
+    },
+    {
         "name": "selection-misses-layer",
         "offsets": [200, 150],
         "ellipse": [0, 0, 100, 80],
@@ -512,15 +518,22 @@ def test_dreaming_again_right_after_a_dream_dreams_that_layer_again_in_place(rep
     assert again["returned_position"] == report["returned_position"]
 
 
-def test_a_dream_layer_dreamed_again_with_new_values_is_that_dream_in_place(workspace, reports):
-    report, fresh = reports["redream"], reports["fresh-as-redreamed"]
-    redream = report["redream"]
-    assert redream["status"] == "success", redream
-    before, after = redream["before"], redream["after"]
+def made_again_in_place(report: dict) -> dict:
+    """The layer a scenario made, as running the plug-in on it again left it: the same layer,
+    where it was, and no new one."""
+    again = report["redream"]
+    assert again["status"] == "success", again
+    before, after = again["before"], again["after"]
     assert after["id"] == before["id"] and after["position"] == before["position"]
     assert after["offsets"] == before["offsets"] and after["size"] == before["size"]
+    assert len(again["layers_after"]) == len(report["layers_after"])
+    return after
+
+
+def test_a_dream_layer_dreamed_again_with_new_values_is_that_dream_in_place(workspace, reports):
+    report, fresh = reports["redream"], reports["fresh-as-redreamed"]
+    after = made_again_in_place(report)
     assert after["has_mask"] and after["name"] == "textures 2x4 · DeepDream"
-    assert len(redream["layers_after"]) == len(report["layers_after"])
     w, h = after["size"]
     # Bit for bit what a fresh dream with those values gives (the CPU, the same seed), and
     # the feathered mask as it was.
@@ -720,13 +733,9 @@ def test_an_accentuated_layer_accentuated_again_with_new_values_is_that_layer_in
     workspace, reports
 ):
     report, fresh = reports["accentuate-again"], reports["accentuate-fresh-as-again"]
-    again = report["redream"]
-    assert again["status"] == "success", again
-    before, after = again["before"], again["after"]
-    assert after["id"] == before["id"] and after["position"] == before["position"]
-    assert after["offsets"] == before["offsets"] and after["size"] == before["size"]
+    after = made_again_in_place(report)
     assert after["name"] == "block7/71 accentuated · DeepDream" and after["has_mask"]
-    assert len(again["layers_after"]) == len(report["layers_after"]) == 2
+    assert len(report["layers_after"]) == 2
     # Bit for bit what a fresh accentuation with those values gives (the CPU, the same seed):
     # its pixels, its alpha (the selection) and its mask (where it changed now).
     w, h = after["size"]
@@ -755,14 +764,19 @@ def test_an_accentuated_layer_kept_in_an_xcf_file_accentuates_again_from_the_ret
     assert redone[square].mean() > first[square].mean() + 40
 
 
-def test_an_accentuated_layer_whose_source_is_gone_says_so_in_one_line_and_stays(reports):
-    again = reports["accentuate-again-without-its-source"]["redream"]
-    assert again["status"] == "execution-error"
-    message = again["message"]
-    assert "accentuation was made from (Background) is not in this image any more" in message
-    assert "Layer > New from Visible" in message and "\n" not in message
-    assert again["layers_after"] == [{k: v for k, v in again["before"].items()
-                                      if k not in ("id", "position")}]  # fmt: skip
+def test_an_accentuated_layer_that_cannot_be_made_again_says_why_in_one_line_and_stays(reports):
+    gone = reports["accentuate-again-without-its-source"]["redream"]
+    cropped = reports["accentuate-again-cropped"]["redream"]
+    for again in (gone, cropped):
+        assert again["status"] == "execution-error" and "\n" not in again["message"]
+    assert "accentuation was made from (Background) is not in this image any more" in gone[
+        "message"] and "Layer > New from Visible" in gone["message"]  # fmt: skip
+    assert ("resized to 431x290 after it accentuated 451x300 pixels of Background: accentuate "
+            "that layer anew") in cropped["message"]  # fmt: skip
+    assert gone["layers_after"] == [{k: v for k, v in gone["before"].items()
+                                     if k not in ("id", "position")}]  # fmt: skip
+    assert cropped["layers_after"][0] == {k: v for k, v in cropped["before"].items()
+                                          if k not in ("id", "position")}  # fmt: skip
 
 
 def test_a_gimp_whose_python_has_no_pyzmq_dreams_the_same_through_the_standard_library(

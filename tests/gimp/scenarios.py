@@ -330,6 +330,8 @@ def redream(image, source, dream, scenario, procedure=None):
         Gimp.Selection.none(image)
     if again.get("remove_source"):
         image.remove_layer(source)
+    if again.get("crop"):  # Layer > Crop to Content, say: the layer shrinks
+        dream.resize(dream.get_width() - 20, dream.get_height() - 10, 0, 0)
     before = {"id": dream.get_id(), **describe(dream), "position": image.get_item_position(dream)}
     if again.get("via_xcf"):
         path = os.path.join(folder, "kept.xcf")
@@ -340,7 +342,7 @@ def redream(image, source, dream, scenario, procedure=None):
     result = run_on(image, [dream], name, again["params"])
     report = {"status": result.index(0).value_nick, "before": before,
               "layers_after": [describe(item) for item in image.get_layers()]}  # fmt: skip
-    if again.get("remove_source"):
+    if again.get("remove_source") or again.get("crop"):
         return {**report, "message": str(result.index(1))}
     if result.index(0) == Gimp.PDBStatusType.SUCCESS:
         redreamed = result.index(1)
