@@ -426,6 +426,29 @@ def run(*command: str | Path, **kwargs) -> None:  # noqa: ANN003
     subprocess.run([str(part) for part in command], check=True, **kwargs)
 
 
+def room_needed_gb() -> float:
+    """Disk space a first install takes on this platform: torch with its CUDA libraries is
+    5.6 GB in the environment (Linux x86_64, Windows with an NVIDIA GPU), pip unpacking each
+    wheel on the way; a CPU-only torch is under 1 GB."""
+    cuda = sys.platform.startswith("linux") and os.uname().machine == "x86_64"
+    cuda = cuda or (sys.platform == "win32" and shutil.which("nvidia-smi") is not None)
+    return 8.0 if cuda else 2.0
+
+
+def check_room(venv_dir: Path, needed_gb: float) -> None:
+    """Stop before pip runs out of disk space halfway through torch, saying how much to free;
+    an environment that has torch already needs little more."""
+    if any(venv_dir.glob("lib*/python*/site-packages/torch")) or any(
+        venv_dir.glob("Lib/site-packages/torch")
+    ):
+        return
+    free_gb = shutil.disk_usage(venv_dir).free / 1e9
+    if free_gb < needed_gb:
+        sys.exit(f"[install] torch and what it needs take about {needed_gb:.0f} GB on the disk of "
+                 f"{venv_dir}, which has {free_gb:.1f} GB free: free some space (or choose a "
+                 "folder on another disk with --venv), then run this again.")  # fmt: skip
+
+
 def ensure_environment(venv_dir: Path, with_tests: bool) -> Path:
     """The daemon's virtual environment with the package installed; skipped when up to date."""
     python = venv_python(venv_dir)
@@ -442,6 +465,7 @@ def ensure_environment(venv_dir: Path, with_tests: bool) -> Path:
     stamp = venv_dir / STAMP
     have = stamp.read_text().split() if stamp.exists() else []
     if wanted not in have:
+        check_room(venv_dir, room_needed_gb())
         say("installing torch, torchvision and the package (the first time takes a few minutes)")
         run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
         if sys.platform == "win32" and shutil.which("nvidia-smi"):

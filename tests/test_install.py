@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT, start_server
 
 from dream_link.client import Connection, DreamClient
@@ -103,3 +106,26 @@ def test_the_service_starts_a_server_that_loads_no_model_before_the_first_job(tm
         server.stop()
     removed = uninstall(home / "state", tmp_path, environment)
     assert f"removed the service {unit}" in removed.stdout and not unit.exists()
+
+
+def test_a_first_install_on_a_disk_without_room_for_torch_stops_before_it_and_says_so(
+    tmp_path, monkeypatch
+):
+    install = load_install_py(monkeypatch)
+    free_gb = shutil.disk_usage(tmp_path).free / 1e9
+    with pytest.raises(SystemExit, match=r"about \d+ GB on the disk of .* GB free: free some "
+                                         r"space \(or choose a folder on another disk with "
+                                         r"--venv\), then run this again"):  # fmt: skip
+        install.check_room(tmp_path, needed_gb=free_gb + 1000)
+    install.check_room(tmp_path, needed_gb=0.001)  # room enough: on it goes
+    (tmp_path / "lib" / "python3.11" / "site-packages" / "torch").mkdir(parents=True)
+    install.check_room(tmp_path, needed_gb=free_gb + 1000)  # torch is there: nothing to fetch
+
+
+def load_install_py(monkeypatch):  # noqa: ANN001, ANN201 - the fixture; the module
+    """install.py as a module, for the checks it makes before it installs anything."""
+    spec = importlib.util.spec_from_file_location("install", ROOT / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "install", module)  # its dataclasses look it up there
+    spec.loader.exec_module(module)
+    return module
