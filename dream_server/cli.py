@@ -20,7 +20,6 @@ from .params import (
     ACCENTUATE_PARAMETERS,
     CHANNELS_PARAMETERS,
     DREAM_PARAMETERS,
-    EXEMPLARS_PER_CHANNEL,
     SHEET_LOOK_PARAMETERS,
     VIDEO_PARAMETERS,
     VISUALIZE_PARAMETERS,
@@ -72,6 +71,8 @@ def add_parameter_flags(
     parser: argparse.ArgumentParser, parameters: tuple[Param, ...], exclusive: tuple[str, ...] = ()
 ) -> None:
     """A flag per parameter, named like it (`--octave-scale`), with its range in the help."""
+    # An empty group breaks --help (argparse: "empty group"): the atlas hides both of its own.
+    exclusive = tuple(name for name in exclusive if any(p.name == name for p in parameters))
     group = parser.add_mutually_exclusive_group() if exclusive else parser
     for param in parameters:
         target = group if param.name in exclusive else parser
@@ -172,8 +173,8 @@ def build_visualize_parser(command: str) -> argparse.ArgumentParser:
 def add_exemplars_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exemplars", type=Path, metavar="FOLDER",
-        help=f"put beside each channel the {EXEMPLARS_PER_CHANNEL} patches of the photos in "
-        "this folder that excite it most",
+        help="put beside each channel the patches of the photos in this folder that excite it "
+        "most (--exemplars-each of them)",
     )  # fmt: skip
 
 

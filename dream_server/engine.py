@@ -27,7 +27,6 @@ from .models import FeatureModel, load_model, model_spec
 from .objectives import Objective, guide, parse_objective, sum_of, weighted_layers
 from .params import (
     CUSTOM_PRESET,
-    EXEMPLARS_PER_CHANNEL,
     ChannelsParams,
     DreamParams,
     VisualizeParams,
@@ -182,7 +181,7 @@ class Engine:
         at the renders' size."""
         model = self.model(params.model)
         found = explore.exemplars(model, params.layer, channels, photos,
-                                  EXEMPLARS_PER_CHANNEL, params.size)  # fmt: skip
+                                  params.exemplars_each, params.size)  # fmt: skip
         return [found[channel] for channel in channels]
 
     def visualize(

@@ -290,6 +290,10 @@ VISUALIZE_PARAMETERS: tuple[Param, ...] = (
           choice_help={"fft": "smooth colours and shapes",
                        "maco": "a photo's textures, least static when large",
                        "pixel": "raw pixels, noisier"}),
+    Param("exemplars-each", "int", 4, "How many",
+          "With photos to look in (--exemplars): how many patches of them to put beside each "
+          "channel, the ones that excite it most, at most 2 from one photo.",
+          minimum=1, maximum=16),
     Param("leash", "float", 10.0, "Stay close to the photo",
           "Accentuating a photo: how close the result stays to it; higher keeps more of the "
           "photo, 0 lets the feature take over.", minimum=0.0, maximum=100.0),
@@ -318,12 +322,10 @@ SHEET_LOOK_PARAMETERS = tuple(
 """How the renders on a sheet of channels look: feature visualization's settings."""
 ACCENTUATE_PARAMETERS = tuple(
     p for p in VISUALIZE_PARAMETERS
-    if p.name not in ("samples", "size", "diversity", "tv", "frequency", "param")
+    if p.name not in ("samples", "size", "diversity", "tv", "frequency", "param", "exemplars-each")
 )  # fmt: skip
 """Feature visualization's settings that accentuating a photo uses: it grows from the photo,
 at its size, held by the leash rather than by pixel penalties."""
-EXEMPLARS_PER_CHANNEL = 4
-"""Patches of the user's photos shown beside each channel's render."""
 
 ZOOM_PARAMETERS: tuple[Param, ...] = (
     Param("frames", "int", 30, "Frames", "How many frames the zoom has.",

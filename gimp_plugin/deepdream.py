@@ -278,12 +278,16 @@ VISUALIZE_LAYOUT = Layout(
      ("look", "Their look", ("steps", "diversity", "tv", "frequency", "robustness"))),
     left=("what", "how-many", "photos"),
     right=("look", "advanced", "problem"),
-    hidden=("leash",),  # it holds an accentuated photo to its own; these grow from noise
+    # The leash holds an accentuated photo to its own; these grow from noise. How many
+    # exemplars each (4, or a script's) is Strongest Channels' to choose: here every letter
+    # that one more setting could take is another's Alt+key already.
+    hidden=("leash", "exemplars-each"),
 )  # fmt: skip
 CHANNELS_LAYOUT = Layout(
     "DeepDream Strongest Channels",
     (("what", "What to look at", ("layer", "top", "model")),
-     ("photos", "Examples from your photos", ("exemplars-folder", "open-images")),
+     ("photos", "Examples from your photos", ("exemplars-folder", "open-images",
+                                               "exemplars-each")),
      ("look", "Their pictures", ("size", "steps", "param"))),
     left=("what", "photos"),
     right=("look", "advanced", "problem"),

@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, deepdream, on_a_terminal, photo
 from PIL import Image
 
+from dream_server.cli import SUBCOMMANDS
 from dream_server.models import MODELS
 
 QUICK = ["--octaves", "2", "--steps", "3", "--preset", "textures"]
@@ -405,7 +406,7 @@ def test_a_full_disk_is_the_users_to_fix_and_said_so_in_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png"]
 
 
-@pytest.mark.parametrize("command", [[], ["zoom"], ["video"], ["visualize"]])
+@pytest.mark.parametrize("command", [[], *([name] for name in SUBCOMMANDS)])
 def test_every_commands_help_reads_as_written(command):
     run = deepdream(*command, "--help")
     assert run.returncode == 0, run.stderr

@@ -224,7 +224,7 @@ def test_the_channels_command_names_the_channels_to_type_into_layers(tmp_path, e
     assert "Layers" in lines[-1]
 
 
-def test_the_channels_command_renders_them_beside_their_exemplars(tmp_path):
+def test_the_channels_command_renders_them_beside_as_many_exemplars_as_asked(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in PHOTOS:
@@ -233,14 +233,16 @@ def test_the_channels_command_renders_them_beside_their_exemplars(tmp_path):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     sheet = tmp_path / "sheet.png"
     run = deepdream("channels", SAMPLES / "coffee.png", "--top", "2", "-o", sheet, "--size",
-                    "64", "--steps", "4", "--exemplars", folder, "-q")  # fmt: skip
+                    "64", "--steps", "4", "--exemplars", folder, "--exemplars-each", "3",
+                    "-q")  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "skipped" in run.stderr and "broken.jpg" in run.stderr
     text = Image.open(sheet).text
-    assert text["deepdream:grid"] == "2x5" and text["deepdream:cell"] == "64x64"
+    assert text["deepdream:grid"] == "2x4" and text["deepdream:cell"] == "64x64"
     labels = json.loads(text["deepdream:labels"])
     assert labels[0].startswith("block7/") and labels[0][7:].isdigit()  # what Layers takes
-    assert all(label.startswith("in ") and label.endswith(".png") for label in labels[1:5])
+    assert all(label.startswith("in ") and label.endswith(".png") for label in labels[1:4])
+    assert labels[4].startswith("block7/")  # the next channel's row
 
 
 def test_the_accentuate_command_writes_the_photo_with_the_unit_turned_up(tmp_path, cat):

@@ -622,20 +622,18 @@ def test_feature_visualization_opens_a_new_image_with_a_layer_per_sample(gimp, w
     assert not np.array_equal(samples[0], samples[1])
 
 
-def test_feature_visualization_adds_the_patches_of_the_artists_photos_that_excite_the_channel(
-    gimp, workspace
-):
+def test_feature_visualization_adds_as_many_patches_of_the_artists_photos_as_asked(gimp, workspace):
     scenario = {"name": "visualize-exemplars", "procedure": "visualize", "exemplars": "photos",
-                "params": {**VISUALIZE, "samples": 1}}  # fmt: skip
+                "params": {**VISUALIZE, "samples": 1, "exemplars-each": 3}}  # fmt: skip
     report = run_gimp(gimp, workspace, [scenario])["visualize-exemplars"]
     assert report["status"] == "success", report
     names = [layer["name"] for layer in report["layers"]]
-    assert names[0] == "block7/5 #1" and len(names) == 5
+    assert names[0] == "block7/5 #1" and len(names) == 4  # the render, and 3 as asked
     assert all(name.startswith("block7/5 in ") for name in names[1:])
     photos = {name.rpartition(" in ")[2].split(" #")[0] for name in names[1:]}  # GIMP numbers
     assert photos <= {"coffee.png", "rocket.jpg"}  # a second "coffee.png" layer "... #1"
     patches = [raw(workspace, "visualize-exemplars", f"sample-{i}.raw", (96, 96, 3))
-               for i in range(1, 5)]  # fmt: skip
+               for i in range(1, 4)]  # fmt: skip
     assert all(patch.std() > 5 for patch in patches)  # pieces of photos, not blanks
 
 
@@ -986,6 +984,7 @@ class Screen:
         self.display = display
         self.scratch = scratch
         self.map_file = scratch / "widgets.json"
+        self.app: subprocess.Popen | None = None  # GIMP, once started
 
     def tool(self, program: str, *args: str, check: bool = True) -> str:
         command = self.gimp.command(program, list(args), {"DISPLAY": self.display})
@@ -1006,6 +1005,15 @@ class Screen:
                     return window
             time.sleep(0.5)
         raise AssertionError(f"no window titled '{pattern}' in {timeout} s: {self.window_titles()}")
+
+    def wait_for_the_plug_in_to_end(self, timeout: float = 120) -> None:
+        """Until GIMP runs no DeepDream plug-in process: what it does after GIMP shows its new
+        layer (a mask, its memory, the end of its undo step) is done."""
+        deadline = time.monotonic() + timeout
+        while any("plug-ins/deepdream/deepdream.py" in command_line(pid)
+                  for pid in descendants(self.app.pid)):  # fmt: skip
+            assert time.monotonic() < deadline, f"the plug-in still runs after {timeout} s"
+            time.sleep(0.2)
 
     def keys(self, window: str, *keys: str) -> None:
         self.tool("xdotool", "windowfocus", window)
@@ -1053,6 +1061,16 @@ class Screen:
             if json.loads(self.map_file.read_text())["time"] > asked + 0.1:
                 return window
             time.sleep(0.2)
+
+    def wait_for_words(self, title: str, words: str, timeout: float = 60) -> dict:
+        """The window once one of its widgets says these words (the server's answer, which
+        can take a model's loading): as a person waits for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            window = self.fresh_dialog(title)
+            if any(words in (widget.get("text") or "") for widget in window["widgets"]):
+                return window
+            assert time.monotonic() < deadline, f"'{title}' did not say '{words}' in {timeout} s"
 
     def control(self, title: str, words: str) -> dict:
         """The widget a person means by these words: the one a label of those words names (its
@@ -1191,6 +1209,7 @@ def gimp_gui(gimp: Gimp, workspace, display: str, file: str = "chelsea.png"):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    screen.app = app
     try:
         yield screen
     finally:
@@ -1233,6 +1252,16 @@ def wait_for_file(path: Path, timeout: float = 30) -> str:
 def fits_the_screen(window: dict) -> bool:
     x, y, width, height = window["box"]
     return x >= 0 and y >= 0 and x + width <= SCREEN[0] and y + height <= SCREEN[1]
+
+
+NOT_SETTINGS = ("Label", "Frame", "Expander", "Button", "MenuButton")
+
+
+def out_of_alt_reach(window: dict) -> list[str]:
+    """The settings of a dialog whose label underlines no letter: no Alt+key reaches them."""
+    return [widget["text"] for widget in window["widgets"]
+            if widget.get("label") and widget.get("type") not in NOT_SETTINGS
+            and "_" not in widget["label"]]  # fmt: skip
 
 
 def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp, workspace):
@@ -1284,6 +1313,7 @@ def test_in_the_gui_the_filter_is_in_its_menu_runs_and_one_undo_removes_it(gimp,
         words = {widget.get("text") for widget in visualize["widgets"]}
         assert {"What to show", "Pictures", "Their look", "Broad shapes"} <= words
         assert fits_the_screen(visualize), visualize["box"]
+        assert out_of_alt_reach(visualize) == []
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
 
@@ -1349,12 +1379,10 @@ def test_the_dialog_previews_the_dream_and_checks_the_layers_before_it_dreams(gi
         assert screen.control("DeepDream", "Preset")["value"] == "custom"  # what is dreamed
         screen.unfold("DeepDream", "Advanced")
         screen.keys(dialog, "alt+o")  # OK: the server refuses the layers, the dialog stays
-        time.sleep(3)
+        shown = screen.wait_for_words("DeepDream", "block99")  # the server's refusal
         screen.screenshot("preview-4-wrong-layers.png")
-        shown = screen.fresh_dialog("DeepDream")
-        refusal = [w["text"] for w in shown["widgets"] if "block99" in w.get("text", "")]
-        assert refusal, "the server's refusal is not shown"
         assert fits_the_screen(shown), f"{shown['box']} is not on a {SCREEN} screen"
+        assert out_of_alt_reach(shown) == []
         assert "1 layer)" in screen.window_titles()[main]
 
         screen.click(screen.control("DeepDream", "Layers"))
@@ -1426,6 +1454,7 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         words = {widget.get("text") for widget in shown["widgets"]}
         assert {"What to look at", "Examples from your photos", "Their pictures"} <= words
         assert fits_the_screen(shown), shown["box"]
+        assert out_of_alt_reach(shown) == []
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("block7 channels")  # a new image: the sheet
         time.sleep(2)  # drawn
@@ -1443,19 +1472,18 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         screen.keys(dialog, "Tab")
         screen.unfold(title, "Advanced")
         screen.keys(dialog, "alt+o")
-        time.sleep(3)
+        shown = screen.wait_for_words(title, "'tabbby' is not an ImageNet class")
         screen.screenshot("accentuate-1-dialog.png")
-        shown = screen.fresh_dialog(title)
         words = {widget.get("text") for widget in shown["widgets"]}
         assert {"What to turn up", "How much", "The result"} <= words
-        assert any("'tabbby' is not an ImageNet class" in (word or "") for word in words)
         assert fits_the_screen(shown), shown["box"]
+        assert out_of_alt_reach(shown) == []
         screen.click(screen.control(title, "Class"))
         screen.keys(dialog, "ctrl+a", "BackSpace")  # mended: the whole layer, turned up
         screen.keys(dialog, "Tab")
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("[block7 accentuated · DeepDream]")  # the new layer, active
-        time.sleep(3)  # GIMP shows the layer before the plug-in has given it its mask and ended
+        screen.wait_for_the_plug_in_to_end()  # GIMP shows the layer before its mask
         screen.screenshot("accentuate-2-layer.png")
         assert "2 layers)" in screen.window_titles()[main]
         screen.keys(main, "ctrl+z")  # one step takes it back
@@ -1472,7 +1500,7 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         screen.screenshot("accentuate-3-again.png")
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("[block7 accentuated · DeepDream]")
-        time.sleep(3)
+        screen.wait_for_the_plug_in_to_end()
         assert "2 layers)" in screen.window_titles()[main]
         # on the accentuated layer, the dialog opens with its settings, and OK accentuates that
         # layer again, in place, one undo step; Ctrl+F does it with the last values
@@ -1484,14 +1512,14 @@ def test_in_the_gui_strongest_channels_and_accentuate_show_what_the_network_sees
         screen.keys(dialog, "Tab")
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("[block7/34 accentuated · DeepDream]")
-        time.sleep(3)
+        screen.wait_for_the_plug_in_to_end()
         screen.screenshot("accentuate-4-in-place.png")
         assert "2 layers)" in screen.window_titles()[main]
         screen.keys(main, "ctrl+z")
         screen.wait_for_window("[block7 accentuated · DeepDream]", timeout=20)
         screen.keys(main, "ctrl+f")
         screen.wait_for_window("[block7/34 accentuated · DeepDream]")
-        time.sleep(3)
+        screen.wait_for_the_plug_in_to_end()
         assert "2 layers)" in screen.window_titles()[main]
     assert gimp_warnings(workspace[0] / "gimp-gui.log") == []
 
@@ -1511,7 +1539,8 @@ def test_in_the_gui_the_zoom_dialog_makes_a_new_image_of_frames(gimp, workspace)
         screen.keys(dialog, "Tab")
         screen.unfold("DeepDream Zoom", "Advanced")
         screen.screenshot("zoom-2-dialog.png")
-        assert fits_the_screen(screen.fresh_dialog("DeepDream Zoom"))
+        shown = screen.fresh_dialog("DeepDream Zoom")
+        assert fits_the_screen(shown) and out_of_alt_reach(shown) == []
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("3 layers)")  # a new image, a layer per frame
         screen.screenshot("zoom-3-frames.png")
@@ -1532,7 +1561,8 @@ def test_in_the_gui_deepdream_frames_dreams_an_opened_gif_into_a_new_image(gimp,
         screen.keys(dialog, "Tab")
         screen.unfold("DeepDream Frames", "Advanced")
         screen.screenshot("frames-1-dialog.png")
-        assert fits_the_screen(screen.fresh_dialog("DeepDream Frames"))
+        shown = screen.fresh_dialog("DeepDream Frames")
+        assert fits_the_screen(shown) and out_of_alt_reach(shown) == []
         screen.keys(dialog, "alt+o")
         screen.wait_for_window("pan dream")  # the new image, named after the animation
         screen.screenshot("frames-2-dreamed.png")
@@ -1552,10 +1582,7 @@ def test_a_zoom_that_would_take_long_says_how_long_and_asks_first(gimp, workspac
         screen.type(dialog, "2000")
         screen.keys(dialog, "Tab")
         screen.click(screen.control("DeepDream Zoom", "OK"))
-        deadline = time.monotonic() + 30
-        while not [w for w in screen.fresh_dialog("DeepDream Zoom")["widgets"]
-                   if "2000 frames will take about" in w.get("text", "")]:  # fmt: skip
-            assert time.monotonic() < deadline, "the zoom did not say how long it would take"
+        screen.wait_for_words("DeepDream Zoom", "2000 frames will take about", timeout=30)
         screen.screenshot("zoom-4-asks.png")
         done = jobs_done(server)  # the settings' check, and nothing since
         screen.click(screen.control("DeepDream Zoom", "Cancel"))
