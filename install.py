@@ -426,13 +426,17 @@ def run(*command: str | Path, **kwargs) -> None:  # noqa: ANN003
     subprocess.run([str(part) for part in command], check=True, **kwargs)
 
 
+def windows_with_nvidia() -> bool:
+    """Where torch comes from PyTorch's CUDA wheels: PyPI's for Windows are CPU-only."""
+    return sys.platform == "win32" and shutil.which("nvidia-smi") is not None
+
+
 def room_needed_gb() -> float:
     """Disk space a first install takes on this platform: torch with its CUDA libraries is
     5.6 GB in the environment (Linux x86_64, Windows with an NVIDIA GPU), pip unpacking each
     wheel on the way; a CPU-only torch is under 1 GB."""
-    cuda = sys.platform.startswith("linux") and os.uname().machine == "x86_64"
-    cuda = cuda or (sys.platform == "win32" and shutil.which("nvidia-smi") is not None)
-    return 8.0 if cuda else 2.0
+    linux_cuda = sys.platform.startswith("linux") and os.uname().machine == "x86_64"
+    return 8.0 if linux_cuda or windows_with_nvidia() else 2.0
 
 
 def check_room(venv_dir: Path, needed_gb: float) -> None:
@@ -468,7 +472,7 @@ def ensure_environment(venv_dir: Path, with_tests: bool) -> Path:
         check_room(venv_dir, room_needed_gb())
         say("installing torch, torchvision and the package (the first time takes a few minutes)")
         run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-        if sys.platform == "win32" and shutil.which("nvidia-smi"):
+        if windows_with_nvidia():
             say(f"an NVIDIA GPU: torch from PyTorch's CUDA wheels ({TORCH_CUDA_INDEX})")
             run(python, "-m", "pip", "install", "--quiet", *torch_requirements(),
                 "--index-url", TORCH_CUDA_INDEX)  # fmt: skip

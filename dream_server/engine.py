@@ -96,14 +96,8 @@ class Engine:
         return self._guided(objective, model, guide_image)
 
     def _guided(self, objective: Objective, model: FeatureModel, image: np.ndarray) -> Objective:
-        rgb = Pixels.from_array(image).rgb
+        rgb = at_most(Pixels.from_array(image).rgb, GUIDE_MAX_SIDE)
         tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(self.device)
-        shrink = GUIDE_MAX_SIDE / max(rgb.shape[:2])
-        if shrink < 1:
-            size = (max(1, round(rgb.shape[0] * shrink)), max(1, round(rgb.shape[1] * shrink)))
-            tensor = torch.nn.functional.interpolate(
-                tensor, size=size, mode="bilinear", antialias=True
-            )
         layers = sorted(objective.layers - {"logits"})
         if not layers:
             raise InvalidParameter(

@@ -681,6 +681,16 @@ def source_layer(image, drawables, purpose):
     return drawables[0]
 
 
+def how_selected(image, source, bounds):
+    """How selected each pixel of `bounds` (x, y, width, height) of the layer is, as Y u8
+    bytes (feathered edges in between); None without a selection."""
+    if Gimp.Selection.is_empty(image):
+        return None
+    x, y, width, height = bounds
+    offset_x, offset_y = source.get_offsets()[1:]
+    return bytes(read(image.get_selection(), (offset_x + x, offset_y + y, width, height), "Y u8"))
+
+
 def selection_bounds(source, purpose):
     """(x, y, width, height) of the selection's bounds on the layer (all of it without a
     selection); a DreamError that says what to do where the selection misses the layer."""
@@ -799,6 +809,15 @@ def remembered_dream(layer):
     return remembered(layer, DREAM_PARASITE, {"params": dict})
 
 
+def restore(config, parameters, values):
+    """Set the settings among `parameters` to the remembered `values` (by name), so that the
+    dialog opens with them; a name this release no longer has is left out."""
+    known = {param["name"] for param in parameters}
+    for name, value in values.items():
+        if name in known:
+            config.set_property(name, value)
+
+
 def remember(item, name, record):
     """Keep `record` (JSON) on a layer or an image, in XCF files too, undoably."""
     flags = Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE
@@ -825,10 +844,7 @@ def redream(procedure, run_mode, image, layer, origin, remembered, config):
     where it is, with its mask; its name and memory follow the new settings. One undo step."""
     parameters = load_parameters()
     if run_mode == Gimp.RunMode.INTERACTIVE:  # the dialog opens with this dream's settings
-        known = {param["name"] for param in parameters}
-        for name, value in remembered["params"].items():
-            if name in known:
-                config.set_property(name, value)
+        restore(config, parameters, remembered["params"])
         if not dream_dialog(procedure, config, DREAM_LAYOUT, origin,
                             check=lambda: refusal(config)):  # fmt: skip
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
@@ -947,10 +963,9 @@ def zoom_on(procedure, run_mode, image, drawables, config):
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     remembered = remembered_zoom(image)
     if remembered is not None and interactive:  # the dialog opens with that zoom's settings
-        known = {p["name"] for p in load_parameters() + load_parameters("zoom")}
-        for name, value in {**remembered["params"], **remembered["zoom"]}.items():
-            if name in known and name != "frames":
-                config.set_property(name, value)
+        values = {**remembered["params"], **remembered["zoom"]}
+        values.pop("frames", None)  # how many more frames is asked anew
+        restore(config, load_parameters() + load_parameters("zoom"), values)
     if interactive and not dream_dialog(procedure, config, ZOOM_LAYOUT,
                                         check=lambda: refusal(config)):  # fmt: skip
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
@@ -1292,16 +1307,12 @@ def channels_on(procedure, run_mode, image, drawables, config):
             "layer": which["layer"]}  # fmt: skip
     x, y, width, height = selection_bounds(source, "look at")
     pixels = read(source, (x, y, width, height), "R'G'B' u8")
-    selection = None
-    if not Gimp.Selection.is_empty(image):
-        offset_x, offset_y = source.get_offsets()[1:]
-        selection = read(image.get_selection(), (offset_x + x, offset_y + y, width, height),
-                         "Y u8")  # fmt: skip
+    selection = how_selected(image, source, (x, y, width, height))
     Gimp.progress_init("DeepDream: looking at the channels")
     exemplars = exemplar_photos(config)
     with connect() as client:
         strongest = client.strongest_channels(bytes(pixels), width, height, 3, which,
-                                              mask=selection and bytes(selection))  # fmt: skip
+                                              mask=selection)  # fmt: skip
         channels = [found["channel"] for found in strongest]
         seconds = client.estimate("visualize", look, count=len(channels))
         if not worth_the_wait(CHANNELS_LAYOUT.title, f"{len(channels)} pictures", seconds,
@@ -1409,10 +1420,7 @@ def accentuate_on(procedure, run_mode, image, drawables, config):
                 f"of {origin.get_name()}: accentuate that layer anew."
             )
         if interactive:  # the dialog opens with this accentuation's settings
-            known = {param["name"] for param in parameters}
-            for name, value in record["params"].items():
-                if name in known:
-                    config.set_property(name, value)
+            restore(config, parameters, record["params"])
             config.set_property("change-mask", bool(record.get("change-mask")))
     else:
         selection = selection_bounds(source, "accentuate")
@@ -1446,12 +1454,8 @@ def accentuate_on(procedure, run_mode, image, drawables, config):
         return accentuated_again(procedure, image, again, rgb, where, had_change_mask, name,
                                  memory)  # fmt: skip
     x, y, width, height = region.selection
-    inside = bytes([255]) * (width * height)  # the selection, as the new layer's alpha
-    if not Gimp.Selection.is_empty(image):
-        offset_x, offset_y = source.get_offsets()[1:]
-        inside = bytes(read(image.get_selection(), (offset_x + x, offset_y + y, width, height),
-                            "Y u8"))  # fmt: skip
-    rgba = with_alpha(rgb, inside, alpha_from=1)
+    inside = how_selected(image, source, region.selection) or bytes([255]) * (width * height)
+    rgba = with_alpha(rgb, inside, alpha_from=1)  # the selection, as the new layer's alpha
     image.undo_group_start()
     layer = None
     try:
